@@ -1,0 +1,1 @@
+"""Runnable examples of meshlib: ``python -m examples.demo`` starts a three-service mesh."""

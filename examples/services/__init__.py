@@ -1,0 +1,1 @@
+"""The demo's three services: frontend -> orders -> inventory, each its own process."""

@@ -1,0 +1,29 @@
+"""orders: ``GET /orders/{item}`` asks inventory over the mesh and reports both answers.
+
+Run: ``python -m examples.services.orders --port 0 --plaintext-port 0`` with ``MESH_*`` set.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+import meshlib
+from examples.services._runtime import call_upstream, caller_of, make_app, run
+
+SERVICE = "orders"
+
+
+def build(mesh: meshlib.Mesh) -> FastAPI:
+    app = make_app(SERVICE, mesh)
+
+    @app.get("/orders/{item}")
+    async def order(item: str, request: Request) -> JSONResponse:
+        me = {"service": SERVICE, "item": item, "caller": caller_of(request)}
+        return await call_upstream(request, f"http://inventory/items/{item}", me)
+
+    return app
+
+
+if __name__ == "__main__":
+    run(SERVICE, build)

@@ -1,0 +1,128 @@
+"""MeshConfig: the library's settings, from keyword arguments or ``MESH_*`` variables.
+
+=====================  ===========================================  ====================
+variable               meaning                                      default
+=====================  ===========================================  ====================
+MESH_CONTROL_URL       control service, ``https://host:port``       (required to join)
+MESH_SERVICE           this workload's service name                 (required)
+MESH_NAMESPACE         its namespace                                ``default``
+MESH_TOKEN             join token for the first contact             (none: cache only)
+MESH_DATA_DIR          cache of SVID and snapshot (0700)            ``~/.cache/meshlib/<ns>/<svc>``
+MESH_LABELS            instance labels, ``version=v2,zone=b``       none
+MESH_DEPENDENCIES      services this workload calls, ``a,b.ns``     all services
+MESH_START_TIMEOUT     seconds ``start()`` waits                    30
+MESH_ADVERTISE         address registered for this instance         the listen host
+=====================  ===========================================  ====================
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshlib.errors import ConfigError
+
+__all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "DEFAULT_START_TIMEOUT", "MeshConfig"]
+
+DEFAULT_START_TIMEOUT = 30.0
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+DEFAULT_WATCH_WAIT = 25.0
+
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_./]{0,61}[A-Za-z0-9])?$")
+
+
+def _check_name(field_name: str, value: str) -> str:
+    if not _LABEL.match(value):
+        raise ConfigError(
+            f"{field_name}: {value!r} is not a DNS label (lower-case letters, digits and '-', "
+            "at most 63 characters)"
+        )
+    return value
+
+
+def _parse_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not _LABEL_KEY.match(key):
+            raise ConfigError(f"MESH_LABELS: {item!r} is not key=value")
+        labels[key] = value
+    return labels
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """Validated settings of one meshed workload."""
+
+    service: str
+    namespace: str = "default"
+    control_url: str | None = None
+    token: str | None = None
+    data_dir: Path | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    dependencies: tuple[str, ...] | None = None
+    start_timeout: float = DEFAULT_START_TIMEOUT
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    watch_wait: float = DEFAULT_WATCH_WAIT
+    advertise: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_name("service", self.service)
+        _check_name("namespace", self.namespace)
+        if self.control_url is not None and not self.control_url.startswith("https://"):
+            raise ConfigError(f"control_url: {self.control_url!r} must start with https://")
+        if self.start_timeout <= 0:
+            raise ConfigError("start_timeout: must be > 0")
+        if self.heartbeat_interval <= 0:
+            raise ConfigError("heartbeat_interval: must be > 0")
+        for key in self.labels:
+            if not _LABEL_KEY.match(key):
+                raise ConfigError(f"labels: {key!r} is not a valid label key")
+        for dep in self.dependencies or ():
+            for part in dep.split("."):
+                _check_name("dependencies", part)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where the SVID and the last good snapshot are kept."""
+        if self.data_dir is not None:
+            return self.data_dir
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return base / "meshlib" / self.namespace / self.service
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> MeshConfig:
+        """Read ``MESH_*`` variables; keyword *overrides* win over the environment."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        if "MESH_SERVICE" in env:
+            values["service"] = env["MESH_SERVICE"]
+        if "MESH_NAMESPACE" in env:
+            values["namespace"] = env["MESH_NAMESPACE"]
+        if env.get("MESH_CONTROL_URL"):
+            values["control_url"] = env["MESH_CONTROL_URL"]
+        if env.get("MESH_TOKEN"):
+            values["token"] = env["MESH_TOKEN"]
+        if env.get("MESH_DATA_DIR"):
+            values["data_dir"] = Path(env["MESH_DATA_DIR"])
+        if env.get("MESH_LABELS"):
+            values["labels"] = _parse_labels(env["MESH_LABELS"])
+        if env.get("MESH_DEPENDENCIES"):
+            values["dependencies"] = tuple(
+                d.strip() for d in env["MESH_DEPENDENCIES"].split(",") if d.strip()
+            )
+        if env.get("MESH_ADVERTISE"):
+            values["advertise"] = env["MESH_ADVERTISE"]
+        if env.get("MESH_START_TIMEOUT"):
+            try:
+                values["start_timeout"] = float(env["MESH_START_TIMEOUT"])
+            except ValueError:
+                raise ConfigError("MESH_START_TIMEOUT: must be a number of seconds") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "service" not in values:
+            raise ConfigError("MESH_SERVICE: required (the name of this workload's service)")
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""The only place frameworks are imported: httpx, ASGI, uvicorn (and later gRPC)."""

@@ -1,0 +1,479 @@
+"""httpx transports that carry calls over the mesh.
+
+Two layers, each wrapping the next (the httpx way):
+
+* :class:`AsyncIdentityTransport` / :class:`IdentityTransport` send a request to the URL it
+  names over mutual TLS, and check — right after the handshake, before a byte of the
+  request is written — that the server's certificate is an X.509-SVID for one expected
+  SPIFFE ID. Connections are pooled per endpoint, so the check runs once per connection.
+* :class:`AsyncMeshTransport` / :class:`MeshTransport` turn ``http://orders/path`` into a
+  call to one endpoint of ``orders``: resolve the service in the active snapshot, match a
+  route, pick a weighted backend, let the balancer pick an endpoint, and send through the
+  identity transport of that service.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpcore
+import httpx
+from httpx._transports.default import map_httpcore_exceptions
+
+from meshlib.errors import IdentityError, NoHealthyEndpoint, PeerIdentityError, UnknownServiceError
+from meshlib.identity.svid import spiffe_id_from_peercert
+from meshlib.policy.engine import CompiledService, PolicyEngine
+from meshlib.traffic.balancers import Balancer, StatsRegistry, make_balancer
+
+__all__ = [
+    "AsyncIdentityTransport",
+    "AsyncMeshTransport",
+    "IdentityTransport",
+    "MeshTransport",
+    "check_peer",
+]
+
+ContextSource = Callable[[], ssl.SSLContext]
+EngineSource = Callable[[], PolicyEngine]
+
+DEFAULT_MAX_CONNECTIONS = 100
+DEFAULT_KEEPALIVE_EXPIRY = 30.0
+
+
+def check_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, expected: str, where: str) -> str:
+    """Return the peer's SPIFFE ID, or raise :class:`PeerIdentityError` unless it is *expected*."""
+    if ssl_object is None:
+        raise PeerIdentityError(
+            f"connection to {where} is not TLS; expected {expected}", expected=expected, actual=None
+        )
+    try:
+        actual = spiffe_id_from_peercert(ssl_object.getpeercert())
+    except IdentityError as exc:
+        raise PeerIdentityError(
+            f"server at {where} did not present a valid X.509-SVID: {exc}",
+            expected=expected,
+            actual=None,
+        ) from exc
+    if actual != expected:
+        raise PeerIdentityError(
+            f"server at {where} presented {actual}, expected {expected}; no request was sent",
+            expected=expected,
+            actual=actual,
+        )
+    return actual
+
+
+# --------------------------------------------------------------------- network backends
+
+
+class _AsyncCheckedStream(httpcore.AsyncNetworkStream):
+    def __init__(
+        self, inner: httpcore.AsyncNetworkStream, where: str, expected: str, tls: ContextSource
+    ) -> None:
+        self._inner = inner
+        self._where = where
+        self._expected = expected
+        self._tls = tls
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        # The pool's context is ignored: the current SVID's context is read here, at
+        # handshake time, so rotations apply to every new connection.
+        stream = await self._inner.start_tls(self._tls(), server_hostname, timeout)
+        try:
+            check_peer(stream.get_extra_info("ssl_object"), self._expected, self._where)
+        except PeerIdentityError:
+            await stream.aclose()
+            raise
+        return stream
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _AsyncCheckedBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, expected: str, tls: ContextSource) -> None:
+        self._inner = httpcore.AnyIOBackend()
+        self._expected = expected
+        self._tls = tls
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _AsyncCheckedStream(stream, f"{host}:{port}", self._expected, self._tls)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _CheckedStream(httpcore.NetworkStream):
+    def __init__(
+        self, inner: httpcore.NetworkStream, where: str, expected: str, tls: ContextSource
+    ) -> None:
+        self._inner = inner
+        self._where = where
+        self._expected = expected
+        self._tls = tls
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.start_tls(self._tls(), server_hostname, timeout)
+        try:
+            check_peer(stream.get_extra_info("ssl_object"), self._expected, self._where)
+        except PeerIdentityError:
+            stream.close()
+            raise
+        return stream
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _CheckedBackend(httpcore.NetworkBackend):
+    def __init__(self, expected: str, tls: ContextSource) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._expected = expected
+        self._tls = tls
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _CheckedStream(stream, f"{host}:{port}", self._expected, self._tls)
+
+
+# --------------------------------------------------------------------- request mapping
+
+
+def _core_request(
+    request: httpx.Request, host: str | bytes, port: int | None, sni: str | None
+) -> httpcore.Request:
+    extensions = dict(request.extensions)
+    if sni is not None:
+        extensions["sni_hostname"] = sni
+    return httpcore.Request(
+        method=request.method,
+        url=httpcore.URL(
+            scheme=b"https",
+            host=host if isinstance(host, bytes) else host.encode("ascii"),
+            port=port,
+            target=request.url.raw_path,
+        ),
+        headers=request.headers.raw,
+        content=request.stream,
+        extensions=extensions,
+    )
+
+
+class _AsyncBody(httpx.AsyncByteStream):
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with map_httpcore_exceptions():
+            async for part in self._inner:
+                yield part
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _Body(httpx.SyncByteStream):
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __iter__(self) -> Iterator[bytes]:
+        with map_httpcore_exceptions():
+            yield from self._inner
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _pool_args(max_connections: int) -> dict[str, Any]:
+    return {
+        "max_connections": max_connections,
+        "keepalive_expiry": DEFAULT_KEEPALIVE_EXPIRY,
+        "http1": True,
+        "http2": False,
+    }
+
+
+# --------------------------------------------------------------------- identity transports
+
+
+class AsyncIdentityTransport(httpx.AsyncBaseTransport):
+    """Send each request to its URL over mTLS, refusing a server that is not *expected*.
+
+    Args:
+        expected: the SPIFFE ID the server must present.
+        tls: returns the client SSLContext to use for a new connection.
+        sni: server name to send, for example the service's DNS SAN.
+    """
+
+    def __init__(
+        self,
+        *,
+        expected: str,
+        tls: ContextSource,
+        sni: str | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        self.expected = expected
+        self._sni = sni
+        self._pool = httpcore.AsyncConnectionPool(
+            network_backend=_AsyncCheckedBackend(expected, tls), **_pool_args(max_connections)
+        )
+
+    async def send_to(
+        self, request: httpx.Request, host: str | bytes, port: int | None
+    ) -> httpx.Response:
+        """Send *request* to ``host:port`` whatever its URL says."""
+        core = _core_request(request, host, port, self._sni)
+        with map_httpcore_exceptions():
+            resp = await self._pool.handle_async_request(core)
+        return httpx.Response(
+            status_code=resp.status,
+            headers=resp.headers,
+            stream=_AsyncBody(resp.stream),
+            extensions=resp.extensions,
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.send_to(request, request.url.raw_host, request.url.port)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+class IdentityTransport(httpx.BaseTransport):
+    """Sync twin of :class:`AsyncIdentityTransport`."""
+
+    def __init__(
+        self,
+        *,
+        expected: str,
+        tls: ContextSource,
+        sni: str | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        self.expected = expected
+        self._sni = sni
+        self._pool = httpcore.ConnectionPool(
+            network_backend=_CheckedBackend(expected, tls), **_pool_args(max_connections)
+        )
+
+    def send_to(
+        self, request: httpx.Request, host: str | bytes, port: int | None
+    ) -> httpx.Response:
+        """Send *request* to ``host:port`` whatever its URL says."""
+        core = _core_request(request, host, port, self._sni)
+        with map_httpcore_exceptions():
+            resp = self._pool.handle_request(core)
+        return httpx.Response(
+            status_code=resp.status,
+            headers=resp.headers,
+            stream=_Body(resp.stream),
+            extensions=resp.extensions,
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.send_to(request, request.url.raw_host, request.url.port)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+# --------------------------------------------------------------------- mesh transports
+
+
+def _is_outside(host: str) -> bool:
+    """Hosts with a dot, IPs and localhost leave the mesh; single labels are services."""
+    return "." in host or ":" in host or host == "localhost"
+
+
+class _Router:
+    """What the sync and async mesh transports share: choosing the endpoint."""
+
+    def __init__(self, engine: EngineSource, stats: StatsRegistry) -> None:
+        self._engine = engine
+        self._stats = stats
+        self._balancers: dict[tuple[str, str], Balancer] = {}
+        self._random = random.random
+
+    def resolve(self, request: httpx.Request) -> CompiledService | None:
+        host = request.url.host
+        service = self._engine().resolve(host)
+        if service is None and not _is_outside(host):
+            raise UnknownServiceError(host)
+        return service
+
+    def choose(self, service: CompiledService, request: httpx.Request) -> str:
+        plan = service.route(request.method, request.url.path, request.headers)
+        backend = plan.pick_backend(self._random())
+        key = (service.key, service.load_balancer)
+        balancer = self._balancers.get(key)
+        if balancer is None:
+            balancer = self._balancers[key] = make_balancer(service.load_balancer, self._stats)
+        endpoint = balancer.pick(backend.endpoints)
+        if endpoint is None:
+            subset = f" subset {backend.subset!r}" if backend.subset else ""
+            raise NoHealthyEndpoint(
+                f"service {service.key}{subset} has no healthy endpoint (route {plan.name})",
+                service=service.key,
+            )
+        return endpoint.authority
+
+
+def _split(authority: str) -> tuple[str, int]:
+    host, _, port = authority.rpartition(":")
+    return host, int(port)
+
+
+class AsyncMeshTransport(httpx.AsyncBaseTransport):
+    """Route ``http://<service>/…`` over the mesh; other hosts go to *outside*.
+
+    Args:
+        engine: returns the active :class:`PolicyEngine` (one attribute read).
+        tls: returns the current client SSLContext.
+        stats: per-endpoint load statistics shared by the balancers.
+        outside: transport for hosts outside the mesh (default: a plain httpx transport).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: EngineSource,
+        tls: ContextSource,
+        stats: StatsRegistry,
+        outside: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._router = _Router(engine, stats)
+        self._stats = stats
+        self._tls = tls
+        self._outside = outside or httpx.AsyncHTTPTransport()
+        self._services: dict[str, AsyncIdentityTransport] = {}
+
+    def _service_transport(self, service: CompiledService) -> AsyncIdentityTransport:
+        transport = self._services.get(service.spiffe_id)
+        if transport is None:
+            transport = AsyncIdentityTransport(
+                expected=service.spiffe_id,
+                tls=self._tls,
+                sni=service.dns_name,
+                max_connections=service.connection_pool.max_connections,
+            )
+            self._services[service.spiffe_id] = transport
+        return transport
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        service = self._router.resolve(request)
+        if service is None:
+            return await self._outside.handle_async_request(request)
+        authority = self._router.choose(service, request)
+        host, port = _split(authority)
+        stats = self._stats.get(authority)
+        started = stats.start()
+        ok = False
+        try:
+            response = await self._service_transport(service).send_to(request, host, port)
+            ok = response.status_code < 500
+            return response
+        finally:
+            stats.finish(started, ok)
+
+    async def aclose(self) -> None:
+        for transport in self._services.values():
+            await transport.aclose()
+        await self._outside.aclose()
+
+
+class MeshTransport(httpx.BaseTransport):
+    """Sync twin of :class:`AsyncMeshTransport`."""
+
+    def __init__(
+        self,
+        *,
+        engine: EngineSource,
+        tls: ContextSource,
+        stats: StatsRegistry,
+        outside: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._router = _Router(engine, stats)
+        self._stats = stats
+        self._tls = tls
+        self._outside = outside or httpx.HTTPTransport()
+        self._services: dict[str, IdentityTransport] = {}
+
+    def _service_transport(self, service: CompiledService) -> IdentityTransport:
+        transport = self._services.get(service.spiffe_id)
+        if transport is None:
+            transport = IdentityTransport(
+                expected=service.spiffe_id,
+                tls=self._tls,
+                sni=service.dns_name,
+                max_connections=service.connection_pool.max_connections,
+            )
+            self._services[service.spiffe_id] = transport
+        return transport
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        service = self._router.resolve(request)
+        if service is None:
+            return self._outside.handle_request(request)
+        authority = self._router.choose(service, request)
+        host, port = _split(authority)
+        stats = self._stats.get(authority)
+        started = stats.start()
+        ok = False
+        try:
+            response = self._service_transport(service).send_to(request, host, port)
+            ok = response.status_code < 500
+            return response
+        finally:
+            stats.finish(started, ok)
+
+    def close(self) -> None:
+        for transport in self._services.values():
+            transport.close()
+        self._outside.close()

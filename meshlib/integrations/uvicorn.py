@@ -1,0 +1,236 @@
+"""Run an ASGI app under uvicorn with the mesh certificate.
+
+uvicorn neither exposes the peer certificate nor rotates certificates by itself. This
+module adds both:
+
+* :func:`tls_protocol` subclasses uvicorn's HTTP protocol so each connection computes the
+  ASGI TLS extension once (peer chain, TLS version, and meshlib's ``spiffe_id``) and puts
+  it into every request scope of that connection;
+* the listening socket gets a front SSLContext from :class:`meshlib.identity.tls.TLSContexts`
+  that follows every rotation.
+
+``meshlib.serve(app, mesh=mesh)`` is the one-line entry point. With ``plaintext_port`` it
+also listens without TLS on a second port, for callers that cannot do mTLS; whether they
+are admitted is the PeerAuthentication policy's decision (STRICT refuses them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from meshlib.errors import IdentityError
+from meshlib.identity.svid import spiffe_id_from_peercert
+from meshlib.integrations.asgi import ASGIApp, MeshMiddleware
+
+try:
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("meshlib.serve needs uvicorn: pip install 'meshlib[fastapi]'") from exc
+
+if TYPE_CHECKING:
+    from meshlib.mesh import Mesh
+
+__all__ = ["MeshServer", "aserve", "serve", "tls_extension", "tls_protocol"]
+
+_TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+
+
+def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
+    """The ASGI TLS extension for one connection, or None when it is not TLS."""
+    sslobj = transport.get_extra_info("ssl_object")
+    if sslobj is None:
+        return None
+    der = sslobj.getpeercert(binary_form=True)
+    spiffe_id: str | None = None
+    error: str | None = None
+    if der is None:
+        error = "no client certificate"
+    else:
+        try:
+            spiffe_id = spiffe_id_from_peercert(sslobj.getpeercert())
+        except IdentityError as exc:
+            error = str(exc)
+    return {
+        "server_cert": None,
+        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+        "client_cert_name": None,
+        "client_cert_error": error,
+        "tls_version": _TLS_VERSIONS.get(sslobj.version() or ""),
+        "cipher_suite": None,
+        "spiffe_id": spiffe_id,
+    }
+
+
+def tls_protocol(base: type[Any]) -> type[Any]:
+    """Subclass a uvicorn HTTP protocol so its scopes carry the TLS extension."""
+
+    class TLSProtocol(base):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            extension = tls_extension(transport)
+            if extension is None:
+                return
+            this: Any = self  # uvicorn's protocols are untyped here
+            inner = this.app
+
+            async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+                extensions = scope.get("extensions")
+                if extensions is None:
+                    scope["extensions"] = {"tls": extension}
+                else:
+                    extensions["tls"] = extension
+                await inner(scope, receive, send)
+
+            this.app = app
+
+    TLSProtocol.__name__ = f"TLS{base.__name__}"
+    return TLSProtocol
+
+
+def _http_protocol() -> type[Any]:
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # httptools is optional; h11 always ships with uvicorn
+        return tls_protocol(H11Protocol)
+    return tls_protocol(HttpToolsProtocol)
+
+
+def _advertised(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+class MeshServer:
+    """uvicorn serving *app* with the mesh identity; registers the instance once listening.
+
+    Args:
+        app: the ASGI app; wrapped in :class:`MeshMiddleware` (harmless if already added).
+        mesh: a started or startable :class:`meshlib.Mesh`.
+        host, port: the mTLS listener.
+        plaintext_port: optional second listener without TLS (see PeerAuthentication).
+        advertise: address registered for this instance (default: *host*, or 127.0.0.1).
+        uvicorn_options: passed to ``uvicorn.Config``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        mesh: Mesh,
+        host: str = "127.0.0.1",
+        port: int = 8443,
+        plaintext_port: int | None = None,
+        advertise: str | None = None,
+        **uvicorn_options: Any,
+    ) -> None:
+        self.mesh = mesh
+        self.host = host
+        self.port = port
+        self.plaintext_port = plaintext_port
+        self.advertise = advertise or _advertised(host)
+        wrapped = MeshMiddleware(app, mesh=mesh)
+        options: dict[str, Any] = {"log_level": "warning", "lifespan": "auto"} | uvicorn_options
+        protocol = _http_protocol()
+
+        def context_factory(_config: Any, _default: Callable[[], ssl.SSLContext]) -> Any:
+            return mesh.tls.server_context()
+
+        self._tls_server = uvicorn.Server(
+            uvicorn.Config(
+                cast(Any, wrapped),
+                host=host,
+                port=port,
+                http=protocol,
+                ssl_context_factory=context_factory,
+                **options,
+            )
+        )
+        self._plain_server = (
+            uvicorn.Server(
+                uvicorn.Config(
+                    cast(Any, wrapped),
+                    host=host,
+                    port=plaintext_port,
+                    **(options | {"lifespan": "off"}),
+                )
+            )
+            if plaintext_port is not None
+            else None
+        )
+
+    @property
+    def started(self) -> bool:
+        """True once every listener accepts connections."""
+        return self._tls_server.started and (
+            self._plain_server is None or self._plain_server.started
+        )
+
+    def bound_port(self) -> int:
+        """The mTLS port actually bound (useful with ``port=0``)."""
+        for server in self._tls_server.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return self.port
+
+    def _plain_bound_port(self) -> int | None:
+        if self._plain_server is None:
+            return None
+        for server in self._plain_server.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return self.plaintext_port
+
+    async def serve(self) -> None:
+        """Serve until :meth:`stop` or a signal; deregisters the instance first on the way out."""
+        if not self.mesh.started:
+            await self.mesh.astart()
+        tasks = [asyncio.create_task(self._tls_server.serve())]
+        if self._plain_server is not None:
+            tasks.append(asyncio.create_task(self._plain_server.serve()))
+        try:
+            while not self.started:
+                if any(t.done() for t in tasks):
+                    break
+                await asyncio.sleep(0.01)
+            if self.started:
+                self.mesh.set_endpoint(
+                    self.advertise, self.bound_port(), plaintext_port=self._plain_bound_port()
+                )
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            self.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                task.result()
+        finally:
+            self.mesh.clear_endpoint()
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    def stop(self) -> None:
+        """Ask every listener to finish its requests and stop."""
+        self._tls_server.should_exit = True
+        if self._plain_server is not None:
+            self._plain_server.should_exit = True
+
+
+async def aserve(app: ASGIApp, *, mesh: Mesh, **options: Any) -> None:
+    """Async form of :func:`serve`."""
+    await MeshServer(app, mesh=mesh, **options).serve()
+
+
+def serve(app: ASGIApp, *, mesh: Mesh, **options: Any) -> None:
+    """Run *app* on uvicorn with the mesh certificate until interrupted.
+
+    Starts the mesh if needed, requires client certificates from the mesh's trust bundle,
+    rotates certificates without a restart, exposes the peer certificate in
+    ``scope["extensions"]["tls"]``, enforces the inbound policy, and registers the
+    instance with the control service once it listens.
+    """
+    asyncio.run(aserve(app, mesh=mesh, **options))

@@ -1,0 +1,219 @@
+"""``Mesh``: one workload's membership of the mesh, and the factory of meshed clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from meshlib.config import MeshConfig
+from meshlib.errors import IdentityError, MeshError, StartTimeout
+from meshlib.identity.svid import SVID
+from meshlib.identity.tls import TLSContexts
+from meshlib.integrations.httpx import AsyncMeshTransport, MeshTransport
+from meshlib.policy.engine import PolicyEngine
+from meshlib.runtime.agent import Agent
+from meshlib.traffic.balancers import StatsRegistry
+
+__all__ = ["Mesh"]
+
+
+class Mesh:
+    """A workload in the mesh: identity, live policy, and meshed clients and servers.
+
+    Args:
+        service: this workload's service name (``MESH_SERVICE``).
+        namespace: its namespace (``MESH_NAMESPACE``, default ``default``).
+        control_url: the control service (``MESH_CONTROL_URL``).
+        token: join token for the first contact (``MESH_TOKEN``).
+        data_dir: cache directory (``MESH_DATA_DIR``).
+        labels: instance labels such as ``{"version": "v2", "zone": "b"}``.
+        dependencies: services this workload calls; scopes its snapshot (default: all).
+        start_timeout: seconds :meth:`start` waits for identity and first snapshot.
+
+    Example::
+
+        mesh = meshlib.Mesh.from_env()
+        mesh.start()
+        with mesh.client() as http:
+            http.get("http://orders/items")
+    """
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        namespace: str = "default",
+        control_url: str | None = None,
+        token: str | None = None,
+        data_dir: str | Path | None = None,
+        labels: dict[str, str] | None = None,
+        dependencies: list[str] | tuple[str, ...] | None = None,
+        start_timeout: float | None = None,
+        advertise: str | None = None,
+    ) -> None:
+        options: dict[str, Any] = {
+            "service": service,
+            "namespace": namespace,
+            "control_url": control_url,
+            "token": token,
+            "data_dir": Path(data_dir) if data_dir is not None else None,
+            "labels": dict(labels or {}),
+            "dependencies": tuple(dependencies) if dependencies is not None else None,
+            "advertise": advertise,
+        }
+        if start_timeout is not None:
+            options["start_timeout"] = start_timeout
+        self._init(MeshConfig(**options))
+
+    def _init(self, config: MeshConfig) -> None:
+        self.config = config
+        self._tls: TLSContexts | None = None
+        self._engine: PolicyEngine | None = None
+        self.stats = StatsRegistry()
+        self._agent = Agent(config, on_identity=self._install_identity, on_engine=self._install)
+        self._started = False
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Mesh:
+        """Build from ``MESH_*`` variables; keyword arguments override them."""
+        mesh = cls.__new__(cls)
+        mesh._init(MeshConfig.from_env(**overrides))
+        return mesh
+
+    # ------------------------------------------------------------------ state
+
+    def _install_identity(self, svid: SVID) -> None:
+        if self._tls is None:
+            self._tls = TLSContexts(svid, files_dir=self.config.cache_dir)
+        else:
+            self._tls.update(svid)
+
+    def _install(self, engine: PolicyEngine) -> None:
+        self._engine = engine  # one assignment: the request path never sees a mix
+
+    @property
+    def engine(self) -> PolicyEngine:
+        """The active policy engine (read on every request, without locks)."""
+        engine = self._engine
+        if engine is None:
+            raise MeshError("the mesh is not started: call mesh.start() first")
+        return engine
+
+    @property
+    def tls(self) -> TLSContexts:
+        """The live TLS contexts of this workload's SVID."""
+        if self._tls is None:
+            raise IdentityError("no SVID yet: call mesh.start() first")
+        return self._tls
+
+    @property
+    def spiffe_id(self) -> str:
+        """This workload's SPIFFE ID."""
+        return str(self.tls.svid.spiffe_id)
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` returned."""
+        return self._started
+
+    @property
+    def instance_id(self) -> str:
+        """The registry ID of this process's instance."""
+        return self._agent.instance_id
+
+    @property
+    def last_error(self) -> str | None:
+        """The agent's most recent problem talking to the control service, if any."""
+        return self._agent.last_error
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, timeout: float | None = None) -> Mesh:
+        """Start the agent; return once identity and first snapshot are ready.
+
+        Raises:
+            StartTimeout: nothing usable arrived within *timeout* seconds.
+            MeshError: the control service refused us (bad token, …).
+        """
+        if self._started:
+            return self
+        self._agent.start()
+        deadline = time.monotonic() + (timeout or self.config.start_timeout)
+        while not self._agent.ready.wait(0.05):
+            if self._agent.fatal is not None:
+                raise self._agent.fatal
+            if time.monotonic() > deadline:
+                self._agent.stop()
+                raise StartTimeout(
+                    f"mesh did not become ready within {timeout or self.config.start_timeout:g}s "
+                    f"(service {self.config.service}); last error: {self._agent.last_error}"
+                )
+        self._started = True
+        return self
+
+    async def astart(self, timeout: float | None = None) -> Mesh:
+        """Async twin of :meth:`start` (waits in a worker thread)."""
+        return await asyncio.to_thread(self.start, timeout)
+
+    def close(self) -> None:
+        """Deregister and stop the agent."""
+        self._agent.stop()
+        self._started = False
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`."""
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> Mesh:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ serving
+
+    def set_endpoint(self, address: str, port: int, *, plaintext_port: int | None = None) -> None:
+        """Register this instance as serving at ``address:port`` (``meshlib.serve`` calls it)."""
+        self._agent.set_endpoint(
+            {"address": address, "port": port, "plaintextPort": plaintext_port}
+        )
+
+    def clear_endpoint(self) -> None:
+        """Withdraw this instance from the registry before it stops serving."""
+        self._agent.set_endpoint(None)
+
+    # ------------------------------------------------------------------ clients
+
+    def _client_context(self) -> Any:
+        return self.tls.client_context()
+
+    def _engine_now(self) -> PolicyEngine:
+        return self.engine
+
+    def transport(self) -> MeshTransport:
+        """A sync httpx transport that routes ``http://<service>/…`` over the mesh."""
+        return MeshTransport(engine=self._engine_now, tls=self._client_context, stats=self.stats)
+
+    def async_transport(self) -> AsyncMeshTransport:
+        """An async httpx transport that routes ``http://<service>/…`` over the mesh."""
+        return AsyncMeshTransport(
+            engine=self._engine_now, tls=self._client_context, stats=self.stats
+        )
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An ``httpx.Client`` whose calls to mesh services go over mTLS, by policy."""
+        return httpx.Client(transport=self.transport(), **kwargs)
+
+    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` whose calls to mesh services go over mTLS, by policy."""
+        return httpx.AsyncClient(transport=self.async_transport(), **kwargs)

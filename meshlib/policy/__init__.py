@@ -1,0 +1,118 @@
+"""PURE policy core: resource model, decoding, snapshots, compiled engine.
+
+Nothing here does I/O or imports a framework; the control service validates with this same
+code.
+"""
+
+from __future__ import annotations
+
+from meshlib.policy.authz import Authorizer, Verdict, peer_namespace
+from meshlib.policy.decode import (
+    decode_documents,
+    decode_resource,
+    encode_resource,
+    is_dns_label,
+    load_documents,
+)
+from meshlib.policy.durations import format_duration, parse_duration
+from meshlib.policy.engine import PolicyEngine
+from meshlib.policy.model import (
+    API_VERSION,
+    DEFAULT_TIMEOUT,
+    KINDS,
+    AbortFault,
+    AuthorizationPolicySpec,
+    AuthzRule,
+    Backend,
+    Backoff,
+    CircuitBreakerPolicy,
+    ConnectionPool,
+    DelayFault,
+    FaultPolicy,
+    HeaderMatch,
+    Metadata,
+    MirrorPolicy,
+    OutlierDetection,
+    PathMatch,
+    PeerAuthenticationSpec,
+    RateLimitSpec,
+    Resource,
+    RetryBudget,
+    RetryPolicy,
+    Route,
+    RouteMatch,
+    Spec,
+    Subset,
+    TrafficPolicySpec,
+)
+from meshlib.policy.routing import (
+    CompiledService,
+    HeaderMatcher,
+    MirrorPlan,
+    RoutePlan,
+    WeightedBackend,
+)
+from meshlib.policy.snapshot import (
+    Endpoint,
+    InboundPolicy,
+    ServiceEntry,
+    Snapshot,
+    compute_version,
+    decode_snapshot,
+    encode_snapshot,
+    snapshot_version,
+)
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_TIMEOUT",
+    "KINDS",
+    "AbortFault",
+    "AuthorizationPolicySpec",
+    "Authorizer",
+    "AuthzRule",
+    "Backend",
+    "Backoff",
+    "CircuitBreakerPolicy",
+    "CompiledService",
+    "ConnectionPool",
+    "DelayFault",
+    "Endpoint",
+    "FaultPolicy",
+    "HeaderMatch",
+    "HeaderMatcher",
+    "InboundPolicy",
+    "Metadata",
+    "MirrorPlan",
+    "MirrorPolicy",
+    "OutlierDetection",
+    "PathMatch",
+    "PeerAuthenticationSpec",
+    "PolicyEngine",
+    "RateLimitSpec",
+    "Resource",
+    "RetryBudget",
+    "RetryPolicy",
+    "Route",
+    "RouteMatch",
+    "RoutePlan",
+    "ServiceEntry",
+    "Snapshot",
+    "Spec",
+    "Subset",
+    "TrafficPolicySpec",
+    "Verdict",
+    "WeightedBackend",
+    "compute_version",
+    "decode_documents",
+    "decode_resource",
+    "decode_snapshot",
+    "encode_resource",
+    "encode_snapshot",
+    "format_duration",
+    "is_dns_label",
+    "load_documents",
+    "parse_duration",
+    "peer_namespace",
+    "snapshot_version",
+]

@@ -1,0 +1,291 @@
+"""The Snapshot: the immutable, versioned policy value the control service sends a workload.
+
+A snapshot is scoped to one workload: its own inbound policy and the services it calls.
+:func:`encode_snapshot` / :func:`decode_snapshot` are its JSON codec; resources inside are
+carried in their canonical form (:func:`~meshlib.policy.decode.encode_resource`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshlib.errors import PolicyError
+from meshlib.policy.decode import decode_resource, encode_resource, is_dns_label
+from meshlib.policy.model import PEER_MODES, Resource, TrafficPolicySpec
+
+__all__ = [
+    "ENDPOINT_MODES",
+    "Endpoint",
+    "InboundPolicy",
+    "ServiceEntry",
+    "Snapshot",
+    "compute_version",
+    "decode_snapshot",
+    "encode_snapshot",
+    "snapshot_version",
+]
+
+ENDPOINT_MODES = ("library", "sidecar")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One registered instance of a service."""
+
+    id: str
+    address: str
+    port: int
+    labels: tuple[tuple[str, str], ...]  # sorted by name
+    mode: str  # "library" | "sidecar"
+    spiffe_id: str
+
+    def label(self, name: str) -> str | None:
+        """The value of label *name*, or None."""
+        for key, value in self.labels:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def zone(self) -> str | None:
+        """The ``zone`` label, used for locality-aware balancing."""
+        return self.label("zone")
+
+    @property
+    def authority(self) -> str:
+        """``address:port`` (IPv6 addresses in brackets); the key of per-endpoint state."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry:
+    """A service this workload may call, its endpoints and its TrafficPolicy (if any)."""
+
+    name: str
+    namespace: str
+    spiffe_id: str
+    endpoints: tuple[Endpoint, ...]
+    traffic_policy: Resource | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundPolicy:
+    """What the workload enforces on requests it receives."""
+
+    peer_mode: str = "STRICT"
+    authorization: tuple[Resource, ...] = ()
+    rate_limit: Resource | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one workload needs; ``services`` is sorted by (namespace, name)."""
+
+    version: str
+    trust_domain: str
+    service: str
+    namespace: str
+    inbound: InboundPolicy
+    services: tuple[ServiceEntry, ...]
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+
+def _encode_endpoint(e: Endpoint) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "address": e.address,
+        "port": e.port,
+        "labels": dict(e.labels),
+        "mode": e.mode,
+        "spiffeId": e.spiffe_id,
+    }
+
+
+def encode_snapshot(s: Snapshot) -> dict[str, Any]:
+    """Encode *s* as a JSON-able dict (camelCase keys, resources in canonical form)."""
+    return {
+        "version": s.version,
+        "trustDomain": s.trust_domain,
+        "service": s.service,
+        "namespace": s.namespace,
+        "inbound": {
+            "peerMode": s.inbound.peer_mode,
+            "authorization": [encode_resource(r) for r in s.inbound.authorization],
+            "rateLimit": None
+            if s.inbound.rate_limit is None
+            else encode_resource(s.inbound.rate_limit),
+        },
+        "services": [
+            {
+                "name": e.name,
+                "namespace": e.namespace,
+                "spiffeId": e.spiffe_id,
+                "endpoints": [_encode_endpoint(x) for x in e.endpoints],
+                "trafficPolicy": None
+                if e.traffic_policy is None
+                else encode_resource(e.traffic_policy),
+            }
+            for e in s.services
+        ],
+    }
+
+
+def snapshot_version(body: Mapping[str, Any]) -> str:
+    """The version of an encoded snapshot: sha256 of its canonical JSON without ``version``.
+
+    Returns:
+        The first 16 hex digits.
+    """
+    content = {k: v for k, v in body.items() if k != "version"}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def compute_version(s: Snapshot) -> str:
+    """``snapshot_version(encode_snapshot(s))``: the version *s* should carry."""
+    return snapshot_version(encode_snapshot(s))
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+
+def _fields(value: Any, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise PolicyError(path, "must be a mapping")
+    for key in value:
+        if key not in allowed:
+            raise PolicyError(f"{path}.{key}" if path else str(key), "unknown field")
+    for key in allowed:
+        if key not in value:
+            raise PolicyError(f"{path}.{key}" if path else key, "required")
+    return value
+
+
+def _str(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise PolicyError(path, "must be a non-empty string")
+    return value
+
+
+def _label(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not is_dns_label(value):
+        raise PolicyError(path, f"must be a DNS label, got {value!r}")
+    return value
+
+
+def _spiffe(value: Any, path: str) -> str:
+    text = _str(value, path)
+    if not text.startswith("spiffe://"):
+        raise PolicyError(path, f"must be a spiffe:// ID, got {text!r}")
+    return text
+
+
+def _list(value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise PolicyError(path, "must be a list")
+    return list(value)
+
+
+def _resource(value: Any, path: str, kind: str) -> Resource:
+    try:
+        res = decode_resource(value)
+    except PolicyError as exc:
+        raise PolicyError(f"{path}.{exc.path}" if exc.path else path, exc.reason) from exc
+    if res.kind != kind:
+        raise PolicyError(f"{path}.kind", f"must be {kind}, got {res.kind}")
+    return res
+
+
+def _endpoint(value: Any, path: str) -> Endpoint:
+    mp = _fields(value, path, ("id", "address", "port", "labels", "mode", "spiffeId"))
+    port = mp["port"]
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise PolicyError(f"{path}.port", f"must be an integer between 1 and 65535, got {port!r}")
+    labels = mp["labels"]
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise PolicyError(f"{path}.labels", "must be a mapping of strings to strings")
+    mode = mp["mode"]
+    if mode not in ENDPOINT_MODES:
+        raise PolicyError(f"{path}.mode", f"must be one of {', '.join(ENDPOINT_MODES)}")
+    return Endpoint(
+        id=_str(mp["id"], f"{path}.id"),
+        address=_str(mp["address"], f"{path}.address"),
+        port=port,
+        labels=tuple(sorted(labels.items())),
+        mode=mode,
+        spiffe_id=_spiffe(mp["spiffeId"], f"{path}.spiffeId"),
+    )
+
+
+def _service(value: Any, path: str) -> ServiceEntry:
+    mp = _fields(value, path, ("name", "namespace", "spiffeId", "endpoints", "trafficPolicy"))
+    name = _label(mp["name"], f"{path}.name")
+    namespace = _label(mp["namespace"], f"{path}.namespace")
+    where = f"{path}.endpoints"
+    endpoints = tuple(
+        _endpoint(e, f"{where}[{i}]") for i, e in enumerate(_list(mp["endpoints"], where))
+    )
+    policy = None
+    if mp["trafficPolicy"] is not None:
+        policy = _resource(mp["trafficPolicy"], f"{path}.trafficPolicy", "TrafficPolicy")
+        assert isinstance(policy.spec, TrafficPolicySpec)
+        if (policy.spec.service, policy.metadata.namespace) != (name, namespace):
+            raise PolicyError(
+                f"{path}.trafficPolicy.spec.service",
+                f"policy for {policy.spec.service}.{policy.metadata.namespace} "
+                f"attached to {name}.{namespace}",
+            )
+    return ServiceEntry(
+        name=name,
+        namespace=namespace,
+        spiffe_id=_spiffe(mp["spiffeId"], f"{path}.spiffeId"),
+        endpoints=endpoints,
+        traffic_policy=policy,
+    )
+
+
+def decode_snapshot(d: Mapping[str, Any]) -> Snapshot:
+    """Decode an encoded snapshot; ``services`` are put in (namespace, name) order.
+
+    Raises:
+        PolicyError: anything missing, unknown or malformed, with its path; also duplicate
+            services.
+    """
+    mp = _fields(d, "", ("version", "trustDomain", "service", "namespace", "inbound", "services"))
+    inbound = _fields(mp["inbound"], "inbound", ("peerMode", "authorization", "rateLimit"))
+    if inbound["peerMode"] not in PEER_MODES:
+        raise PolicyError("inbound.peerMode", f"must be one of {', '.join(PEER_MODES)}")
+    authz = tuple(
+        _resource(r, f"inbound.authorization[{i}]", "AuthorizationPolicy")
+        for i, r in enumerate(_list(inbound["authorization"], "inbound.authorization"))
+    )
+    rate_limit = None
+    if inbound["rateLimit"] is not None:
+        rate_limit = _resource(inbound["rateLimit"], "inbound.rateLimit", "RateLimit")
+    services = tuple(
+        _service(s, f"services[{i}]") for i, s in enumerate(_list(mp["services"], "services"))
+    )
+    seen: set[tuple[str, str]] = set()
+    for i, entry in enumerate(services):
+        if (entry.namespace, entry.name) in seen:
+            raise PolicyError(f"services[{i}]", f"duplicate service {entry.name}.{entry.namespace}")
+        seen.add((entry.namespace, entry.name))
+    return Snapshot(
+        version=_str(mp["version"], "version"),
+        trust_domain=_str(mp["trustDomain"], "trustDomain"),
+        service=_label(mp["service"], "service"),
+        namespace=_label(mp["namespace"], "namespace"),
+        inbound=InboundPolicy(
+            peer_mode=inbound["peerMode"], authorization=authz, rate_limit=rate_limit
+        ),
+        services=tuple(sorted(services, key=lambda e: (e.namespace, e.name))),
+    )

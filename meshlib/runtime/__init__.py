@@ -1,0 +1,1 @@
+"""The agent side of a meshed workload: control-service client, cache and agent thread."""

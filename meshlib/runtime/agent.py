@@ -1,0 +1,383 @@
+"""The agent: a daemon thread that keeps a workload's identity and policy current.
+
+It runs its own asyncio loop with three tasks once bootstrapped:
+
+* **watch** — long-polls the control service for the workload's snapshot, compiles each
+  new one and publishes it with one reference swap; a snapshot that does not decode or
+  compile is rejected whole and reported, and the last good one stays active;
+* **heartbeat** — registers the instance and refreshes the registration;
+* **renew** — re-keys and renews the SVID at half its lifetime (with jitter).
+
+With the control service unreachable, everything already installed keeps working, and
+the loops retry with capped backoff. The SVID and the last good snapshot are cached on
+disk, so a restart while the control service is down starts from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from meshlib.config import MeshConfig
+from meshlib.errors import ControlPlaneError, IdentityError, MeshError, PolicyError
+from meshlib.identity.keys import build_csr, generate_private_key, private_key_pem
+from meshlib.identity.spiffe import SpiffeId
+from meshlib.identity.svid import SVID, certificate_fingerprint, load_pem_certificates
+from meshlib.identity.tls import build_client_context
+from meshlib.policy.engine import PolicyEngine
+from meshlib.policy.snapshot import decode_snapshot
+from meshlib.runtime.cache import WorkloadCache
+from meshlib.runtime.control_client import ControlClient, fetch_bundle_unverified
+
+__all__ = ["Agent", "parse_token_fingerprint"]
+
+log = logging.getLogger("meshlib.agent")
+
+BACKOFF_BASE = 0.2
+BACKOFF_MAX = 5.0
+FIRST_CONTACT_TIMEOUT = 3.0
+
+
+def parse_token_fingerprint(token: str) -> str:
+    """The CA fingerprint a join token pins (``mesh1.<id>.<secret>.<fingerprint>``)."""
+    parts = token.split(".")
+    if len(parts) != 4 or parts[0] != "mesh1":
+        raise ControlPlaneError("MESH_TOKEN: not a meshlib join token (expected mesh1.…)")
+    return "sha256:" + parts[3]
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(BACKOFF_MAX, BACKOFF_BASE * 2.0**attempt) * (0.5 + random.random() / 2))
+
+
+class Agent:
+    """Background keeper of one workload's SVID, snapshot and registration.
+
+    Args:
+        config: the workload's settings.
+        on_identity: called (in the agent thread) with every new SVID.
+        on_engine: called with every newly compiled policy engine.
+    """
+
+    def __init__(
+        self,
+        config: MeshConfig,
+        *,
+        on_identity: Callable[[SVID], None],
+        on_engine: Callable[[PolicyEngine], None],
+    ) -> None:
+        self.config = config
+        self.instance_id = uuid.uuid4().hex[:16]
+        self.cache = WorkloadCache(config.cache_dir)
+        self._on_identity = on_identity
+        self._on_engine = on_engine
+        self.spiffe_id: SpiffeId | None = None
+        self.svid: SVID | None = None
+        self.engine: PolicyEngine | None = None
+        self.last_error: str | None = None
+        self.fatal: MeshError | None = None
+        self.ready = threading.Event()
+        self._endpoint: dict[str, Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._wake_heartbeat: asyncio.Event | None = None
+        self._client: ControlClient | None = None
+        self._svid_received_at = datetime.now(UTC)
+        self._ctx_cache: tuple[SVID, Any] | None = None
+
+    # ------------------------------------------------------------------ thread control
+
+    def start(self) -> None:
+        """Start the agent thread (returns at once; wait on :attr:`ready`)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="meshlib-agent", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Deregister (best effort), stop the loops and join the thread."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def submit(self, coro: Coroutine[Any, Any, Any], timeout: float) -> Any:
+        """Run *coro* on the agent loop and wait for it (from another thread)."""
+        if self._loop is None or self._loop.is_closed():
+            coro.close()
+            return None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def set_endpoint(self, endpoint: dict[str, Any] | None) -> None:
+        """Advertise (or with None, withdraw) this instance's serving address."""
+        self._endpoint = endpoint
+        loop, wake = self._loop, self._wake_heartbeat
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception as exc:  # the thread must never die silently
+            log.exception("meshlib agent stopped")
+            self.fatal = exc if isinstance(exc, MeshError) else MeshError(repr(exc))
+
+    # ------------------------------------------------------------------ main
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._wake_heartbeat = asyncio.Event()
+        try:
+            await self._boot()
+            if self.fatal is not None or self._stop.is_set():
+                return
+            tasks = [
+                asyncio.create_task(self._watch_loop()),
+                asyncio.create_task(self._heartbeat_loop()),
+                asyncio.create_task(self._renew_loop()),
+            ]
+            await self._stop.wait()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._client is not None:
+                with contextlib.suppress(MeshError, TimeoutError):
+                    await asyncio.wait_for(self._client.deregister(self.instance_id), 2.0)
+        finally:
+            if self._client is not None:
+                await self._client.aclose()
+
+    async def _boot(self) -> None:
+        """Get an identity (cache or token) and a first snapshot (control or cache)."""
+        assert self._stop is not None
+        cached = self.cache.load_svid()
+        if cached is not None and cached.spiffe_id.service != self.config.service:
+            cached = None
+        if cached is not None:
+            self._install_svid(cached, save=False)
+        attempt = 0
+        while self.svid is None and not self._stop.is_set():
+            try:
+                await self._bootstrap_with_token()
+            except ControlPlaneError as exc:
+                self.last_error = str(exc)
+                if exc.status is not None and 400 <= exc.status < 500:
+                    self.fatal = exc
+                    return
+                log.warning("bootstrap failed, retrying: %s", exc)
+                await self._sleep(_backoff(attempt))
+                attempt += 1
+            except MeshError as exc:
+                self.last_error = str(exc)
+                self.fatal = exc
+                return
+        if self.svid is None:
+            return
+        self._client = self._control_client()
+        # Prefer a fresh snapshot; fall back to the cached one if control is down.
+        try:
+            await asyncio.wait_for(
+                self._client.register(self.instance_id, self._registration()),
+                FIRST_CONTACT_TIMEOUT,
+            )
+            await self._watch_once("", FIRST_CONTACT_TIMEOUT, wait=0.0)
+        except (ControlPlaneError, TimeoutError) as exc:
+            self.last_error = str(exc)
+            snapshot = self.cache.load_snapshot()
+            if snapshot is not None:
+                log.warning("control service unavailable (%s); starting from cache", exc)
+                self._install_snapshot_dict(None, snapshot=snapshot)
+
+    def _control_client(self) -> ControlClient:
+        assert self.svid is not None
+        if self.config.control_url is None:
+            raise ControlPlaneError("MESH_CONTROL_URL: not set")
+        td = self.svid.spiffe_id.trust_domain
+        return ControlClient(
+            self.config.control_url,
+            expected=f"spiffe://{td}/control",
+            tls=self._client_context,
+        )
+
+    def _client_context(self) -> Any:
+        assert self.svid is not None
+        ctx = self._ctx_cache
+        if ctx is None or ctx[0] is not self.svid:
+            ctx = (
+                self.svid,
+                build_client_context(self.svid, self.svid.bundle_pem, self.cache.directory),
+            )
+            self._ctx_cache = ctx
+        return ctx[1]
+
+    async def _bootstrap_with_token(self) -> None:
+        token = self.config.token
+        url = self.config.control_url
+        if token is None or url is None:
+            raise MeshError(
+                "no usable cached SVID and no join token: set MESH_TOKEN "
+                "(from `meshctl token create --service "
+                f"{self.config.service} --namespace {self.config.namespace}`) and MESH_CONTROL_URL"
+            )
+        pinned = parse_token_fingerprint(token)
+        bundle = await fetch_bundle_unverified(url)
+        roots = [
+            c
+            for c in load_pem_certificates(bundle["bundle"].encode())
+            if certificate_fingerprint(c) == pinned
+        ]
+        if not roots:
+            raise ControlPlaneError(
+                f"the control service at {url} does not hold the CA pinned by the join token "
+                f"({pinned[:19]}…); refusing to trust it",
+                status=495,
+            )
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        pinned_pem = roots[0].public_bytes(Encoding.PEM)
+        td = bundle["trustDomain"]
+        ctx = build_client_context(None, pinned_pem, self.cache.directory)
+        client = ControlClient(url, expected=f"spiffe://{td}/control", tls=lambda: ctx)
+        try:
+            key = generate_private_key()
+            spiffe_id = SpiffeId.for_service(td, self.config.namespace, self.config.service)
+            answer = await client.sign(build_csr(key, spiffe_id), token=token)
+        finally:
+            await client.aclose()
+        svid = SVID.from_pem(
+            answer["certificate"].encode(), private_key_pem(key), answer["bundle"].encode()
+        )
+        self._install_svid(svid, save=True)
+
+    # ------------------------------------------------------------------ installing
+
+    def _install_svid(self, svid: SVID, *, save: bool) -> None:
+        if save:
+            self.cache.save_svid(svid)
+        self.svid = svid
+        self.spiffe_id = svid.spiffe_id
+        self._svid_received_at = datetime.now(UTC)
+        self._on_identity(svid)
+
+    def _install_snapshot_dict(self, body: dict[str, Any] | None, *, snapshot: Any = None) -> str:
+        """Decode, compile and publish; raises PolicyError (nothing changes) if invalid."""
+        if snapshot is None:
+            snapshot = decode_snapshot(body or {})
+        engine = PolicyEngine.compile(snapshot)
+        self.engine = engine
+        self._on_engine(engine)
+        if body is not None:
+            self.cache.save_snapshot(snapshot)
+        if self.svid is not None:
+            self.ready.set()
+        return str(snapshot.version)
+
+    async def _watch_once(self, version: str, timeout: float, *, wait: float) -> str:
+        assert self._client is not None
+        body = await asyncio.wait_for(
+            self._client.watch(version, wait, self.config.dependencies), timeout
+        )
+        if body is None:
+            return version
+        try:
+            applied = self._install_snapshot_dict(body)
+        except PolicyError as exc:
+            rejected = str(body.get("version", "?"))
+            log.error("rejected snapshot %s: %s", rejected, exc)
+            self.last_error = f"rejected snapshot {rejected}: {exc}"
+            await self._report(rejected, str(exc))
+            # Do not spin on the same bad version: wait for the next one.
+            return rejected
+        await self._report(applied, None)
+        return applied
+
+    async def _report(self, version: str, error: str | None) -> None:
+        assert self._client is not None
+        try:
+            await self._client.report(self.instance_id, version, error)
+        except ControlPlaneError as exc:  # reporting is best effort; the heartbeat repeats it
+            self.last_error = f"report failed: {exc}"
+
+    # ------------------------------------------------------------------ loops
+
+    async def _sleep(self, seconds: float) -> None:
+        assert self._stop is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _watch_loop(self) -> None:
+        version = self.engine.version if self.engine is not None else ""
+        attempt = 0
+        while True:
+            try:
+                version = await self._watch_once(
+                    version, self.config.watch_wait + 15, wait=self.config.watch_wait
+                )
+                attempt = 0
+            except (ControlPlaneError, TimeoutError) as exc:
+                self.last_error = str(exc)
+                await self._sleep(_backoff(attempt))
+                attempt += 1
+
+    def _registration(self) -> dict[str, Any]:
+        endpoint = self._endpoint or {}
+        return {
+            "address": endpoint.get("address", ""),
+            "port": endpoint.get("port", 0),
+            "plaintextPort": endpoint.get("plaintextPort"),
+            "adminPort": endpoint.get("adminPort"),
+            "labels": dict(self.config.labels),
+            "mode": "library",
+            "appliedVersion": self.engine.version if self.engine is not None else None,
+        }
+
+    async def _heartbeat_loop(self) -> None:
+        assert self._client is not None and self._wake_heartbeat is not None
+        while True:
+            self._wake_heartbeat.clear()
+            try:
+                await self._client.register(self.instance_id, self._registration())
+            except ControlPlaneError as exc:
+                self.last_error = str(exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_heartbeat.wait(), self.config.heartbeat_interval)
+
+    def renew_delay(self) -> float:
+        """Seconds until renewal: half of the remaining lifetime, ±10 % jitter."""
+        assert self.svid is not None
+        remaining = (self.svid.not_after - self._svid_received_at).total_seconds()
+        elapsed = (datetime.now(UTC) - self._svid_received_at).total_seconds()
+        due = remaining * (0.5 + random.uniform(-0.1, 0.1))
+        return max(0.5, due - elapsed)
+
+    async def _renew_loop(self) -> None:
+        assert self._client is not None
+        attempt = 0
+        while True:
+            await self._sleep(self.renew_delay() if attempt == 0 else _backoff(attempt))
+            assert self.svid is not None
+            try:
+                key = generate_private_key()
+                answer = await self._client.sign(build_csr(key, self.svid.spiffe_id))
+                svid = SVID.from_pem(
+                    answer["certificate"].encode(),
+                    private_key_pem(key),
+                    answer["bundle"].encode(),
+                )
+                self._install_svid(svid, save=True)
+                attempt = 0
+            except (ControlPlaneError, IdentityError) as exc:
+                self.last_error = f"renewal failed: {exc}"
+                log.warning("SVID renewal failed, retrying: %s", exc)
+                attempt += 1

@@ -1,0 +1,1 @@
+"""meshlib_control: the control service (CA, store, snapshots, APIs, xDS)."""

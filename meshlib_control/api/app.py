@@ -1,0 +1,170 @@
+"""The FastAPI app: workload API (``/v1/…``) and admin API (``/v1/admin/…``).
+
+Callers are identified by the client certificate of their TLS connection (the ASGI TLS
+extension that :mod:`meshlib.integrations.uvicorn` provides). The admin API admits only
+the admin SVID written to the data dir at first start.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from meshlib.errors import IdentityError
+from meshlib.identity.spiffe import SpiffeId
+from meshlib.policy.snapshot import encode_snapshot
+from meshlib_control.errors import ApiError
+from meshlib_control.plane import ControlPlane
+
+__all__ = ["MAX_WAIT", "create_app"]
+
+MAX_WAIT = 60.0
+MAX_BODY = 1024 * 1024
+
+
+def peer_of(request: Request) -> SpiffeId | None:
+    """The caller's verified SPIFFE ID, or None without a client certificate."""
+    tls = request.scope.get("extensions", {}).get("tls")
+    if tls is None:
+        return None
+    spiffe_id = tls.get("spiffe_id")
+    if spiffe_id is None:
+        if tls.get("client_cert_chain"):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"client certificate is not a valid SVID: {tls['client_cert_error']}",
+            )
+        return None
+    try:
+        return SpiffeId.parse(spiffe_id)
+    except IdentityError as exc:
+        raise ApiError(403, "forbidden", str(exc)) from exc
+
+
+def _require_peer(request: Request) -> SpiffeId:
+    peer = peer_of(request)
+    if peer is None:
+        raise ApiError(401, "unauthenticated", "this call needs mTLS with a workload SVID")
+    return peer
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, "too-large", f"body: larger than {MAX_BODY} bytes")
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise ApiError(400, "invalid", f"body: not JSON ({exc})") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid", "body: must be a JSON object")
+    return body
+
+
+def create_app(plane: ControlPlane) -> FastAPI:
+    """Build the control service's ASGI app around *plane*."""
+    app = FastAPI(title="meshlib control service", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    def admin(request: Request) -> None:
+        peer = peer_of(request)
+        if peer != plane.admin_id:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"the admin API needs the admin SVID ({plane.admin_id}); caller is "
+                f"{peer or 'unauthenticated'}",
+            )
+
+    # -------------------------------------------------------------- workload API
+
+    @app.get("/v1/bundle")
+    async def bundle() -> dict[str, Any]:
+        return plane.bundle()
+
+    @app.post("/v1/sign")
+    async def sign(request: Request) -> dict[str, Any]:
+        return plane.sign(await _json_body(request), peer_of(request))
+
+    @app.put("/v1/instances/{instance_id}")
+    async def register(instance_id: str, request: Request) -> dict[str, Any]:
+        return plane.register(instance_id, await _json_body(request), _require_peer(request))
+
+    @app.delete("/v1/instances/{instance_id}")
+    async def deregister(instance_id: str, request: Request) -> dict[str, Any]:
+        plane.deregister(instance_id, _require_peer(request))
+        return {}
+
+    @app.post("/v1/instances/{instance_id}/report")
+    async def report(instance_id: str, request: Request) -> dict[str, Any]:
+        plane.report(instance_id, await _json_body(request), _require_peer(request))
+        return {}
+
+    @app.get("/v1/snapshot", response_model=None)
+    async def snapshot(
+        request: Request, version: str = "", wait: float = 0.0, deps: str | None = None
+    ) -> Response | dict[str, Any]:
+        peer = _require_peer(request)
+        if peer.service is None or peer.namespace is None:
+            raise ApiError(403, "forbidden", f"{peer} is not a workload identity")
+        if not 0 <= wait <= MAX_WAIT:
+            raise ApiError(400, "invalid", f"wait: must be 0..{MAX_WAIT:g} seconds", path="wait")
+        dependencies = tuple(sorted({d for d in deps.split(",") if d})) if deps else None
+        found = await plane.cache.watch((peer.service, peer.namespace, dependencies), version, wait)
+        if found is None:
+            return Response(status_code=304)
+        return encode_snapshot(found)
+
+    # -------------------------------------------------------------- admin API
+
+    @app.post("/v1/admin/resources")
+    async def apply(request: Request) -> dict[str, Any]:
+        admin(request)
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise ApiError(413, "too-large", f"body: larger than {MAX_BODY} bytes")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ApiError(400, "invalid", "body: not UTF-8 text") from exc
+        return {"results": plane.apply(text)}
+
+    @app.get("/v1/admin/resources/{kind}")
+    async def get(
+        kind: str, request: Request, namespace: str | None = None, name: str | None = None
+    ) -> dict[str, Any]:
+        admin(request)
+        return {"items": plane.get(kind, namespace, name)}
+
+    @app.delete("/v1/admin/resources/{kind}/{namespace}/{name}")
+    async def delete(kind: str, namespace: str, name: str, request: Request) -> dict[str, Any]:
+        admin(request)
+        plane.delete(kind, namespace, name)
+        return {"deleted": {"kind": kind, "namespace": namespace, "name": name}}
+
+    @app.post("/v1/admin/tokens")
+    async def create_token(request: Request) -> dict[str, Any]:
+        admin(request)
+        return plane.create_token(await _json_body(request))
+
+    @app.get("/v1/admin/{listing}")
+    async def listing(listing: str, request: Request) -> dict[str, Any]:
+        admin(request)
+        lists = {
+            "services": plane.list_services,
+            "instances": plane.list_instances,
+            "certificates": plane.list_certificates,
+            "tokens": plane.list_tokens,
+        }
+        if listing not in lists:
+            raise ApiError(404, "not-found", f"no admin listing {listing!r}")
+        return {"items": lists[listing]()}
+
+    return app

@@ -1,0 +1,88 @@
+"""Run the control service: HTTPS (workload + admin API) with its own SVID."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import uvicorn
+
+from meshlib.identity.tls import TLSContexts
+from meshlib.integrations.uvicorn import tls_protocol
+from meshlib_control.api.app import create_app
+from meshlib_control.plane import ControlPlane
+from meshlib_control.settings import Settings, split_hostport
+
+__all__ = ["run", "serve"]
+
+log = logging.getLogger("meshlib_control")
+
+SWEEP_INTERVAL = 1.0
+
+
+async def _sweep(plane: ControlPlane) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        try:
+            plane.expire()
+        except Exception:  # the sweeper must survive a bad tick
+            log.exception("instance sweep failed")
+
+
+async def serve(settings: Settings, *, ready: Any = None) -> None:
+    """Serve until SIGINT/SIGTERM. *ready* (a callable) gets the bound URL."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    plane = ControlPlane(settings)
+    host, port = split_hostport(settings.listen, "--listen")
+    tls_dir = settings.data_dir / "tls"
+    tls_dir.mkdir(mode=0o700, exist_ok=True)
+    contexts = TLSContexts(plane.control_svid(), files_dir=tls_dir)
+    config = uvicorn.Config(
+        create_app(plane),
+        host=host,
+        port=port,
+        http=tls_protocol(H11Protocol),
+        ssl_context_factory=lambda _c, _d: contexts.server_context(require_client_cert=False),
+        log_level="warning",
+        lifespan="off",
+        timeout_keep_alive=75,
+    )
+    server = uvicorn.Server(config)
+    # We own the signals: uvicorn would re-raise them after shutdown and skip our cleanup.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    sweeper = asyncio.create_task(_sweep(plane))
+    serving = asyncio.create_task(server.serve())
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.02)
+    if server.started:
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        url = f"https://{host}:{bound}"
+        plane.write_admin_credentials(url)
+        log.warning(
+            "meshlib control service listening on %s (trust domain %s)", url, plane.trust_domain
+        )
+        if ready is not None:
+            ready(url)
+    try:
+        await serving
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        plane.store.close()
+
+
+def run(settings: Settings) -> None:
+    """Blocking entry point for ``meshctl control serve``."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(
+        serve(settings, ready=lambda url: print(f"control service ready at {url}", flush=True))
+    )

@@ -1,0 +1,1 @@
+"""Snapshots: the pure builder and the watch cache."""

@@ -1,0 +1,356 @@
+"""SQLite store (WAL) for resources, the instance registry, certificates, tokens and reports.
+
+Every write is one transaction; a batch of resources is applied whole or not at all.
+Calls are short and made from the control service's event loop under one lock; SQLite in
+WAL mode keeps readers (``meshctl get``) off the writer's back.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from meshlib.policy.decode import decode_resource, encode_resource
+from meshlib.policy.model import Resource
+from meshlib_control.ca.tokens import TokenRecord
+
+__all__ = ["CertificateRecord", "InstanceRecord", "SQLiteStore"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    body TEXT NOT NULL, revision INTEGER NOT NULL, updated_at TEXT NOT NULL,
+    PRIMARY KEY (kind, namespace, name));
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, service TEXT NOT NULL, namespace TEXT NOT NULL,
+    address TEXT NOT NULL, port INTEGER NOT NULL, plaintext_port INTEGER, admin_port INTEGER,
+    labels TEXT NOT NULL, mode TEXT NOT NULL, registered_at TEXT NOT NULL,
+    last_seen TEXT NOT NULL, expires_at TEXT NOT NULL,
+    applied_version TEXT, rejected_version TEXT, rejection TEXT);
+CREATE TABLE IF NOT EXISTS certificates (
+    serial TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, not_before TEXT NOT NULL,
+    not_after TEXT NOT NULL, issued_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, spiffe_id TEXT NOT NULL,
+    expires_at TEXT NOT NULL, uses_left INTEGER NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def _dt(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """One registered instance of a service."""
+
+    id: str
+    spiffe_id: str
+    service: str
+    namespace: str
+    address: str
+    port: int
+    plaintext_port: int | None
+    admin_port: int | None
+    labels: tuple[tuple[str, str], ...]
+    mode: str
+    registered_at: datetime
+    last_seen: datetime
+    expires_at: datetime
+    applied_version: str | None = None
+    rejected_version: str | None = None
+    rejection: str | None = None
+
+    def endpoint_key(self) -> tuple[Any, ...]:
+        """What a snapshot shows of this instance; heartbeats that keep it equal change nothing."""
+        return (self.id, self.spiffe_id, self.address, self.port, self.labels, self.mode)
+
+    def to_json(self) -> dict[str, Any]:
+        """The admin API's form."""
+        return {
+            "id": self.id,
+            "spiffeId": self.spiffe_id,
+            "service": self.service,
+            "namespace": self.namespace,
+            "address": self.address,
+            "port": self.port,
+            "plaintextPort": self.plaintext_port,
+            "adminPort": self.admin_port,
+            "labels": dict(self.labels),
+            "mode": self.mode,
+            "registeredAt": _ts(self.registered_at),
+            "lastSeen": _ts(self.last_seen),
+            "expiresAt": _ts(self.expires_at),
+            "appliedVersion": self.applied_version,
+            "rejectedVersion": self.rejected_version,
+            "rejection": self.rejection,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRecord:
+    """An issued certificate: never its key, which the control service never sees."""
+
+    serial: str
+    spiffe_id: str
+    not_before: datetime
+    not_after: datetime
+    issued_at: datetime
+
+
+class SQLiteStore:
+    """All persistent state of one control service, in ``<data-dir>/mesh.db``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, params).fetchall())
+
+    # ------------------------------------------------------------------ resources
+
+    def apply(self, resources: Sequence[Resource], now: datetime) -> list[tuple[Resource, str]]:
+        """Create or replace every resource in one transaction.
+
+        Returns each resource with ``created``, ``configured`` or ``unchanged``.
+        """
+        results: list[tuple[Resource, str]] = []
+        with self._tx() as db:
+            for resource in resources:
+                kind, namespace, name = resource.key
+                body = json.dumps(encode_resource(resource), sort_keys=True)
+                row = db.execute(
+                    "SELECT body, revision FROM resources WHERE kind=? AND namespace=? AND name=?",
+                    (kind, namespace, name),
+                ).fetchone()
+                if row is None:
+                    action, revision = "created", 1
+                elif row[0] == body:
+                    results.append((resource, "unchanged"))
+                    continue
+                else:
+                    action, revision = "configured", row[1] + 1
+                db.execute(
+                    "INSERT OR REPLACE INTO resources VALUES (?,?,?,?,?,?)",
+                    (kind, namespace, name, body, revision, _ts(now)),
+                )
+                results.append((resource, action))
+        return results
+
+    def delete_resource(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete one resource; False if it did not exist."""
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM resources WHERE kind=? AND namespace=? AND name=?",
+                (kind, namespace, name),
+            )
+            return cur.rowcount > 0
+
+    def resources(self) -> tuple[Resource, ...]:
+        """Every stored resource, in (kind, namespace, name) order."""
+        rows = self._rows("SELECT body FROM resources ORDER BY kind, namespace, name")
+        return tuple(decode_resource(json.loads(row[0])) for row in rows)
+
+    def resource_revisions(self) -> dict[tuple[str, str, str], tuple[int, str]]:
+        """(kind, namespace, name) → (revision, updated_at)."""
+        rows = self._rows("SELECT kind, namespace, name, revision, updated_at FROM resources")
+        return {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows}
+
+    # ------------------------------------------------------------------ instances
+
+    def upsert_instance(self, record: InstanceRecord) -> InstanceRecord | None:
+        """Store *record*; returns the previous record with that id, if any."""
+        with self._tx() as db:
+            old = db.execute("SELECT * FROM instances WHERE id=?", (record.id,)).fetchone()
+            db.execute(
+                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    record.id,
+                    record.spiffe_id,
+                    record.service,
+                    record.namespace,
+                    record.address,
+                    record.port,
+                    record.plaintext_port,
+                    record.admin_port,
+                    json.dumps(dict(record.labels), sort_keys=True),
+                    record.mode,
+                    _ts(record.registered_at),
+                    _ts(record.last_seen),
+                    _ts(record.expires_at),
+                    record.applied_version,
+                    record.rejected_version,
+                    record.rejection,
+                ),
+            )
+        return self._instance(old) if old is not None else None
+
+    @staticmethod
+    def _instance(row: Sequence[Any]) -> InstanceRecord:
+        return InstanceRecord(
+            id=row[0],
+            spiffe_id=row[1],
+            service=row[2],
+            namespace=row[3],
+            address=row[4],
+            port=row[5],
+            plaintext_port=row[6],
+            admin_port=row[7],
+            labels=tuple(sorted(json.loads(row[8]).items())),
+            mode=row[9],
+            registered_at=_dt(row[10]),
+            last_seen=_dt(row[11]),
+            expires_at=_dt(row[12]),
+            applied_version=row[13],
+            rejected_version=row[14],
+            rejection=row[15],
+        )
+
+    def instance(self, instance_id: str) -> InstanceRecord | None:
+        """One instance by id."""
+        rows = self._rows("SELECT * FROM instances WHERE id=?", (instance_id,))
+        return self._instance(rows[0]) if rows else None
+
+    def instances(self) -> tuple[InstanceRecord, ...]:
+        """Every registered instance (expired ones included until :meth:`expire_instances`)."""
+        rows = self._rows("SELECT * FROM instances ORDER BY namespace, service, id")
+        return tuple(self._instance(row) for row in rows)
+
+    def delete_instance(self, instance_id: str) -> bool:
+        """Remove one instance; False if unknown."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM instances WHERE id=?", (instance_id,)).rowcount > 0
+
+    def expire_instances(self, now: datetime) -> int:
+        """Remove instances whose registration expired; returns how many."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM instances WHERE expires_at < ?", (_ts(now),)).rowcount
+
+    def record_report(self, instance_id: str, version: str, error: str | None) -> bool:
+        """Store which snapshot an instance applied or rejected; False if unknown."""
+        with self._tx() as db:
+            if error is None:
+                cur = db.execute(
+                    "UPDATE instances SET applied_version=?, rejected_version=NULL, "
+                    "rejection=NULL WHERE id=?",
+                    (version, instance_id),
+                )
+            else:
+                cur = db.execute(
+                    "UPDATE instances SET rejected_version=?, rejection=? WHERE id=?",
+                    (version, error, instance_id),
+                )
+            return cur.rowcount > 0
+
+    # ------------------------------------------------------------------ certificates
+
+    def record_certificate(self, record: CertificateRecord) -> None:
+        """Remember an issued certificate (serial, identity, validity)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO certificates VALUES (?,?,?,?,?)",
+                (
+                    record.serial,
+                    record.spiffe_id,
+                    _ts(record.not_before),
+                    _ts(record.not_after),
+                    _ts(record.issued_at),
+                ),
+            )
+
+    def certificates(self) -> tuple[CertificateRecord, ...]:
+        """Every issued certificate, newest first."""
+        rows = self._rows("SELECT * FROM certificates ORDER BY issued_at DESC")
+        return tuple(CertificateRecord(r[0], r[1], _dt(r[2]), _dt(r[3]), _dt(r[4])) for r in rows)
+
+    # ------------------------------------------------------------------ tokens
+
+    def add_token(self, record: TokenRecord) -> None:
+        """Store a join token's record (its hash, never the secret)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO tokens VALUES (?,?,?,?,?,?)",
+                (
+                    record.token_id,
+                    record.secret_hash,
+                    record.spiffe_id,
+                    _ts(record.expires_at),
+                    record.uses_left,
+                    _ts(record.created_at),
+                ),
+            )
+
+    @staticmethod
+    def _token(row: Sequence[Any]) -> TokenRecord:
+        return TokenRecord(
+            token_id=row[0],
+            secret_hash=row[1],
+            spiffe_id=row[2],
+            expires_at=_dt(row[3]),
+            uses_left=row[4],
+            created_at=_dt(row[5]),
+        )
+
+    def token(self, token_id: str) -> TokenRecord | None:
+        """One token record by id."""
+        rows = self._rows("SELECT * FROM tokens WHERE id=?", (token_id,))
+        return self._token(rows[0]) if rows else None
+
+    def tokens(self) -> tuple[TokenRecord, ...]:
+        """Every token record."""
+        return tuple(self._token(r) for r in self._rows("SELECT * FROM tokens ORDER BY created_at"))
+
+    def consume_token(self, token_id: str) -> bool:
+        """Spend one use, atomically; False when none was left."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE tokens SET uses_left = uses_left - 1 WHERE id=? AND uses_left > 0",
+                (token_id,),
+            )
+            return cur.rowcount == 1
+
+    # ------------------------------------------------------------------ meta
+
+    def get_meta(self, key: str) -> str | None:
+        """A small named value (for example the control service's settings)."""
+        rows = self._rows("SELECT value FROM meta WHERE key=?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a small named value."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
