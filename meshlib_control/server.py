@@ -50,15 +50,23 @@ async def serve(settings: Settings, *, ready: Any = None) -> None:
         log_level="warning",
         lifespan="off",
         timeout_keep_alive=75,
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     # We own the signals: uvicorn would re-raise them after shutdown and skip our cleanup.
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
+    sweeper = asyncio.create_task(_sweep(plane))
+
+    def shutdown() -> None:
+        # Stop expiring instances first: while the listener drains, heartbeats cannot
+        # arrive, and expiring on their absence would push empty snapshots to watchers.
+        sweeper.cancel()
+        server.should_exit = True
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
-    sweeper = asyncio.create_task(_sweep(plane))
+            loop.add_signal_handler(sig, shutdown)
     serving = asyncio.create_task(server.serve())
     while not server.started and not serving.done():
         await asyncio.sleep(0.02)

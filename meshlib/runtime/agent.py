@@ -311,6 +311,9 @@ class Agent:
 
     # ------------------------------------------------------------------ loops
 
+    def _stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
     async def _sleep(self, seconds: float) -> None:
         assert self._stop is not None
         with contextlib.suppress(TimeoutError):
@@ -319,7 +322,7 @@ class Agent:
     async def _watch_loop(self) -> None:
         version = self.engine.version if self.engine is not None else ""
         attempt = 0
-        while True:
+        while not self._stopping():
             try:
                 version = await self._watch_once(
                     version, self.config.watch_wait + 15, wait=self.config.watch_wait
@@ -344,7 +347,7 @@ class Agent:
 
     async def _heartbeat_loop(self) -> None:
         assert self._client is not None and self._wake_heartbeat is not None
-        while True:
+        while not self._stopping():
             self._wake_heartbeat.clear()
             try:
                 await self._client.register(self.instance_id, self._registration())
@@ -364,8 +367,10 @@ class Agent:
     async def _renew_loop(self) -> None:
         assert self._client is not None
         attempt = 0
-        while True:
+        while not self._stopping():
             await self._sleep(self.renew_delay() if attempt == 0 else _backoff(attempt))
+            if self._stopping():
+                return
             assert self.svid is not None
             try:
                 key = generate_private_key()

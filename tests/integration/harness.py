@@ -98,9 +98,10 @@ class Control:
         self.process = Process(args, data_dir.parent / f"control-{self.port}.log")
 
     def start(self) -> None:
+        seen = len(self.process.output())
         self.process.start()
         wait_for(
-            lambda: "ready at" in self.process.output() or not self.process.alive(),
+            lambda: "ready at" in self.process.output()[seen:] or not self.process.alive(),
             20,
             "control service",
         )
@@ -157,6 +158,7 @@ class Service:
         plaintext: bool = False,
         port: int | None = None,
         data_dir: Path | None = None,
+        token: str | None = None,
     ) -> None:
         self.service = service
         self.port = port or free_port()
@@ -165,7 +167,7 @@ class Service:
         env = {
             "MESH_CONTROL_URL": control.url,
             "MESH_SERVICE": service,
-            "MESH_TOKEN": control.token(service),
+            "MESH_TOKEN": control.token(service) if token is None else token,
             "MESH_DATA_DIR": str(self.data_dir),
             "MESH_LABELS": labels,
             "PORT": str(self.port),
