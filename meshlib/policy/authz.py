@@ -24,6 +24,9 @@ from meshlib.policy.model import AuthorizationPolicySpec, AuthzRule, Resource
 __all__ = ["ALLOWED_NO_POLICY", "Authorizer", "Verdict", "peer_namespace"]
 
 
+IMPLICIT_DENY_RULE = "(no ALLOW rule matched)"
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """The answer to one request: allowed or not, which policy and rule decided, and why."""
@@ -131,8 +134,13 @@ class Authorizer:
         )
         allow_ids = [pid for pid, spec in selected if spec.action == "ALLOW"]
         self._has_allow = bool(allow_ids)
+        # The implicit deny names every ALLOW policy consulted, and a rule of its own, so a
+        # 403 always says which policy refused the request.
         self._no_match = Verdict(
-            False, None, None, f"no ALLOW rule matched (policies: {', '.join(allow_ids)})"
+            False,
+            ", ".join(allow_ids),
+            IMPLICIT_DENY_RULE,
+            f"no ALLOW rule matched (policies: {', '.join(allow_ids)})",
         )
 
     def authorize(self, peer: str | None, method: str, path: str) -> Verdict:

@@ -17,14 +17,11 @@ MAX_REQUESTS = 20_000
 
 
 def _serial(response) -> int:
-    sslobj = response.extensions["network_stream"].get_extra_info("ssl_object")
-    import ssl
-
+    """The serial number of the certificate the server presented on this connection."""
     from cryptography import x509
 
-    der = sslobj.getpeercert(binary_form=True)
-    assert isinstance(sslobj, ssl.SSLObject | ssl.SSLSocket)
-    return x509.load_der_x509_certificate(der).serial_number
+    sslobj = response.extensions["network_stream"].get_extra_info("ssl_object")
+    return x509.load_der_x509_certificate(sslobj.getpeercert(True)).serial_number
 
 
 def test_rotation_under_traffic_has_zero_failures(tmp_path: Path):

@@ -55,18 +55,21 @@ def authorizer(*policies: Resource) -> Authorizer:
     return Authorizer(policies, service="inventory", namespace="default")
 
 
+IMPLICIT = "(no ALLOW rule matched)"  # the rule an implicit deny names
+
+
 @pytest.mark.parametrize(
     ("peer", "method", "path", "allowed", "rule"),
     [
         (ORDERS, "GET", "/items/42", True, "orders-reads"),
-        (ORDERS, "POST", "/items/42", False, None),  # method not allowed
-        (ORDERS, "GET", "/orders/1", False, None),  # path not allowed
+        (ORDERS, "POST", "/items/42", False, IMPLICIT),  # method not allowed
+        (ORDERS, "GET", "/orders/1", False, IMPLICIT),  # path not allowed
         (ORDERS, "GET", "/items/a/b", True, "orders-reads"),  # fnmatch '*' spans '/'
-        (BATCH, "GET", "/items/42", False, None),  # another principal
+        (BATCH, "GET", "/items/42", False, IMPLICIT),  # another principal
         (FRONTEND, "GET", "/public/x", True, "web-ns"),  # namespace from the SPIFFE ID
-        (BATCH, "GET", "/public/x", False, None),  # wrong namespace
-        (None, "GET", "/public/x", False, None),  # plaintext never matches namespaces
-        (None, "GET", "/items/42", False, None),  # plaintext never matches principals
+        (BATCH, "GET", "/public/x", False, IMPLICIT),  # wrong namespace
+        (None, "GET", "/public/x", False, IMPLICIT),  # plaintext never matches namespaces
+        (None, "GET", "/items/42", False, IMPLICIT),  # plaintext never matches principals
         (None, "GET", "/health", True, "health"),  # rule without from: anyone
         (FRONTEND, "GET", "/admin/users", False, "rules[0]"),  # DENY wins over ALLOW
         (FRONTEND, "GET", "/health", True, "health"),
@@ -112,6 +115,8 @@ def test_no_match_reason_lists_allow_policies() -> None:
     """The no-match reason lists the ALLOW policies that were consulted."""
     verdict = authorizer(ALLOW_ORDERS_READS).authorize(BATCH, "GET", "/x")
     assert verdict.reason == "no ALLOW rule matched (policies: default/inventory-allow)"
+    assert verdict.policy == "default/inventory-allow"
+    assert verdict.rule == "(no ALLOW rule matched)"
 
 
 def test_allowed_verdicts_are_preallocated() -> None:
