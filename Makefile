@@ -17,8 +17,8 @@ demo: $(STAMP)
 	$(PY) -m examples.demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check meshlib meshlib_control tests examples benchmarks
-	$(VENV)/bin/ruff format --check meshlib meshlib_control tests examples benchmarks
+	$(VENV)/bin/ruff check meshlib meshlib_control tests examples
+	$(VENV)/bin/ruff format --check meshlib meshlib_control tests examples
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
