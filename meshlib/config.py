@@ -123,6 +123,8 @@ class MeshConfig:
             except ValueError:
                 raise ConfigError("MESH_START_TIMEOUT: must be a number of seconds") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("data_dir"), str):
+            values["data_dir"] = Path(str(values["data_dir"]))
         if "service" not in values:
             raise ConfigError("MESH_SERVICE: required (the name of this workload's service)")
         return cls(**values)  # type: ignore[arg-type]

@@ -189,8 +189,12 @@ class Mesh:
         )
 
     def clear_endpoint(self) -> None:
-        """Withdraw this instance from the registry before it stops serving."""
-        self._agent.set_endpoint(None)
+        """Withdraw this instance's endpoint from the registry before it stops serving.
+
+        Blocks up to two seconds for the control service to hear it, so callers stop
+        picking this instance before its listener closes.
+        """
+        self._agent.withdraw()
 
     # ------------------------------------------------------------------ clients
 

@@ -134,7 +134,7 @@ _COLUMNS = {
     "tokens": [("ID", "id"), ("SPIFFE ID", "spiffeId"), ("EXPIRES", "expiresAt"),
                ("USES LEFT", "usesLeft")],
     "resources": [("NAMESPACE", "metadata.namespace"), ("NAME", "metadata.name"),
-                  ("REVISION", "metadata.revision"), ("UPDATED", "metadata.updatedAt")],
+                  ("REVISION", "status.revision"), ("UPDATED", "status.updatedAt")],
 }  # fmt: skip
 
 

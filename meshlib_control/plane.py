@@ -325,7 +325,7 @@ class ControlPlane:
                 continue
             doc = encode_resource(resource)
             revision, updated = revisions[resource.key]
-            doc["metadata"] |= {"revision": revision, "updatedAt": updated}
+            doc["status"] = {"revision": revision, "updatedAt": updated}
             items.append(doc)
         if name is not None and not items:
             raise ApiError(404, "not-found", f"{kind} {namespace or 'default'}/{name} not found")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from datetime import UTC, datetime
 from typing import Any
 
 import uvicorn
@@ -21,6 +22,7 @@ __all__ = ["run", "serve"]
 log = logging.getLogger("meshlib_control")
 
 SWEEP_INTERVAL = 1.0
+OWN_CERT_CHECK_INTERVAL = 3600.0
 
 
 async def _sweep(plane: ControlPlane) -> None:
@@ -30,6 +32,17 @@ async def _sweep(plane: ControlPlane) -> None:
             plane.expire()
         except Exception:  # the sweeper must survive a bad tick
             log.exception("instance sweep failed")
+
+
+async def _renew_own_certificate(plane: ControlPlane, contexts: TLSContexts) -> None:
+    """Reissue the control service's serving SVID at half its lifetime."""
+    while True:
+        svid = contexts.svid
+        delay = (svid.renewal_time(jitter=0.0) - datetime.now(UTC)).total_seconds()
+        await asyncio.sleep(min(max(delay, 1.0), OWN_CERT_CHECK_INTERVAL))
+        if datetime.now(UTC) >= svid.renewal_time(jitter=0.0):
+            contexts.update(plane.control_svid())
+            log.warning("renewed the control service's own certificate")
 
 
 async def serve(settings: Settings, *, ready: Any = None) -> None:
@@ -56,6 +69,7 @@ async def serve(settings: Settings, *, ready: Any = None) -> None:
     # We own the signals: uvicorn would re-raise them after shutdown and skip our cleanup.
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
     sweeper = asyncio.create_task(_sweep(plane))
+    renewer = asyncio.create_task(_renew_own_certificate(plane, contexts))
 
     def shutdown() -> None:
         # Stop expiring instances first: while the listener drains, heartbeats cannot
@@ -82,9 +96,10 @@ async def serve(settings: Settings, *, ready: Any = None) -> None:
     try:
         await serving
     finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in (sweeper, renewer):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         plane.store.close()
 
 

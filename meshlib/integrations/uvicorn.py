@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import ssl
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -131,7 +133,7 @@ class MeshServer:
         self.host = host
         self.port = port
         self.plaintext_port = plaintext_port
-        self.advertise = advertise or _advertised(host)
+        self.advertise = advertise or mesh.config.advertise or _advertised(host)
         wrapped = MeshMiddleware(app, mesh=mesh)
         options: dict[str, Any] = {"log_level": "warning", "lifespan": "auto"} | uvicorn_options
         protocol = _http_protocol()
@@ -186,8 +188,10 @@ class MeshServer:
 
     async def serve(self) -> None:
         """Serve until :meth:`stop` or a signal; deregisters the instance first on the way out."""
-        if not self.mesh.started:
+        started_here = not self.mesh.started
+        if started_here:
             await self.mesh.astart()
+        self._install_signal_handlers()
         tasks = [asyncio.create_task(self._tls_server.serve())]
         if self._plain_server is not None:
             tasks.append(asyncio.create_task(self._plain_server.serve()))
@@ -206,12 +210,27 @@ class MeshServer:
             for task in done:
                 task.result()
         finally:
-            self.mesh.clear_endpoint()
+            await asyncio.to_thread(self.mesh.clear_endpoint)
             for task in tasks:
                 if not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            if started_here:  # we own it: deregister and stop its agent
+                await self.mesh.aclose()
+
+    def _install_signal_handlers(self) -> None:
+        # uvicorn re-raises SIGINT/SIGTERM once its serve() returns, which would end the
+        # process before the endpoint is withdrawn: handle the signals here instead.
+        for server in (self._tls_server, self._plain_server):
+            if server is not None:
+                server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
 
     def stop(self) -> None:
         """Ask every listener to finish its requests and stop."""

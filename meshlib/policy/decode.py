@@ -623,7 +623,9 @@ def decode_resource(doc: Mapping[str, Any]) -> m.Resource:
     Raises:
         PolicyError: on the first problem, with the path of the field relative to *doc*.
     """
-    mp = _mapping(doc, "", ("apiVersion", "kind", "metadata", "spec"))
+    # ``status`` is written by the control service (revision, update time) and ignored here,
+    # so the output of ``meshctl get -o yaml`` can be applied again as it is.
+    mp = _mapping(doc, "", ("apiVersion", "kind", "metadata", "spec", "status"))
     api = _required(mp, "apiVersion", "")
     if api != m.API_VERSION:
         raise PolicyError("apiVersion", f"must be {m.API_VERSION!r}, got {api!r}")

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from meshlib.config import MeshConfig
-from meshlib.errors import ControlPlaneError, IdentityError, MeshError, PolicyError
+from meshlib.errors import ConfigError, ControlPlaneError, IdentityError, MeshError, PolicyError
 from meshlib.identity.keys import build_csr, generate_private_key, private_key_pem
 from meshlib.identity.spiffe import SpiffeId
 from meshlib.identity.svid import SVID, certificate_fingerprint, load_pem_certificates
@@ -49,7 +49,9 @@ def parse_token_fingerprint(token: str) -> str:
     """The CA fingerprint a join token pins (``mesh1.<id>.<secret>.<fingerprint>``)."""
     parts = token.split(".")
     if len(parts) != 4 or parts[0] != "mesh1":
-        raise ControlPlaneError("MESH_TOKEN: not a meshlib join token (expected mesh1.…)")
+        raise ConfigError(
+            "MESH_TOKEN: not a meshlib join token (expected mesh1.<id>.<secret>.<ca>)"
+        )
     return "sha256:" + parts[3]
 
 
@@ -124,6 +126,14 @@ class Agent:
         loop, wake = self._loop, self._wake_heartbeat
         if loop is not None and wake is not None and not loop.is_closed():
             loop.call_soon_threadsafe(wake.set)
+
+    def withdraw(self, timeout: float = 2.0) -> None:
+        """Withdraw the serving address and tell the control service now (best effort)."""
+        self._endpoint = None
+        if self._client is None:
+            return
+        with contextlib.suppress(MeshError, TimeoutError):
+            self.submit(self._client.register(self.instance_id, self._registration()), timeout)
 
     def _run(self) -> None:
         try:

@@ -177,3 +177,11 @@ def test_admin_api_refuses_workload_identities(control, workload):
     assert response.status_code == 403
     assert "admin SVID" in response.json()["error"]["message"]
     assert json.loads(control.ok("get", "PeerAuthentication", "-o", "json")) == []
+
+
+def test_get_yaml_output_applies_again_unchanged(control):
+    """`meshctl get -o yaml` output is valid input for `meshctl apply` and changes nothing."""
+    control.apply(VALID)
+    exported = control.ok("get", "PeerAuthentication", "-o", "yaml")
+    assert "revision: 1" in exported
+    assert control.apply(exported).strip() == "peerauthentication/default/ok unchanged"

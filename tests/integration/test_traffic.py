@@ -115,3 +115,14 @@ def test_rejection_report_is_recorded(workload, control):
     assert record["rejectedVersion"] == "deadbeef"
     assert record["rejection"] == "spec.routes[0]: boom"
     assert record["appliedVersion"] == mesh.engine.version
+
+
+def test_stopped_service_deregisters_at_once(services, workload, control):
+    """SIGTERM to a meshlib.serve process removes it from callers' snapshots before its lease ends."""
+    orders = services("orders")
+    client = workload("frontend")
+    wait_endpoints(client, "orders")
+    began = time.monotonic()
+    orders.stop()
+    wait_for(lambda: client.engine.resolve("orders") is None, 10, "deregistered")
+    assert time.monotonic() - began < 5  # the lease is 5 s; deregistration is immediate

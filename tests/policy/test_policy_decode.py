@@ -135,7 +135,7 @@ BAD_TRAFFIC = [
     (("metadata.name", _DELETE), "metadata.name", "required"),
     (("metadata.namespace", "a_b"), "metadata.namespace", "DNS label"),
     (("metadata.labels", {}), "metadata.labels", "unknown field"),
-    (("status", {}), "status", "unknown field"),
+    (("extra", {}), "extra", "unknown field"),
     (("spec", "x"), "spec", "must be a mapping"),
     (("spec.servce", "orders"), "spec.servce", "unknown field"),
     (("spec.service", _DELETE), "spec.service", "required"),
@@ -505,3 +505,18 @@ def test_decode_documents_refuses_duplicates() -> None:
         PolicyError, match=r"^documents\[1\]\.metadata\.name: duplicate of documents\[0\]"
     ):
         decode_documents(text)
+
+
+def test_status_written_by_the_server_is_ignored() -> None:
+    """A top-level status (from `meshctl get -o yaml`) is ignored, so output can be re-applied."""
+    from meshlib.policy.decode import decode_resource, encode_resource
+
+    doc = {
+        "apiVersion": "meshlib.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "a"},
+        "spec": {"mode": "STRICT"},
+    }
+    plain = decode_resource(doc)
+    assert decode_resource({**doc, "status": {"revision": 3}}) == plain
+    assert "status" not in encode_resource(plain)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshlib.config import MeshConfig
-from meshlib.errors import ControlPlaneError, PolicyError
+from meshlib.errors import ConfigError, PolicyError
 from meshlib.policy.snapshot import InboundPolicy, Snapshot, encode_snapshot
 from meshlib.runtime.agent import Agent, parse_token_fingerprint
 
@@ -36,5 +36,5 @@ def test_invalid_snapshot_is_rejected_whole(tmp_path):
 def test_token_fingerprint_parsing():
     """The CA fingerprint is read from a join token; other strings are refused."""
     assert parse_token_fingerprint("mesh1.a.b." + "f" * 64) == "sha256:" + "f" * 64
-    with pytest.raises(ControlPlaneError, match="MESH_TOKEN"):
+    with pytest.raises(ConfigError, match="MESH_TOKEN"):
         parse_token_fingerprint("not-a-token")
