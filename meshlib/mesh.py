@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import httpx
 
@@ -14,12 +15,17 @@ from meshlib.config import MeshConfig
 from meshlib.errors import IdentityError, MeshError, StartTimeout
 from meshlib.identity.svid import SVID
 from meshlib.identity.tls import TLSContexts
-from meshlib.integrations.httpx import AsyncMeshTransport, MeshTransport
+from meshlib.integrations.httpx_mesh import AsyncMeshTransport, MeshTransport
 from meshlib.policy.engine import PolicyEngine
+from meshlib.resilience.decorator import resilient
 from meshlib.runtime.agent import Agent
 from meshlib.traffic.balancers import StatsRegistry
+from meshlib.traffic.calls import RuntimeRegistry
 
 __all__ = ["Mesh"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Mesh:
@@ -75,6 +81,7 @@ class Mesh:
         self._tls: TLSContexts | None = None
         self._engine: PolicyEngine | None = None
         self.stats = StatsRegistry()
+        self.runtimes = RuntimeRegistry(self.stats, zone=config.labels.get("zone"))
         self._agent = Agent(config, on_identity=self._install_identity, on_engine=self._install)
         self._started = False
 
@@ -206,13 +213,38 @@ class Mesh:
 
     def transport(self) -> MeshTransport:
         """A sync httpx transport that routes ``http://<service>/…`` over the mesh."""
-        return MeshTransport(engine=self._engine_now, tls=self._client_context, stats=self.stats)
+        return MeshTransport(
+            engine=self._engine_now,
+            tls=self._client_context,
+            stats=self.stats,
+            runtimes=self.runtimes,
+        )
 
     def async_transport(self) -> AsyncMeshTransport:
         """An async httpx transport that routes ``http://<service>/…`` over the mesh."""
         return AsyncMeshTransport(
-            engine=self._engine_now, tls=self._client_context, stats=self.stats
+            engine=self._engine_now,
+            tls=self._client_context,
+            stats=self.stats,
+            runtimes=self.runtimes,
         )
+
+    def resilient(
+        self, name: str, *, retry_on: tuple[type[BaseException], ...] = (Exception,)
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Apply the TrafficPolicy named *name* (timeout, budgeted retries, breaker) to a call.
+
+        Example::
+
+            @mesh.resilient("payments", retry_on=(ConnectionError,))
+            async def charge(order): ...
+
+        Raises (from the decorated call):
+            CircuitOpen: the breaker is open.
+            DeadlineExceeded: the policy's timeout passed.
+            UnknownServiceError: no TrafficPolicy (or service) of that name is in the snapshot.
+        """
+        return resilient(self._engine_now, self.runtimes, name, retry_on=retry_on)
 
     def client(self, **kwargs: Any) -> httpx.Client:
         """An ``httpx.Client`` whose calls to mesh services go over mTLS, by policy."""

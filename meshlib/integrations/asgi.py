@@ -1,24 +1,31 @@
-"""Pure ASGI middleware: peer identity, PeerAuthentication and AuthorizationPolicy.
+"""Pure ASGI middleware: identity, PeerAuthentication, authorization, rate limit, deadline.
 
 The peer certificate arrives as the ASGI TLS extension (``scope["extensions"]["tls"]``),
 which :func:`meshlib.serve` provides; meshlib adds one key to it, ``spiffe_id``, computed
 once per connection. A request with no TLS extension came over plaintext.
 
-The caller's identity reaches the app as ``scope["state"]["mesh"]`` — in FastAPI,
-``request.state.mesh`` — a :class:`PeerInfo`.
+The caller's identity and remaining deadline reach the app as ``scope["state"]["mesh"]``
+— in FastAPI, ``request.state.mesh`` — a :class:`PeerInfo`. While the app runs, the
+deadline is also the ambient one (:data:`meshlib.resilience.deadline.current_deadline`), so
+the app's own meshed calls never outlive their caller.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from meshlib.policy.engine import PolicyEngine
+from meshlib.policy.model import Resource
+from meshlib.resilience.deadline import DEADLINE_HEADER, current_deadline, parse_deadline_header
+from meshlib.resilience.ratelimit import RateLimiter, retry_after_header
 
 __all__ = ["FLAG_HEADER", "MeshMiddleware", "PeerInfo"]
 
 FLAG_HEADER = b"x-mesh-flag"
+_DEADLINE_KEY = DEADLINE_HEADER.encode()
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -45,14 +52,33 @@ class EngineHolder(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PeerInfo:
-    """Who called: ``peer`` is the caller's SPIFFE ID, None for a plaintext caller."""
+    """Who called, and how long they will wait.
+
+    Attributes:
+        peer: the caller's SPIFFE ID, None for a plaintext caller.
+        authenticated: True when the caller presented a valid SVID.
+        policy_version: version of the snapshot that admitted the request.
+        deadline: the caller's deadline on this process's monotonic clock, or None.
+    """
 
     peer: str | None
     authenticated: bool
     policy_version: str
+    deadline: float | None = None
+
+    def remaining(self) -> float | None:
+        """Seconds left of the caller's budget (None when the caller set none)."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
 
-async def _refuse(scope: Scope, send: Send, status: int, flag: str, body: dict[str, Any]) -> None:
+async def _refuse(
+    scope: Scope,
+    send: Send,
+    status: int,
+    flag: str,
+    body: dict[str, Any],
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008, "reason": body["error"][:120]})
         return
@@ -65,6 +91,7 @@ async def _refuse(scope: Scope, send: Send, status: int, flag: str, body: dict[s
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
                 (FLAG_HEADER, flag.encode()),
+                *extra,
             ],
         }
     )
@@ -84,6 +111,16 @@ class MeshMiddleware:
     def __init__(self, app: ASGIApp, *, mesh: EngineHolder) -> None:
         self.app = app
         self.mesh = mesh
+        self._limit: tuple[Resource | None, RateLimiter | None] = (None, None)
+
+    def _limiter(self, engine: PolicyEngine) -> RateLimiter | None:
+        spec = engine.snapshot.inbound.rate_limit
+        current, limiter = self._limit
+        if spec is current or spec == current:  # same policy: keep the buckets' state
+            return limiter
+        limiter = RateLimiter(spec.spec) if spec is not None else None  # type: ignore[arg-type]
+        self._limit = (spec, limiter)
+        return limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -133,5 +170,39 @@ class MeshMiddleware:
                     "peer": peer,
                 },
             )
-        state["mesh"] = PeerInfo(peer, peer is not None, engine.version)
-        await self.app(scope, receive, send)
+        limiter = self._limiter(engine)
+        if limiter is not None:
+            wait = limiter.check(peer)
+            if wait > 0:
+                after = retry_after_header(wait)
+                return await _refuse(
+                    scope,
+                    send,
+                    429,
+                    "RATE_LIMITED",
+                    {"error": "rate limited by RateLimit policy", "mechanism": "RateLimit",
+                     "retryAfter": int(after)},
+                    ((b"retry-after", after.encode()),),
+                )  # fmt: skip
+        deadline = None
+        for key, value in scope.get("headers", ()):
+            if key == _DEADLINE_KEY:
+                now = time.monotonic()
+                deadline = parse_deadline_header(value.decode("latin-1"), now)
+                if deadline is not None and deadline <= now:
+                    return await _refuse(
+                        scope,
+                        send,
+                        504,
+                        "DEADLINE_EXCEEDED",
+                        {"error": "the caller's deadline had passed on arrival"},
+                    )
+                break
+        state["mesh"] = PeerInfo(peer, peer is not None, engine.version, deadline)
+        if deadline is None:
+            return await self.app(scope, receive, send)
+        token = current_deadline.set(deadline)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            current_deadline.reset(token)

@@ -6,15 +6,13 @@ Two layers, each wrapping the next (the httpx way):
   names over mutual TLS, and check — right after the handshake, before a byte of the
   request is written — that the server's certificate is an X.509-SVID for one expected
   SPIFFE ID. Connections are pooled per endpoint, so the check runs once per connection.
-* :class:`AsyncMeshTransport` / :class:`MeshTransport` turn ``http://orders/path`` into a
-  call to one endpoint of ``orders``: resolve the service in the active snapshot, match a
-  route, pick a weighted backend, let the balancer pick an endpoint, and send through the
+* the mesh transports (:mod:`meshlib.integrations.httpx_mesh`) turn
+  ``http://orders/path`` into a call to one endpoint of ``orders`` and send it through the
   identity transport of that service.
 """
 
 from __future__ import annotations
 
-import random
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -23,18 +21,11 @@ import httpcore
 import httpx
 from httpx._transports.default import map_httpcore_exceptions
 
-from meshlib.errors import IdentityError, NoHealthyEndpoint, PeerIdentityError, UnknownServiceError
+from meshlib.errors import IdentityError, PeerIdentityError
 from meshlib.identity.svid import spiffe_id_from_peercert
-from meshlib.policy.engine import CompiledService, PolicyEngine
-from meshlib.traffic.balancers import Balancer, StatsRegistry, make_balancer
+from meshlib.policy.engine import PolicyEngine
 
-__all__ = [
-    "AsyncIdentityTransport",
-    "AsyncMeshTransport",
-    "IdentityTransport",
-    "MeshTransport",
-    "check_peer",
-]
+__all__ = ["AsyncIdentityTransport", "IdentityTransport", "check_peer"]
 
 ContextSource = Callable[[], ssl.SSLContext]
 EngineSource = Callable[[], PolicyEngine]
@@ -322,158 +313,3 @@ class IdentityTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._pool.close()
-
-
-# --------------------------------------------------------------------- mesh transports
-
-
-def _is_outside(host: str) -> bool:
-    """Hosts with a dot, IPs and localhost leave the mesh; single labels are services."""
-    return "." in host or ":" in host or host == "localhost"
-
-
-class _Router:
-    """What the sync and async mesh transports share: choosing the endpoint."""
-
-    def __init__(self, engine: EngineSource, stats: StatsRegistry) -> None:
-        self._engine = engine
-        self._stats = stats
-        self._balancers: dict[tuple[str, str], Balancer] = {}
-        self._random = random.random
-
-    def resolve(self, request: httpx.Request) -> CompiledService | None:
-        host = request.url.host
-        service = self._engine().resolve(host)
-        if service is None and not _is_outside(host):
-            raise UnknownServiceError(host)
-        return service
-
-    def choose(self, service: CompiledService, request: httpx.Request) -> str:
-        plan = service.route(request.method, request.url.path, request.headers)
-        backend = plan.pick_backend(self._random())
-        key = (service.key, service.load_balancer)
-        balancer = self._balancers.get(key)
-        if balancer is None:
-            balancer = self._balancers[key] = make_balancer(service.load_balancer, self._stats)
-        endpoint = balancer.pick(backend.endpoints)
-        if endpoint is None:
-            subset = f" subset {backend.subset!r}" if backend.subset else ""
-            raise NoHealthyEndpoint(
-                f"service {service.key}{subset} has no healthy endpoint (route {plan.name})",
-                service=service.key,
-            )
-        return endpoint.authority
-
-
-def _split(authority: str) -> tuple[str, int]:
-    host, _, port = authority.rpartition(":")
-    return host, int(port)
-
-
-class AsyncMeshTransport(httpx.AsyncBaseTransport):
-    """Route ``http://<service>/…`` over the mesh; other hosts go to *outside*.
-
-    Args:
-        engine: returns the active :class:`PolicyEngine` (one attribute read).
-        tls: returns the current client SSLContext.
-        stats: per-endpoint load statistics shared by the balancers.
-        outside: transport for hosts outside the mesh (default: a plain httpx transport).
-    """
-
-    def __init__(
-        self,
-        *,
-        engine: EngineSource,
-        tls: ContextSource,
-        stats: StatsRegistry,
-        outside: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._router = _Router(engine, stats)
-        self._stats = stats
-        self._tls = tls
-        self._outside = outside or httpx.AsyncHTTPTransport()
-        self._services: dict[str, AsyncIdentityTransport] = {}
-
-    def _service_transport(self, service: CompiledService) -> AsyncIdentityTransport:
-        transport = self._services.get(service.spiffe_id)
-        if transport is None:
-            transport = AsyncIdentityTransport(
-                expected=service.spiffe_id,
-                tls=self._tls,
-                sni=service.dns_name,
-                max_connections=service.connection_pool.max_connections,
-            )
-            self._services[service.spiffe_id] = transport
-        return transport
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        service = self._router.resolve(request)
-        if service is None:
-            return await self._outside.handle_async_request(request)
-        authority = self._router.choose(service, request)
-        host, port = _split(authority)
-        stats = self._stats.get(authority)
-        started = stats.start()
-        ok = False
-        try:
-            response = await self._service_transport(service).send_to(request, host, port)
-            ok = response.status_code < 500
-            return response
-        finally:
-            stats.finish(started, ok)
-
-    async def aclose(self) -> None:
-        for transport in self._services.values():
-            await transport.aclose()
-        await self._outside.aclose()
-
-
-class MeshTransport(httpx.BaseTransport):
-    """Sync twin of :class:`AsyncMeshTransport`."""
-
-    def __init__(
-        self,
-        *,
-        engine: EngineSource,
-        tls: ContextSource,
-        stats: StatsRegistry,
-        outside: httpx.BaseTransport | None = None,
-    ) -> None:
-        self._router = _Router(engine, stats)
-        self._stats = stats
-        self._tls = tls
-        self._outside = outside or httpx.HTTPTransport()
-        self._services: dict[str, IdentityTransport] = {}
-
-    def _service_transport(self, service: CompiledService) -> IdentityTransport:
-        transport = self._services.get(service.spiffe_id)
-        if transport is None:
-            transport = IdentityTransport(
-                expected=service.spiffe_id,
-                tls=self._tls,
-                sni=service.dns_name,
-                max_connections=service.connection_pool.max_connections,
-            )
-            self._services[service.spiffe_id] = transport
-        return transport
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        service = self._router.resolve(request)
-        if service is None:
-            return self._outside.handle_request(request)
-        authority = self._router.choose(service, request)
-        host, port = _split(authority)
-        stats = self._stats.get(authority)
-        started = stats.start()
-        ok = False
-        try:
-            response = self._service_transport(service).send_to(request, host, port)
-            ok = response.status_code < 500
-            return response
-        finally:
-            stats.finish(started, ok)
-
-    def close(self) -> None:
-        for transport in self._services.values():
-            transport.close()
-        self._outside.close()

@@ -1,0 +1,505 @@
+"""The mesh transports: ``http://<service>/…`` → route, resilience, one endpoint, mTLS.
+
+One call, in order: resolve the service in the active snapshot → match a route (its plan
+is captured for the whole call) → deadline (the route's timeout, never past the caller's
+inherited deadline) → fault injection → mirror a copy → admission against pool limits →
+attempts: pick a healthy endpoint (weighted subset, not ejected, breaker closed, same zone
+first, another endpoint than the last try), send with the per-try timeout and the
+remaining deadline in ``x-mesh-deadline-ms``, record the outcome for breaker and outlier
+detection → retry through the tenacity adapter when the outcome, the method and the retry
+budget allow.
+
+Failures the mesh itself decides are :class:`~meshlib.errors.RequestError` subclasses; a
+response the mesh produced (fault abort) or shaped (budget exhausted) carries
+``x-mesh-flag``. Upstream transport errors that are not retried surface as the httpx
+exceptions they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from meshlib.errors import DeadlineExceeded, RetryBudgetExhausted, UnknownServiceError
+from meshlib.integrations.asgi import FLAG_HEADER
+from meshlib.integrations.httpx import AsyncIdentityTransport, IdentityTransport
+from meshlib.policy.engine import CompiledService, PolicyEngine, RoutePlan
+from meshlib.policy.model import DEFAULT_TIMEOUT
+from meshlib.policy.snapshot import Endpoint
+from meshlib.resilience.deadline import (
+    DEADLINE_HEADER,
+    effective_deadline,
+    format_deadline_header,
+)
+from meshlib.resilience.fault import NO_FAULT, FaultDecision, decide_fault
+from meshlib.resilience.retry import Outcome, build_retrying, is_retry_safe, is_retryable
+from meshlib.traffic.balancers import StatsRegistry
+from meshlib.traffic.calls import RuntimeRegistry, ServiceRuntime
+
+__all__ = ["ATTEMPTS_HEADER", "AsyncMeshTransport", "MeshTransport"]
+
+ATTEMPTS_HEADER = "x-mesh-attempts"
+MIRROR_MAX_IN_FLIGHT = 64
+
+ContextSource = Callable[[], Any]
+EngineSource = Callable[[], PolicyEngine]
+
+
+def _is_outside(host: str) -> bool:
+    """Hosts with a dot, IPs and localhost leave the mesh; single labels are services."""
+    return "." in host or ":" in host or host == "localhost"
+
+
+def _outcome_of_exception(exc: BaseException) -> Outcome | None:
+    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+        return Outcome("connect-failure")
+    if isinstance(exc, httpx.TimeoutException):
+        return Outcome("timeout")
+    if isinstance(exc, httpx.TransportError):
+        return Outcome("reset")
+    return None
+
+
+def _buffered_body(request: httpx.Request) -> bytes | None:
+    """The body if it is already in memory (so it can be replayed), else None."""
+    if isinstance(request.stream, httpx.ByteStream):
+        return request.content
+    return None
+
+
+class _Call:
+    """The decisions of one outbound call; shared by the sync and async transports."""
+
+    __slots__ = (
+        "attempts",
+        "budget_exhausted",
+        "clock",
+        "deadline",
+        "fault",
+        "plan",
+        "request",
+        "retry_safe",
+        "runtime",
+        "service",
+        "tried",
+    )
+
+    def __init__(
+        self,
+        service: CompiledService,
+        runtime: ServiceRuntime,
+        plan: RoutePlan,
+        request: httpx.Request,
+        clock: Callable[[], float],
+    ) -> None:
+        self.service = service
+        self.runtime = runtime
+        self.plan = plan
+        self.request = request
+        self.clock = clock
+        timeout = plan.timeout if plan.timeout is not None else DEFAULT_TIMEOUT
+        self.deadline = effective_deadline(timeout, clock())
+        body = _buffered_body(request)
+        replayable = body is not None and len(body) <= plan.retries.max_replay_bytes
+        self.retry_safe = replayable and is_retry_safe(
+            request.method, request.headers, plan.retries
+        )
+        self.fault: FaultDecision = (
+            decide_fault(plan.fault)
+            if plan.fault is not None and plan.fault_applies(request.headers)
+            else NO_FAULT
+        )
+        self.tried: frozenset[str] = frozenset()
+        self.attempts = 0
+        self.budget_exhausted = False
+
+    def remaining(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - self.clock()
+
+    def deadline_error(self, what: str, endpoint: str | None = None) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"{self.service.key}: {what} (route {self.plan.name}, "
+            f"timeout {self.plan.timeout if self.plan.timeout is not None else DEFAULT_TIMEOUT:g}s"
+            f", {self.attempts} attempt(s))",
+            service=self.service.key,
+            endpoint=endpoint,
+            deadline=self.deadline,
+        )
+
+    def prepare_attempt(self) -> tuple[Endpoint, httpx.Request]:
+        """Choose the endpoint and build the request of the next attempt."""
+        remaining = self.remaining()
+        if remaining <= 0:
+            raise self.deadline_error("deadline exceeded before the attempt")
+        endpoint = self.runtime.choose(self.plan, random.random(), self.tried)
+        self.tried = self.tried | {endpoint.authority}
+        self.attempts += 1
+        per_try = self.plan.retries.per_try_timeout
+        budget = min(remaining, per_try) if per_try is not None else remaining
+        request = self.request
+        extensions = dict(request.extensions)
+        if budget != float("inf"):
+            user = extensions.get("timeout", {})
+            extensions["timeout"] = {
+                k: min(v, budget) if v is not None else budget
+                for k, v in {
+                    "connect": user.get("connect"),
+                    "read": user.get("read"),
+                    "write": user.get("write"),
+                    "pool": user.get("pool"),
+                }.items()
+            }
+        headers = request.headers.copy()
+        if self.deadline is not None:
+            headers[DEADLINE_HEADER] = format_deadline_header(self.deadline, self.clock())
+        attempt = httpx.Request(
+            request.method,
+            request.url,
+            headers=headers,
+            stream=request.stream,
+            extensions=extensions,
+        )
+        return endpoint, attempt
+
+    def retry_outcome(self, result: object) -> Outcome | None:
+        """The outcome if *result* (a response or an exception) may be retried."""
+        if not self.retry_safe:
+            return None
+        outcome: Outcome | None
+        if isinstance(result, httpx.Response):
+            outcome = Outcome.from_status(result.status_code)
+        elif isinstance(result, BaseException):
+            outcome = _outcome_of_exception(result)
+            if outcome is None:
+                return None
+        else:
+            return None
+        return outcome if is_retryable(self.plan.retries, outcome) else None
+
+    def on_budget_exhausted(self, *_: object) -> None:
+        self.budget_exhausted = True
+
+    def finish(self, response: httpx.Response) -> httpx.Response:
+        if self.attempts > 1:
+            response.headers[ATTEMPTS_HEADER] = str(self.attempts)
+        if self.budget_exhausted:
+            response.headers[FLAG_HEADER.decode()] = RetryBudgetExhausted.flag
+        return response
+
+    def fail(self, exc: Exception) -> Exception:
+        """Map the last attempt's exception to what the caller sees."""
+        if self.budget_exhausted and _outcome_of_exception(exc) is not None:
+            return RetryBudgetExhausted(
+                f"{self.service.key}: retry budget exhausted after {self.attempts} attempt(s); "
+                f"last error: {exc!r}",
+                service=self.service.key,
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return self.deadline_error(
+                "per-try timeout" if self.remaining() > 0 else "deadline exceeded"
+            )
+        return exc
+
+    def fault_response(self) -> httpx.Response:
+        status = self.fault.abort_http or 503
+        return httpx.Response(
+            status,
+            headers={FLAG_HEADER.decode(): "FAULT_INJECTED", "content-type": "application/json"},
+            json={
+                "error": f"fault injected by TrafficPolicy route {self.plan.name}",
+                "flag": "FAULT_INJECTED",
+            },
+            request=self.request,
+        )
+
+    def mirror_target(self) -> tuple[Endpoint, httpx.Request] | None:
+        """Endpoint and copy of the request to mirror, or None this time."""
+        mirror = self.plan.mirror
+        if mirror is None or random.random() * 100.0 >= mirror.percent:
+            return None
+        body = _buffered_body(self.request)
+        if body is None:
+            return None
+        endpoint = self.runtime.balancer.pick(mirror.endpoints)
+        if endpoint is None:
+            return None
+        headers = self.request.headers.copy()
+        headers["host"] = f"{self.request.url.host}-shadow"
+        return endpoint, httpx.Request(
+            self.request.method, self.request.url, headers=headers, content=body
+        )
+
+
+class _Base:
+    """What the sync and async mesh transports share."""
+
+    def __init__(
+        self,
+        *,
+        engine: EngineSource,
+        stats: StatsRegistry,
+        runtimes: RuntimeRegistry | None,
+        zone: str | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._engine = engine
+        self._stats = stats
+        self._clock = clock
+        self._runtimes = runtimes or RuntimeRegistry(stats, zone=zone, clock=clock)
+
+    def _start(self, request: httpx.Request) -> _Call | None:
+        host = request.url.host
+        service = self._engine().resolve(host)
+        if service is None:
+            if not _is_outside(host):
+                raise UnknownServiceError(host)
+            return None
+        plan = service.route(request.method, request.url.path, request.headers)
+        return _Call(service, self._runtimes.get(service), plan, request, self._clock)
+
+
+class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
+    """Route ``http://<service>/…`` over the mesh; other hosts go to *outside*.
+
+    Args:
+        engine: returns the active :class:`PolicyEngine` (one attribute read).
+        tls: returns the current client SSLContext.
+        stats: per-endpoint load statistics shared by the balancers.
+        runtimes: per-destination budgets, breakers and outlier state (shared by every
+            client of one Mesh); a private registry when omitted.
+        zone: this workload's zone, for locality-aware balancing.
+        outside: transport for hosts outside the mesh (default: a plain httpx transport).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: EngineSource,
+        tls: ContextSource,
+        stats: StatsRegistry,
+        runtimes: RuntimeRegistry | None = None,
+        zone: str | None = None,
+        outside: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(engine=engine, stats=stats, runtimes=runtimes, zone=zone, clock=clock)
+        self._tls = tls
+        self._outside = outside or httpx.AsyncHTTPTransport()
+        self._services: dict[str, AsyncIdentityTransport] = {}
+        self._mirrors: set[asyncio.Task[None]] = set()
+
+    def _transport(self, service: CompiledService) -> AsyncIdentityTransport:
+        transport = self._services.get(service.spiffe_id)
+        if transport is None:
+            transport = self._services[service.spiffe_id] = AsyncIdentityTransport(
+                expected=service.spiffe_id,
+                tls=self._tls,
+                sni=service.dns_name,
+                max_connections=service.connection_pool.max_connections,
+            )
+        return transport
+
+    async def _attempt(self, call: _Call) -> httpx.Response:
+        endpoint, request = call.prepare_attempt()
+        stats = self._stats.get(endpoint.authority)
+        started = stats.start()
+        outcome: Outcome | None = None
+        try:
+            response = await self._transport(call.service).send_to(
+                request, endpoint.address, endpoint.port
+            )
+            outcome = Outcome.from_status(response.status_code)
+            if call.retry_outcome(response) is not None:
+                await response.aread()  # release the connection before a retry
+            return response
+        except Exception as exc:
+            outcome = _outcome_of_exception(exc)
+            raise
+        finally:
+            stats.finish(started, outcome is not None and outcome.kind == "status")
+            if outcome is not None:
+                call.runtime.record(endpoint, outcome)
+
+    async def _mirror(self, call: _Call) -> None:
+        target = call.mirror_target()
+        if target is None or len(self._mirrors) >= MIRROR_MAX_IN_FLIGHT:
+            return
+        endpoint, copy = target
+
+        async def send() -> None:
+            with contextlib.suppress(Exception):  # a mirror never affects the caller
+                response = await self._transport(call.service).send_to(
+                    copy, endpoint.address, endpoint.port
+                )
+                await response.aclose()
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        call = self._start(request)
+        if call is None:
+            return await self._outside.handle_async_request(request)
+        if call.fault.delay > 0:
+            await asyncio.sleep(min(call.fault.delay, max(call.remaining(), 0.0)))
+        if call.fault.abort_http is not None:
+            return call.fault_response()
+        await self._mirror(call)
+        runtime = call.runtime
+        runtime.admit()
+        runtime.budget.record_request()
+        try:
+            retrying = build_retrying(
+                call.plan.retries,
+                budget=runtime.budget,
+                should_retry=call.retry_outcome,
+                deadline=call.deadline,
+                clock=self._clock,
+                on_budget_exhausted=call.on_budget_exhausted,
+                async_=True,
+            )
+            try:
+                response: httpx.Response = await retrying(self._attempt, call)
+            except Exception as exc:
+                mapped = call.fail(exc)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+            return call.finish(response)
+        finally:
+            runtime.release()
+
+    async def aclose(self) -> None:
+        for task in list(self._mirrors):
+            task.cancel()
+        for transport in self._services.values():
+            await transport.aclose()
+        await self._outside.aclose()
+
+
+class MeshTransport(_Base, httpx.BaseTransport):
+    """Sync twin of :class:`AsyncMeshTransport`; mirrors run on a small thread pool."""
+
+    def __init__(
+        self,
+        *,
+        engine: EngineSource,
+        tls: ContextSource,
+        stats: StatsRegistry,
+        runtimes: RuntimeRegistry | None = None,
+        zone: str | None = None,
+        outside: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(engine=engine, stats=stats, runtimes=runtimes, zone=zone, clock=clock)
+        self._tls = tls
+        self._outside = outside or httpx.HTTPTransport()
+        self._services: dict[str, IdentityTransport] = {}
+        self._lock = threading.Lock()  # creation of per-service pools only, not per request
+        self._mirror_pool: ThreadPoolExecutor | None = None
+        self._mirrors_in_flight = 0
+
+    def _transport(self, service: CompiledService) -> IdentityTransport:
+        transport = self._services.get(service.spiffe_id)
+        if transport is None:
+            with self._lock:
+                transport = self._services.get(service.spiffe_id)
+                if transport is None:
+                    transport = self._services[service.spiffe_id] = IdentityTransport(
+                        expected=service.spiffe_id,
+                        tls=self._tls,
+                        sni=service.dns_name,
+                        max_connections=service.connection_pool.max_connections,
+                    )
+        return transport
+
+    def _attempt(self, call: _Call) -> httpx.Response:
+        endpoint, request = call.prepare_attempt()
+        stats = self._stats.get(endpoint.authority)
+        started = stats.start()
+        outcome: Outcome | None = None
+        try:
+            response = self._transport(call.service).send_to(
+                request, endpoint.address, endpoint.port
+            )
+            outcome = Outcome.from_status(response.status_code)
+            if call.retry_outcome(response) is not None:
+                response.read()
+            return response
+        except Exception as exc:
+            outcome = _outcome_of_exception(exc)
+            raise
+        finally:
+            stats.finish(started, outcome is not None and outcome.kind == "status")
+            if outcome is not None:
+                call.runtime.record(endpoint, outcome)
+
+    def _mirror(self, call: _Call) -> None:
+        target = call.mirror_target()
+        if target is None or self._mirrors_in_flight >= MIRROR_MAX_IN_FLIGHT:
+            return
+        endpoint, copy = target
+        if self._mirror_pool is None:
+            with self._lock:
+                if self._mirror_pool is None:
+                    self._mirror_pool = ThreadPoolExecutor(2, thread_name_prefix="mesh-mirror")
+        transport = self._transport(call.service)
+
+        def send() -> None:
+            try:
+                with contextlib.suppress(Exception):  # a mirror never affects the caller
+                    transport.send_to(copy, endpoint.address, endpoint.port).close()
+            finally:
+                self._mirrors_in_flight -= 1
+
+        self._mirrors_in_flight += 1
+        self._mirror_pool.submit(send)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        call = self._start(request)
+        if call is None:
+            return self._outside.handle_request(request)
+        if call.fault.delay > 0:
+            time.sleep(min(call.fault.delay, max(call.remaining(), 0.0)))
+        if call.fault.abort_http is not None:
+            return call.fault_response()
+        self._mirror(call)
+        runtime = call.runtime
+        runtime.admit()
+        runtime.budget.record_request()
+        try:
+            retrying = build_retrying(
+                call.plan.retries,
+                budget=runtime.budget,
+                should_retry=call.retry_outcome,
+                deadline=call.deadline,
+                clock=self._clock,
+                on_budget_exhausted=call.on_budget_exhausted,
+                async_=False,
+            )
+            try:
+                response: httpx.Response = retrying(self._attempt, call)
+            except Exception as exc:
+                mapped = call.fail(exc)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+            return call.finish(response)
+        finally:
+            runtime.release()
+
+    def close(self) -> None:
+        if self._mirror_pool is not None:
+            self._mirror_pool.shutdown(wait=False, cancel_futures=True)
+        for transport in self._services.values():
+            transport.close()
+        self._outside.close()
