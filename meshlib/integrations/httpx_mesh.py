@@ -358,17 +358,20 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
         runtime.admit()
         runtime.budget.record_request()
         try:
-            retrying = build_retrying(
-                call.plan.retries,
-                budget=runtime.budget,
-                should_retry=call.retry_outcome,
-                deadline=call.deadline,
-                clock=self._clock,
-                on_budget_exhausted=call.on_budget_exhausted,
-                async_=True,
-            )
             try:
-                response: httpx.Response = await retrying(self._attempt, call)
+                if call.retry_safe and call.plan.retries.attempts > 0:
+                    retrying = build_retrying(
+                        call.plan.retries,
+                        budget=runtime.budget,
+                        should_retry=call.retry_outcome,
+                        deadline=call.deadline,
+                        clock=self._clock,
+                        on_budget_exhausted=call.on_budget_exhausted,
+                        async_=True,
+                    )
+                    response: httpx.Response = await retrying(self._attempt, call)
+                else:  # nothing to retry: skip building a retrier
+                    response = await self._attempt(call)
             except Exception as exc:
                 mapped = call.fail(exc)
                 if mapped is exc:
@@ -477,17 +480,20 @@ class MeshTransport(_Base, httpx.BaseTransport):
         runtime.admit()
         runtime.budget.record_request()
         try:
-            retrying = build_retrying(
-                call.plan.retries,
-                budget=runtime.budget,
-                should_retry=call.retry_outcome,
-                deadline=call.deadline,
-                clock=self._clock,
-                on_budget_exhausted=call.on_budget_exhausted,
-                async_=False,
-            )
             try:
-                response: httpx.Response = retrying(self._attempt, call)
+                if call.retry_safe and call.plan.retries.attempts > 0:
+                    retrying = build_retrying(
+                        call.plan.retries,
+                        budget=runtime.budget,
+                        should_retry=call.retry_outcome,
+                        deadline=call.deadline,
+                        clock=self._clock,
+                        on_budget_exhausted=call.on_budget_exhausted,
+                        async_=False,
+                    )
+                    response: httpx.Response = retrying(self._attempt, call)
+                else:  # nothing to retry: skip building a retrier
+                    response = self._attempt(call)
             except Exception as exc:
                 mapped = call.fail(exc)
                 if mapped is exc:
