@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test lint typecheck unit protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# gRPC stubs for examples/protos/*.proto, generated (never committed) into examples/generated/
+# as the package examples.generated (the -I mapping makes protoc write package imports).
+PROTOS := $(wildcard examples/protos/*.proto)
+GENERATED := examples/generated/.stamp
+
+$(GENERATED): $(PROTOS) $(STAMP)
+	rm -rf examples/generated
+	mkdir -p examples/generated
+	$(PY) -m grpc_tools.protoc -Iexamples/generated=examples/protos \
+		--python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	touch $(GENERATED)
+
+protos: $(GENERATED)
+
+demo: $(STAMP) $(GENERATED)
 	$(PY) -m examples.demo
 
 lint: $(STAMP)
@@ -23,7 +37,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(GENERATED)
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck unit

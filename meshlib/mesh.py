@@ -253,3 +253,39 @@ class Mesh:
     def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` whose calls to mesh services go over mTLS, by policy."""
         return httpx.AsyncClient(transport=self.async_transport(), **kwargs)
+
+    # ------------------------------------------------------------------ gRPC
+
+    def grpc_channel(self, service: str, **opts: Any) -> Any:
+        """A sync ``grpc.Channel`` to *service* over the mesh (see docs/grpc.md).
+
+        Keyword options go to :class:`meshlib.integrations.grpc.MeshChannel`
+        (``idempotent_methods``, ``options``, ``grace``).
+        """
+        from meshlib.integrations.grpc import MeshChannel
+
+        return MeshChannel(service, mesh=self, **opts)
+
+    def grpc_aio_channel(self, service: str, **opts: Any) -> Any:
+        """A ``grpc.aio.Channel`` to *service* over the mesh; use it on one event loop."""
+        from meshlib.integrations.grpc import AsyncMeshChannel
+
+        return AsyncMeshChannel(service, mesh=self, **opts)
+
+    def grpc_server_interceptors(self) -> list[Any]:
+        """Interceptors enforcing this workload's inbound policy on a sync ``grpc.server``."""
+        from meshlib.integrations.grpc import server_interceptors
+
+        return list(server_interceptors(self))
+
+    def grpc_aio_server_interceptors(self) -> list[Any]:
+        """Interceptors enforcing this workload's inbound policy on a ``grpc.aio.server``."""
+        from meshlib.integrations.grpc import aio_server_interceptors
+
+        return list(aio_server_interceptors(self))
+
+    def add_secure_port(self, server: Any, address: str) -> int:
+        """Listen on *address* with this workload's rotating mTLS credentials; return the port."""
+        from meshlib.integrations.grpc import add_secure_port
+
+        return add_secure_port(server, address, mesh=self)

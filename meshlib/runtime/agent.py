@@ -43,6 +43,7 @@ log = logging.getLogger("meshlib.agent")
 BACKOFF_BASE = 0.2
 BACKOFF_MAX = 5.0
 FIRST_CONTACT_TIMEOUT = 3.0
+STOP_GRACE = 1.0
 
 
 def parse_token_fingerprint(token: str) -> str:
@@ -158,7 +159,11 @@ class Agent:
                 asyncio.create_task(self._renew_loop()),
             ]
             await self._stop.wait()
-            for task in tasks:
+            self._wake_heartbeat.set()
+            # Let the loops finish what they are doing (a request cancelled mid-connect
+            # would leave its socket behind); only a long-poll still waiting is cancelled.
+            _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE)
+            for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if self._client is not None:

@@ -118,7 +118,7 @@ def test_rejection_report_is_recorded(workload, control):
 
 
 def test_stopped_service_deregisters_at_once(services, workload, control):
-    """SIGTERM to a meshlib.serve process removes it from callers' snapshots before its lease ends."""
+    """SIGTERM to a meshlib.serve process drops it from snapshots before its lease ends."""
     orders = services("orders")
     client = workload("frontend")
     wait_endpoints(client, "orders")

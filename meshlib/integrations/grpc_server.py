@@ -1,0 +1,369 @@
+"""gRPC servers in the mesh: rotating mTLS credentials and the inbound-policy interceptors.
+
+What :class:`meshlib.integrations.asgi.MeshMiddleware` does for HTTP, the interceptors here
+do for gRPC, with the same policy and the same decisions:
+
+1. peer identity: the caller's SPIFFE ID, read from the call's auth context
+   (``peer_spiffe_id``, which gRPC sets only for a certificate with exactly one URI SAN);
+2. PeerAuthentication: a plaintext call (an insecure port) is refused under STRICT;
+3. AuthorizationPolicy, with method ``POST`` and path ``/pkg.Service/Method``;
+4. the local RateLimit;
+5. the call's remaining deadline is published for the handler's own meshed calls.
+
+Refusals and the status they get (the flag also travels as trailing metadata
+``x-mesh-flag``, as the HTTP middleware's ``x-mesh-flag`` header)::
+
+    INVALID_PEER_CERT   UNAUTHENTICATED     TLS peer without a valid X.509-SVID
+    PLAINTEXT_REFUSED   UNAUTHENTICATED     plaintext caller under STRICT
+    AUTHZ_DENIED        PERMISSION_DENIED   details name the deciding policy and rule
+    RATE_LIMITED        RESOURCE_EXHAUSTED  the local token bucket is empty
+
+:func:`server_credentials` / :func:`add_secure_port` give a server the workload's SVID
+through ``grpc.dynamic_ssl_server_credentials``: gRPC asks for the configuration on every
+new handshake, so a rotated certificate or trust bundle applies without a restart, and
+client certificates are required.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from meshlib.identity.svid import SVID
+from meshlib.identity.tls import TLSContexts
+from meshlib.integrations.asgi import PeerInfo
+from meshlib.policy.engine import PolicyEngine
+from meshlib.policy.model import RateLimitSpec
+from meshlib.resilience.deadline import reset_deadline, set_deadline
+from meshlib.resilience.ratelimit import RateLimiter
+
+try:
+    import grpc  # type: ignore[import-untyped]
+    import grpc.aio  # type: ignore[import-untyped]
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("meshlib's gRPC support needs grpcio: pip install 'meshlib[grpc]'") from exc
+
+__all__ = [
+    "FLAG_METADATA",
+    "AsyncMeshServerInterceptor",
+    "MeshServerInterceptor",
+    "Refusal",
+    "add_secure_port",
+    "admit",
+    "current_peer",
+    "server_credentials",
+]
+
+log = logging.getLogger(__name__)
+
+FLAG_METADATA = "x-mesh-flag"
+GRPC_METHOD = "POST"
+"""HTTP/2 carries every gRPC call as a POST; authorization and routing match on it."""
+
+_PEER: contextvars.ContextVar[PeerInfo | None] = contextvars.ContextVar(
+    "meshlib_grpc_peer", default=None
+)
+
+
+class MeshLike(Protocol):
+    """What the server side needs of :class:`meshlib.Mesh`."""
+
+    @property
+    def engine(self) -> PolicyEngine: ...
+
+    @property
+    def tls(self) -> TLSContexts: ...
+
+
+def current_peer() -> PeerInfo | None:
+    """Who is calling the gRPC handler running now (None outside a meshed handler).
+
+    ``peer`` is the caller's SPIFFE ID, None for a plaintext caller admitted by PERMISSIVE.
+    """
+    return _PEER.get()
+
+
+# --------------------------------------------------------------------- the decision
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a call is refused, and the status it gets."""
+
+    code: grpc.StatusCode
+    flag: str
+    details: str
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+def _first(auth: Mapping[str, Sequence[bytes]], key: str) -> str | None:
+    values = auth.get(key)
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def admit(
+    engine: PolicyEngine, method: str, auth: Mapping[str, Sequence[bytes]]
+) -> PeerInfo | Refusal:
+    """Decide one inbound call from its auth context; pure, shared by both interceptors.
+
+    Args:
+        engine: the active policy.
+        method: ``/pkg.Service/Method``.
+        auth: ``context.auth_context()``: empty (or without ``transport_security_type``
+            ``ssl``) for a plaintext call.
+    """
+    peer: str | None = None
+    if _first(auth, "transport_security_type") == "ssl":
+        peer = _first(auth, "peer_spiffe_id")
+        uris = auth.get("peer_uri", ())
+        if peer is None or len(uris) != 1:
+            reason = (
+                "no client certificate"
+                if not auth.get("x509_pem_cert") and not uris
+                else f"it must carry exactly one spiffe:// URI SAN, found {len(uris)} URI SAN(s)"
+            )
+            return Refusal(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "INVALID_PEER_CERT",
+                f"peer certificate is not a valid X.509-SVID: {reason}",
+            )
+    elif engine.peer_mode == "STRICT":
+        return Refusal(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "PLAINTEXT_REFUSED",
+            "plaintext call refused: PeerAuthentication mode is STRICT, mutual TLS is required",
+        )
+    verdict = engine.authorize(peer, GRPC_METHOD, method)
+    if not verdict.allowed:
+        return Refusal(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "AUTHZ_DENIED",
+            f"RBAC: access denied: {verdict.reason} (peer {peer or 'plaintext'}, {method})",
+            (("x-mesh-policy", verdict.policy or ""), ("x-mesh-rule", verdict.rule or "")),
+        )
+    wait = _rate_limit_wait(engine, peer)
+    if wait > 0.0:
+        return Refusal(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "RATE_LIMITED",
+            f"local rate limit of {engine.snapshot.service} exceeded; retry in {wait:.3f}s",
+            (("retry-after-ms", str(max(1, round(wait * 1000)))),),
+        )
+    return PeerInfo(peer, peer is not None, engine.version)
+
+
+_LIMITERS: dict[RateLimitSpec, RateLimiter] = {}
+
+
+def _rate_limit_wait(engine: PolicyEngine, peer: str | None) -> float:
+    """Seconds *peer* must wait under the local RateLimit (0.0: admitted).
+
+    One limiter per RateLimit spec in this process, so a new snapshot with the same limit
+    keeps the buckets' state.
+    """
+    resource = engine.snapshot.inbound.rate_limit
+    if resource is None or not isinstance(resource.spec, RateLimitSpec):
+        return 0.0
+    spec = resource.spec
+    limiter = _LIMITERS.get(spec)
+    if limiter is None:
+        _LIMITERS.clear()  # the limit changed: start over with the new one
+        limiter = _LIMITERS.setdefault(spec, RateLimiter(spec))
+    return limiter.check(peer)
+
+
+def _remaining(context: Any) -> float | None:
+    remaining = context.time_remaining()
+    # grpc reports "no deadline" as None or as a huge value, depending on the stack.
+    if remaining is None or remaining > 10 * 365 * 86400:
+        return None
+    return float(remaining)
+
+
+def _enter(peer: PeerInfo, context: Any) -> tuple[contextvars.Token[Any], Any]:
+    remaining = _remaining(context)
+    deadline = None if remaining is None else time.monotonic() + remaining
+    return _PEER.set(peer), set_deadline(deadline)
+
+
+def _exit(tokens: tuple[contextvars.Token[Any], Any]) -> None:
+    try:
+        _PEER.reset(tokens[0])
+        reset_deadline(tokens[1])
+    except ValueError:  # reset from another context (a generator resumed elsewhere)
+        pass
+
+
+def _metadata(refusal: Refusal) -> tuple[tuple[str, str], ...]:
+    return ((FLAG_METADATA, refusal.flag), *refusal.metadata)
+
+
+# --------------------------------------------------------------------- sync interceptor
+
+
+class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Enforce the inbound policy on every call of a sync ``grpc.server``.
+
+    Args:
+        mesh: holds the active policy engine (normally the :class:`meshlib.Mesh`).
+    """
+
+    def __init__(self, mesh: MeshLike) -> None:
+        self._mesh = mesh
+
+    def _gate(self, method: str, context: Any) -> tuple[contextvars.Token[Any], Any]:
+        decision = admit(self._mesh.engine, method, context.auth_context())
+        if isinstance(decision, Refusal):
+            context.set_trailing_metadata(_metadata(decision))
+            context.abort(decision.code, decision.details)  # raises
+        assert isinstance(decision, PeerInfo)
+        return _enter(decision, context)
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = _method_name(handler_call_details)
+        gate = self._gate
+        if handler.unary_unary is not None or handler.stream_unary is not None:
+            field = "unary_unary" if handler.unary_unary is not None else "stream_unary"
+            behavior = getattr(handler, field)
+
+            def unary(request: Any, context: Any) -> Any:
+                tokens = gate(method, context)
+                try:
+                    return behavior(request, context)
+                finally:
+                    _exit(tokens)
+
+            return handler._replace(**{field: unary})
+        field = "unary_stream" if handler.unary_stream is not None else "stream_stream"
+        streaming_behavior = getattr(handler, field)
+
+        def streaming(request: Any, context: Any) -> Iterator[Any]:
+            tokens = gate(method, context)
+            try:
+                yield from streaming_behavior(request, context)
+            finally:
+                _exit(tokens)
+
+        return handler._replace(**{field: streaming})
+
+
+# --------------------------------------------------------------------- aio interceptor
+
+
+class AsyncMeshServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Enforce the inbound policy on every call of a ``grpc.aio.server``.
+
+    Handlers may be coroutines, async generators, or coroutines writing with
+    ``context.write``; sync handlers are accepted as grpc.aio accepts them.
+    """
+
+    def __init__(self, mesh: MeshLike) -> None:
+        self._mesh = mesh
+
+    async def _gate(self, method: str, context: Any) -> tuple[contextvars.Token[Any], Any]:
+        decision = admit(self._mesh.engine, method, context.auth_context())
+        if isinstance(decision, Refusal):
+            context.set_trailing_metadata(_metadata(decision))
+            await context.abort(decision.code, decision.details)  # raises
+        assert isinstance(decision, PeerInfo)
+        return _enter(decision, context)
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = _method_name(handler_call_details)
+        gate = self._gate
+        if handler.unary_unary is not None or handler.stream_unary is not None:
+            field = "unary_unary" if handler.unary_unary is not None else "stream_unary"
+            behavior = getattr(handler, field)
+
+            async def unary(request: Any, context: Any) -> Any:
+                tokens = await gate(method, context)
+                try:
+                    result = behavior(request, context)
+                    return await result if inspect.isawaitable(result) else result
+                finally:
+                    _exit(tokens)
+
+            return handler._replace(**{field: unary})
+        field = "unary_stream" if handler.unary_stream is not None else "stream_stream"
+        streaming_behavior = getattr(handler, field)
+
+        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            tokens = await gate(method, context)
+            try:
+                result = streaming_behavior(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                elif inspect.isawaitable(result):
+                    await result  # the handler writes with context.write()
+                elif result is not None:
+                    for item in result:
+                        yield item
+            finally:
+                _exit(tokens)
+
+        return handler._replace(**{field: streaming})
+
+
+def _method_name(details: Any) -> str:
+    method = details.method
+    return method.decode() if isinstance(method, bytes) else str(method)
+
+
+# --------------------------------------------------------------------- credentials
+
+
+def _configuration(svid: SVID) -> Any:
+    return grpc.ssl_server_certificate_configuration(
+        [(svid.key_pem, svid.cert_chain_pem)], root_certificates=svid.bundle_pem
+    )
+
+
+def server_credentials(tls: TLSContexts) -> grpc.ServerCredentials:
+    """mTLS server credentials that follow every rotation of *tls*, without a restart.
+
+    gRPC calls the fetcher on each new handshake; it answers None (keep the current
+    configuration) unless the SVID's serial or trust bundle changed since the last one.
+    Client certificates are required and verified against the current bundle.
+    """
+    served = [tls.svid]
+
+    def fetch() -> Any:
+        try:
+            svid = tls.svid
+            last = served[0]
+            if svid.serial == last.serial and svid.bundle_pem == last.bundle_pem:
+                return None
+            served[0] = svid
+            return _configuration(svid)
+        except Exception:  # never break a handshake: keep serving the last good config
+            log.exception("could not build the rotated gRPC server configuration")
+            return None
+
+    return grpc.dynamic_ssl_server_credentials(
+        _configuration(served[0]), fetch, require_client_authentication=True
+    )
+
+
+def add_secure_port(server: Any, address: str, *, mesh: MeshLike) -> int:
+    """Listen on *address* (``host:port``, port 0 for any) with the mesh's mTLS; return the port.
+
+    Works for ``grpc.server`` and ``grpc.aio.server``. Register the instance afterwards with
+    ``mesh.set_endpoint(host, port)`` once the server has started.
+    """
+    return int(server.add_secure_port(address, server_credentials(mesh.tls)))
