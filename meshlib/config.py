@@ -12,6 +12,8 @@ MESH_LABELS            instance labels, ``version=v2,zone=b``       none
 MESH_DEPENDENCIES      services this workload calls, ``a,b.ns``     all services
 MESH_START_TIMEOUT     seconds ``start()`` waits                    30
 MESH_ADVERTISE         address registered for this instance         the listen host
+MESH_ADMIN_PORT        admin HTTP port on 127.0.0.1 (0: any free)   0
+MESH_ACCESS_LOG        ``1``: JSON access log on ``meshlib.access``  off
 =====================  ===========================================  ====================
 """
 
@@ -69,8 +71,12 @@ class MeshConfig:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     watch_wait: float = DEFAULT_WATCH_WAIT
     advertise: str | None = None
+    admin_port: int | None = 0
+    access_log: bool = False
 
     def __post_init__(self) -> None:
+        if self.admin_port is not None and not 0 <= self.admin_port <= 65535:
+            raise ConfigError("admin_port: must be 0..65535 (0 picks a free port), or None")
         _check_name("service", self.service)
         _check_name("namespace", self.namespace)
         if self.control_url is not None and not self.control_url.startswith("https://"):
@@ -117,6 +123,13 @@ class MeshConfig:
             )
         if env.get("MESH_ADVERTISE"):
             values["advertise"] = env["MESH_ADVERTISE"]
+        if env.get("MESH_ADMIN_PORT"):
+            try:
+                values["admin_port"] = int(env["MESH_ADMIN_PORT"])
+            except ValueError:
+                raise ConfigError("MESH_ADMIN_PORT: must be a port number") from None
+        if env.get("MESH_ACCESS_LOG"):
+            values["access_log"] = env["MESH_ACCESS_LOG"].lower() in ("1", "true", "yes", "on")
         if env.get("MESH_START_TIMEOUT"):
             try:
                 values["start_timeout"] = float(env["MESH_START_TIMEOUT"])

@@ -5,20 +5,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 import httpx
+from opentelemetry.trace import TracerProvider
 
 from meshlib.config import MeshConfig
 from meshlib.errors import IdentityError, MeshError, StartTimeout
-from meshlib.identity.svid import SVID
+from meshlib.identity.svid import SVID, certificate_fingerprint, load_pem_certificates
 from meshlib.identity.tls import TLSContexts
 from meshlib.integrations.httpx_mesh import AsyncMeshTransport, MeshTransport
 from meshlib.policy.engine import PolicyEngine
+from meshlib.policy.snapshot import encode_snapshot
 from meshlib.resilience.decorator import resilient
+from meshlib.runtime.admin import AdminServer, json_page
 from meshlib.runtime.agent import Agent
+from meshlib.telemetry.metrics import MeshTelemetry
 from meshlib.traffic.balancers import StatsRegistry
 from meshlib.traffic.calls import RuntimeRegistry
 
@@ -61,6 +66,9 @@ class Mesh:
         dependencies: list[str] | tuple[str, ...] | None = None,
         start_timeout: float | None = None,
         advertise: str | None = None,
+        admin_port: int | None = 0,
+        access_log: bool = False,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         options: dict[str, Any] = {
             "service": service,
@@ -71,25 +79,39 @@ class Mesh:
             "labels": dict(labels or {}),
             "dependencies": tuple(dependencies) if dependencies is not None else None,
             "advertise": advertise,
+            "admin_port": admin_port,
+            "access_log": access_log,
         }
         if start_timeout is not None:
             options["start_timeout"] = start_timeout
-        self._init(MeshConfig(**options))
+        self._init(MeshConfig(**options), tracer_provider)
 
-    def _init(self, config: MeshConfig) -> None:
+    def _init(self, config: MeshConfig, tracer_provider: TracerProvider | None = None) -> None:
         self.config = config
         self._tls: TLSContexts | None = None
         self._engine: PolicyEngine | None = None
+        self._installed_at = time.monotonic()
         self.stats = StatsRegistry()
-        self.runtimes = RuntimeRegistry(self.stats, zone=config.labels.get("zone"))
+        self.telemetry = MeshTelemetry(
+            service=config.service,
+            namespace=config.namespace,
+            tracer_provider=tracer_provider,
+            access_log=config.access_log,
+        )
+        self.telemetry.gauge_source("mesh.certificate.expiry", self._certificate_expiry)
+        self.telemetry.gauge_source("mesh.snapshot.age", self._snapshot_age)
+        self.runtimes = RuntimeRegistry(
+            self.stats, zone=config.labels.get("zone"), hooks=self.telemetry
+        )
+        self._admin: AdminServer | None = None
         self._agent = Agent(config, on_identity=self._install_identity, on_engine=self._install)
         self._started = False
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> Mesh:
+    def from_env(cls, *, tracer_provider: TracerProvider | None = None, **overrides: Any) -> Mesh:
         """Build from ``MESH_*`` variables; keyword arguments override them."""
         mesh = cls.__new__(cls)
-        mesh._init(MeshConfig.from_env(**overrides))
+        mesh._init(MeshConfig.from_env(**overrides), tracer_provider)
         return mesh
 
     # ------------------------------------------------------------------ state
@@ -102,6 +124,75 @@ class Mesh:
 
     def _install(self, engine: PolicyEngine) -> None:
         self._engine = engine  # one assignment: the request path never sees a mix
+        self._installed_at = time.monotonic()
+
+    def _certificate_expiry(self) -> tuple[float, dict[str, str]] | None:
+        if self._tls is None:
+            return None
+        left = self._tls.svid.not_after - datetime.now(UTC)
+        return left.total_seconds(), {"mesh.spiffe_id": str(self._tls.svid.spiffe_id)}
+
+    def _snapshot_age(self) -> tuple[float, dict[str, str]] | None:
+        engine = self._engine
+        if engine is None:
+            return None
+        return time.monotonic() - self._installed_at, {"mesh.snapshot.version": engine.version}
+
+    # ------------------------------------------------------------------ admin port
+
+    def _admin_routes(self) -> dict[str, Any]:
+        def metrics() -> tuple[int, str, bytes]:
+            return 200, "text/plain; version=0.0.4", self.telemetry.prometheus().encode()
+
+        def live() -> tuple[int, str, bytes]:
+            return json_page({"live": True})
+
+        def ready() -> tuple[int, str, bytes]:
+            ok = self._engine is not None and self._tls is not None
+            if ok and self._tls is not None:
+                ok = self._tls.svid.not_after > datetime.now(UTC)
+            return json_page({"ready": ok}, 200 if ok else 503)
+
+        def snapshot() -> tuple[int, str, bytes]:
+            engine = self._engine
+            if engine is None:
+                return json_page({"error": "no snapshot yet"}, 503)
+            return json_page(
+                {
+                    "appliedAgoSeconds": time.monotonic() - self._installed_at,
+                    "snapshot": encode_snapshot(engine.snapshot),
+                }
+            )
+
+        def identity() -> tuple[int, str, bytes]:
+            if self._tls is None:
+                return json_page({"error": "no SVID yet"}, 503)
+            svid = self._tls.svid
+            return json_page(
+                {
+                    "spiffeId": str(svid.spiffe_id),
+                    "serial": f"{svid.serial:x}",
+                    "notBefore": svid.not_before.isoformat(),
+                    "notAfter": svid.not_after.isoformat(),
+                    "certificateChain": svid.cert_chain_pem.decode(),
+                    "bundleFingerprints": [
+                        certificate_fingerprint(c) for c in load_pem_certificates(svid.bundle_pem)
+                    ],
+                }
+            )
+
+        return {
+            "/metrics": metrics,
+            "/live": live,
+            "/ready": ready,
+            "/debug/snapshot": snapshot,
+            "/debug/identity": identity,
+        }
+
+    @property
+    def admin_port(self) -> int | None:
+        """The bound admin port, once started (None when disabled)."""
+        return self._admin.port if self._admin is not None else None
 
     @property
     def engine(self) -> PolicyEngine:
@@ -149,6 +240,9 @@ class Mesh:
         """
         if self._started:
             return self
+        if self.config.admin_port is not None and self._admin is None:
+            self._admin = AdminServer(self._admin_routes(), port=self.config.admin_port).start()
+            self._agent.admin_port = self._admin.port
         self._agent.start()
         deadline = time.monotonic() + (timeout or self.config.start_timeout)
         while not self._agent.ready.wait(0.05):
@@ -168,9 +262,12 @@ class Mesh:
         return await asyncio.to_thread(self.start, timeout)
 
     def close(self) -> None:
-        """Deregister and stop the agent."""
+        """Deregister and stop the agent and the admin port."""
         self._agent.stop()
         self._started = False
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`."""
@@ -218,6 +315,7 @@ class Mesh:
             tls=self._client_context,
             stats=self.stats,
             runtimes=self.runtimes,
+            telemetry=self.telemetry,
         )
 
     def async_transport(self) -> AsyncMeshTransport:
@@ -227,6 +325,7 @@ class Mesh:
             tls=self._client_context,
             stats=self.stats,
             runtimes=self.runtimes,
+            telemetry=self.telemetry,
         )
 
     def resilient(

@@ -17,10 +17,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+
 from meshlib.policy.engine import PolicyEngine
 from meshlib.policy.model import Resource
 from meshlib.resilience.deadline import DEADLINE_HEADER, current_deadline, parse_deadline_header
 from meshlib.resilience.ratelimit import RateLimiter, retry_after_header
+from meshlib.telemetry.metrics import MeshTelemetry
 
 __all__ = ["FLAG_HEADER", "MeshMiddleware", "PeerInfo"]
 
@@ -48,6 +53,11 @@ class EngineHolder(Protocol):
 
     @property
     def engine(self) -> PolicyEngine: ...
+
+
+def _peer_of(scope: Scope) -> str | None:
+    tls = scope.get("extensions", {}).get("tls")
+    return tls.get("spiffe_id") if tls is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +138,84 @@ class MeshMiddleware:
         state = scope.setdefault("state", {})
         if "mesh" in state:
             return await self.app(scope, receive, send)
+        telemetry: MeshTelemetry | None = getattr(self.mesh, "telemetry", None)
+        if telemetry is None or scope["type"] != "http":
+            return await self._admit(scope, receive, send, state)
+        await self._observed(telemetry, scope, receive, send, state)
+
+    async def _observed(
+        self,
+        telemetry: MeshTelemetry,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        state: dict[str, Any],
+    ) -> None:
+        """Serve one request inside a SERVER span, then record its metrics."""
+        started = time.perf_counter()
+        seen: dict[str, Any] = {"status": 500, "flag": None}
+        span: trace.Span | None = None
+        token = None
+        try:
+            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            span = telemetry.tracer.start_span(
+                scope["method"],
+                context=extract(carrier),
+                kind=trace.SpanKind.SERVER,
+                attributes={
+                    "http.request.method": scope["method"],
+                    "url.path": scope["path"],
+                    "url.scheme": scope.get("scheme", "http"),
+                },
+            )
+            token = otel_context.attach(trace.set_span_in_context(span))
+        except Exception:  # telemetry never fails a request
+            span = None
+
+        async def observing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                for key, value in message.get("headers", ()):
+                    if key == FLAG_HEADER:
+                        seen["flag"] = value.decode("latin-1")
+            await send(message)
+
+        try:
+            await self._admit(scope, receive, observing_send, state)
+        finally:
+            info = state.get("mesh")
+            peer = info.peer if isinstance(info, PeerInfo) else _peer_of(scope)
+            trace_id = None
+            try:
+                if token is not None:
+                    otel_context.detach(token)
+                if span is not None:
+                    span.set_attribute("http.response.status_code", seen["status"])
+                    if peer is not None:
+                        span.set_attribute("mesh.peer.spiffe_id", peer)
+                    if seen["flag"] is not None:
+                        span.set_attribute("mesh.flag", seen["flag"])
+                    if seen["status"] >= 500:
+                        span.set_status(trace.StatusCode.ERROR)
+                    context = span.get_span_context()
+                    trace_id = format(context.trace_id, "032x") if context.is_valid else None
+                    span.end()
+            except Exception:
+                trace_id = None
+            telemetry.http_server_done(
+                method=scope["method"],
+                status=seen["status"],
+                duration=time.perf_counter() - started,
+                peer=peer,
+                flag=seen["flag"],
+                path=scope["path"],
+                trace_id=trace_id,
+            )
+
+    async def _admit(
+        self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any]
+    ) -> None:
+        """Identity, PeerAuthentication, authorization, rate limit, deadline; then the app."""
         engine = self.mesh.engine
         tls = scope.get("extensions", {}).get("tls")
         peer: str | None = None

@@ -27,8 +27,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.propagate import inject
 
-from meshlib.errors import DeadlineExceeded, RetryBudgetExhausted, UnknownServiceError
+from meshlib.errors import (
+    DeadlineExceeded,
+    RequestError,
+    RetryBudgetExhausted,
+    UnknownServiceError,
+)
 from meshlib.integrations.asgi import FLAG_HEADER
 from meshlib.integrations.httpx import AsyncIdentityTransport, IdentityTransport
 from meshlib.policy.engine import CompiledService, PolicyEngine, RoutePlan
@@ -41,6 +49,7 @@ from meshlib.resilience.deadline import (
 )
 from meshlib.resilience.fault import NO_FAULT, FaultDecision, decide_fault
 from meshlib.resilience.retry import Outcome, build_retrying, is_retry_safe, is_retryable
+from meshlib.telemetry.metrics import MeshTelemetry
 from meshlib.traffic.balancers import StatsRegistry
 from meshlib.traffic.calls import RuntimeRegistry, ServiceRuntime
 
@@ -82,6 +91,7 @@ class _Call:
         "attempts",
         "budget_exhausted",
         "clock",
+        "context",
         "deadline",
         "fault",
         "plan",
@@ -89,6 +99,8 @@ class _Call:
         "retry_safe",
         "runtime",
         "service",
+        "span",
+        "started",
         "tried",
     )
 
@@ -120,6 +132,9 @@ class _Call:
         self.tried: frozenset[str] = frozenset()
         self.attempts = 0
         self.budget_exhausted = False
+        self.span: trace.Span | None = None
+        self.context: Context | None = None
+        self.started = time.perf_counter()
 
     def remaining(self) -> float:
         return float("inf") if self.deadline is None else self.deadline - self.clock()
@@ -160,6 +175,13 @@ class _Call:
         headers = request.headers.copy()
         if self.deadline is not None:
             headers[DEADLINE_HEADER] = format_deadline_header(self.deadline, self.clock())
+        with contextlib.suppress(Exception):  # telemetry never fails a request
+            inject(headers, context=self.context)
+            if self.span is not None and self.attempts > 1:
+                self.span.add_event(
+                    "mesh.retry",
+                    {"mesh.attempt": self.attempts, "mesh.endpoint": endpoint.authority},
+                )
         attempt = httpx.Request(
             request.method,
             request.url,
@@ -249,10 +271,12 @@ class _Base:
         runtimes: RuntimeRegistry | None,
         zone: str | None,
         clock: Callable[[], float],
+        telemetry: MeshTelemetry | None = None,
     ) -> None:
         self._engine = engine
         self._stats = stats
         self._clock = clock
+        self._telemetry = telemetry
         self._runtimes = runtimes or RuntimeRegistry(stats, zone=zone, clock=clock)
 
     def _start(self, request: httpx.Request) -> _Call | None:
@@ -263,7 +287,71 @@ class _Base:
                 raise UnknownServiceError(host)
             return None
         plan = service.route(request.method, request.url.path, request.headers)
-        return _Call(service, self._runtimes.get(service), plan, request, self._clock)
+        call = _Call(service, self._runtimes.get(service), plan, request, self._clock)
+        if self._telemetry is not None:
+            with contextlib.suppress(Exception):  # telemetry never fails a request
+                span = self._telemetry.tracer.start_span(
+                    request.method,
+                    kind=trace.SpanKind.CLIENT,
+                    attributes={
+                        "http.request.method": request.method,
+                        "url.full": str(request.url),
+                        "server.address": service.key,
+                        "mesh.route": plan.name,
+                        "mesh.peer.spiffe_id": service.spiffe_id,
+                    },
+                )
+                if call.fault.delay > 0 or call.fault.abort_http is not None:
+                    span.set_attribute("mesh.fault.delay", call.fault.delay)
+                    if call.fault.abort_http is not None:
+                        span.set_attribute("mesh.fault.abort", call.fault.abort_http)
+                call.span = span
+                call.context = trace.set_span_in_context(span)
+        return call
+
+    def _finish(
+        self, call: _Call, response: httpx.Response | None, error: BaseException | None
+    ) -> None:
+        """Close the call's span and record its metrics; never raises."""
+        telemetry = self._telemetry
+        if telemetry is None:
+            return
+        try:
+            duration = time.perf_counter() - call.started
+            status = response.status_code if response is not None else None
+            flag = response.headers.get(FLAG_HEADER.decode()) if response is not None else None
+            if isinstance(error, RequestError):
+                flag = error.flag
+            span = call.span
+            trace_id = None
+            if span is not None:
+                span.set_attribute("mesh.attempts", call.attempts)
+                if status is not None:
+                    span.set_attribute("http.response.status_code", status)
+                if flag is not None:
+                    span.set_attribute("mesh.flag", flag)
+                if error is not None:
+                    span.set_attribute("error.type", type(error).__name__)
+                    span.set_status(trace.StatusCode.ERROR, str(error)[:200])
+                elif status is not None and status >= 500:
+                    span.set_status(trace.StatusCode.ERROR)
+                context = span.get_span_context()
+                trace_id = format(context.trace_id, "032x") if context.is_valid else None
+                span.end()
+            telemetry.http_client_done(
+                service=call.service.key,
+                method=call.request.method,
+                status=status,
+                error=type(error).__name__ if error is not None else None,
+                duration=duration,
+                attempts=call.attempts,
+                flag=flag,
+                route=call.plan.name,
+                path=call.request.url.path,
+                trace_id=trace_id,
+            )
+        except Exception:
+            return
 
 
 class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
@@ -289,8 +377,16 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
         zone: str | None = None,
         outside: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        telemetry: MeshTelemetry | None = None,
     ) -> None:
-        super().__init__(engine=engine, stats=stats, runtimes=runtimes, zone=zone, clock=clock)
+        super().__init__(
+            engine=engine,
+            stats=stats,
+            runtimes=runtimes,
+            zone=zone,
+            clock=clock,
+            telemetry=telemetry,
+        )
         self._tls = tls
         self._outside = outside or httpx.AsyncHTTPTransport()
         self._services: dict[str, AsyncIdentityTransport] = {}
@@ -349,6 +445,18 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
         call = self._start(request)
         if call is None:
             return await self._outside.handle_async_request(request)
+        response: httpx.Response | None = None
+        error: BaseException | None = None
+        try:
+            response = await self._handle(call)
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._finish(call, response, error)
+
+    async def _handle(self, call: _Call) -> httpx.Response:
         if call.fault.delay > 0:
             await asyncio.sleep(min(call.fault.delay, max(call.remaining(), 0.0)))
         if call.fault.abort_http is not None:
@@ -402,8 +510,16 @@ class MeshTransport(_Base, httpx.BaseTransport):
         zone: str | None = None,
         outside: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        telemetry: MeshTelemetry | None = None,
     ) -> None:
-        super().__init__(engine=engine, stats=stats, runtimes=runtimes, zone=zone, clock=clock)
+        super().__init__(
+            engine=engine,
+            stats=stats,
+            runtimes=runtimes,
+            zone=zone,
+            clock=clock,
+            telemetry=telemetry,
+        )
         self._tls = tls
         self._outside = outside or httpx.HTTPTransport()
         self._services: dict[str, IdentityTransport] = {}
@@ -471,6 +587,18 @@ class MeshTransport(_Base, httpx.BaseTransport):
         call = self._start(request)
         if call is None:
             return self._outside.handle_request(request)
+        response: httpx.Response | None = None
+        error: BaseException | None = None
+        try:
+            response = self._handle(call)
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._finish(call, response, error)
+
+    def _handle(self, call: _Call) -> httpx.Response:
         if call.fault.delay > 0:
             time.sleep(min(call.fault.delay, max(call.remaining(), 0.0)))
         if call.fault.abort_http is not None:

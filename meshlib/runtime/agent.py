@@ -88,6 +88,7 @@ class Agent:
         self.fatal: MeshError | None = None
         self.ready = threading.Event()
         self._endpoint: dict[str, Any] | None = None
+        self.admin_port: int | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -354,7 +355,7 @@ class Agent:
             "address": endpoint.get("address", ""),
             "port": endpoint.get("port", 0),
             "plaintextPort": endpoint.get("plaintextPort"),
-            "adminPort": endpoint.get("adminPort"),
+            "adminPort": self.admin_port,
             "labels": dict(self.config.labels),
             "mode": "library",
             "appliedVersion": self.engine.version if self.engine is not None else None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from meshlib.errors import CircuitOpen, NoHealthyEndpoint, PoolOverflow
 from meshlib.policy.engine import CompiledService, RoutePlan
@@ -23,9 +24,17 @@ from meshlib.resilience.outlier import OutlierDetector
 from meshlib.resilience.retry import Outcome, is_failure
 from meshlib.traffic.balancers import Balancer, StatsRegistry, make_balancer, prefer_zone
 
-__all__ = ["RuntimeRegistry", "ServiceRuntime"]
+__all__ = ["RuntimeHooks", "RuntimeRegistry", "ServiceRuntime"]
 
 Clock = Callable[[], float]
+
+
+class RuntimeHooks(Protocol):
+    """Where breaker transitions and ejections are reported (telemetry)."""
+
+    def breaker_transition(self, service: str, authority: str, old: str, new: str) -> None: ...
+
+    def ejected(self, service: str, authority: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +62,32 @@ class ServiceRuntime:
     """What calls to one destination share: budget, breakers, outliers, balancer, limits."""
 
     def __init__(
-        self, service: CompiledService, stats: StatsRegistry, *, zone: str | None, clock: Clock
+        self,
+        service: CompiledService,
+        stats: StatsRegistry,
+        *,
+        zone: str | None,
+        clock: Clock,
+        hooks: RuntimeHooks | None = None,
     ) -> None:
         self.key = _policy_key(service)
         self.name = service.key
         self.zone = zone
         self.budget = RetryBudget.from_policy(service.retry_budget, clock=clock)
-        self.breakers = BreakerRegistry(service.circuit_breaker, clock=clock)
-        self.outliers = OutlierDetector(service.outlier_detection, clock=clock)
+        name = service.key
+        on_transition = on_eject = None
+        if hooks is not None:
+
+            def on_transition(authority: str, old: str, new: str) -> None:
+                hooks.breaker_transition(name, authority, old, new)
+
+            def on_eject(authority: str, _seconds: float) -> None:
+                hooks.ejected(name, authority)
+
+        self.breakers = BreakerRegistry(
+            service.circuit_breaker, clock=clock, on_transition=on_transition
+        )
+        self.outliers = OutlierDetector(service.outlier_detection, clock=clock, on_eject=on_eject)
         self.balancer: Balancer = make_balancer(service.load_balancer, stats)
         self.stats = stats
         pool = service.connection_pool
@@ -135,11 +162,17 @@ class RuntimeRegistry:
     """One :class:`ServiceRuntime` per destination, kept while its policy is unchanged."""
 
     def __init__(
-        self, stats: StatsRegistry, *, zone: str | None = None, clock: Clock = time.monotonic
+        self,
+        stats: StatsRegistry,
+        *,
+        zone: str | None = None,
+        clock: Clock = time.monotonic,
+        hooks: RuntimeHooks | None = None,
     ) -> None:
         self._stats = stats
         self._zone = zone
         self._clock = clock
+        self._hooks = hooks
         self._by_object: dict[int, tuple[CompiledService, ServiceRuntime]] = {}
         self._by_name: dict[str, ServiceRuntime] = {}
 
@@ -150,7 +183,9 @@ class RuntimeRegistry:
             return hit[1]
         runtime = self._by_name.get(service.key)
         if runtime is None or runtime.key != _policy_key(service):
-            runtime = ServiceRuntime(service, self._stats, zone=self._zone, clock=self._clock)
+            runtime = ServiceRuntime(
+                service, self._stats, zone=self._zone, clock=self._clock, hooks=self._hooks
+            )
             self._by_name[service.key] = runtime
         if len(self._by_object) > 4 * max(len(self._by_name), 16):
             self._by_object.clear()  # old snapshots' objects: drop the stale shortcuts

@@ -1,0 +1,381 @@
+"""MeshTelemetry: one workload's metrics, spans and access log, all best effort.
+
+Metrics are recorded through the OpenTelemetry API into a private SDK ``MeterProvider``
+whose in-memory reader backs the admin port's ``/metrics`` (Prometheus text). Names and
+attributes follow the OpenTelemetry semantic conventions (``http.server.request.duration``
+in seconds, …); mesh-specific ones are prefixed ``mesh.``. Edges are labelled with the
+caller (``mesh.source.workload``/``namespace``, from its SPIFFE ID) on the server side and
+the destination (``mesh.destination.service``/``namespace``) on the client side.
+
+Spans use the global tracer provider unless one is passed: an app that configured
+OpenTelemetry gets meshlib's spans in its own pipeline. With no provider configured and
+``OTEL_TRACES_EXPORTER=otlp`` (or ``OTEL_EXPORTER_OTLP_ENDPOINT``) set, meshlib installs an
+SDK provider exporting over OTLP/HTTP when that exporter package is installed.
+
+Every public method swallows its own exceptions: telemetry never fails a request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.resources import Resource
+
+from meshlib.telemetry.prometheus import render_prometheus
+
+__all__ = ["DURATION_BUCKETS", "MeshTelemetry", "workload_of"]
+
+log = logging.getLogger("meshlib.telemetry")
+access_log = logging.getLogger("meshlib.access")
+
+# Seconds; finer than the semantic-convention advice at the low end, where an in-process
+# mesh lives (sub-millisecond hops are the point of it).
+DURATION_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075,
+    0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+
+UNKNOWN = "unknown"
+
+
+def workload_of(spiffe_id: str | None) -> tuple[str, str]:
+    """(service, namespace) of a workload SPIFFE ID; ("unknown", "unknown") otherwise."""
+    if not spiffe_id:
+        return UNKNOWN, UNKNOWN
+    parts = spiffe_id.split("/")
+    # spiffe: '' td ns <ns> sa <svc>
+    if len(parts) == 7 and parts[3] == "ns" and parts[5] == "sa":
+        return parts[6], parts[4]
+    return UNKNOWN, UNKNOWN
+
+
+def _otlp_tracer_provider(service: str, namespace: str) -> trace.TracerProvider | None:
+    wants = os.environ.get("OTEL_TRACES_EXPORTER", "").lower() == "otlp" or bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    if not wants or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
+            OTLPSpanExporter,
+        )
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        log.warning(
+            "OTEL_* asks for OTLP traces but opentelemetry-exporter-otlp-proto-http is not "
+            "installed: pip install 'meshlib[otlp]'"
+        )
+        return None
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service, "service.namespace": namespace})
+    )
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+class MeshTelemetry:
+    """The instruments of one workload.
+
+    Args:
+        service, namespace: this workload, as resource attributes.
+        tracer_provider: where spans go (default: the global provider, or OTLP per
+            ``OTEL_*`` when nothing is configured).
+        access_log: write one JSON line per request to the ``meshlib.access`` logger.
+    """
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        namespace: str,
+        tracer_provider: trace.TracerProvider | None = None,
+        access_log: bool = False,
+    ) -> None:
+        self.service = service
+        self.namespace = namespace
+        self.access_log = access_log
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(
+            metric_readers=[self.reader],
+            resource=Resource.create({"service.name": service, "service.namespace": namespace}),
+        )
+        meter = self.meter_provider.get_meter("meshlib")
+        self._meter = meter
+        if tracer_provider is None and isinstance(
+            trace.get_tracer_provider(), trace.ProxyTracerProvider
+        ):
+            tracer_provider = _otlp_tracer_provider(service, namespace)
+        self._tracer_provider = tracer_provider
+        self._tracer: trace.Tracer | None = None
+
+        def histogram(name: str, description: str) -> metrics.Histogram:
+            return meter.create_histogram(
+                name,
+                unit="s",
+                description=description,
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            )
+
+        self.http_server = histogram(
+            "http.server.request.duration", "Duration of HTTP requests served"
+        )
+        self.http_client = histogram(
+            "http.client.request.duration", "Duration of HTTP requests made through the mesh"
+        )
+        self.rpc_server = histogram("rpc.server.call.duration", "Duration of gRPC calls served")
+        self.rpc_client = histogram(
+            "rpc.client.call.duration", "Duration of gRPC calls made through the mesh"
+        )
+        self.retries = meter.create_counter(
+            "mesh.client.retries", unit="1", description="Retries sent (attempts after the first)"
+        )
+        self.budget_exhausted = meter.create_counter(
+            "mesh.client.retry_budget.exhausted",
+            unit="1",
+            description="Retries the retry budget refused",
+        )
+        self.breaker_transitions = meter.create_counter(
+            "mesh.client.breaker.transitions",
+            unit="1",
+            description="Circuit-breaker state changes, by endpoint and new state",
+        )
+        self.ejections = meter.create_counter(
+            "mesh.client.outlier.ejections", unit="1", description="Endpoints ejected"
+        )
+        self.mesh_failures = meter.create_counter(
+            "mesh.client.failures",
+            unit="1",
+            description="Calls the mesh itself failed, by flag (CIRCUIT_OPEN, …)",
+        )
+        self.authz_denials = meter.create_counter(
+            "mesh.server.authz.denials", unit="1", description="Requests refused by policy"
+        )
+        self.rate_limited = meter.create_counter(
+            "mesh.server.rate_limited", unit="1", description="Requests refused by RateLimit"
+        )
+        meter.create_observable_gauge(
+            "mesh.certificate.expiry",
+            callbacks=[self._observe("mesh.certificate.expiry")],
+            unit="s",
+            description="Seconds until this workload's SVID expires",
+        )
+        meter.create_observable_gauge(
+            "mesh.snapshot.age",
+            callbacks=[self._observe("mesh.snapshot.age")],
+            unit="s",
+            description="Seconds since the active snapshot was applied; label: version",
+        )
+        self._gauges: dict[str, Callable[[], tuple[float, dict[str, str]] | None]] = {}
+
+    # ------------------------------------------------------------------ wiring
+
+    def _observe(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            source = self._gauges.get(name)
+            if source is None:
+                return []
+            try:
+                value = source()
+            except Exception:
+                return []
+            return [] if value is None else [Observation(value[0], value[1])]
+
+        return callback
+
+    def gauge_source(
+        self, name: str, source: Callable[[], tuple[float, dict[str, str]] | None]
+    ) -> None:
+        """Feed the observable gauge *name* from *source* (value, attributes)."""
+        self._gauges[name] = source
+
+    @property
+    def tracer(self) -> trace.Tracer:
+        """meshlib's tracer (resolved lazily, so a provider the app sets later is honoured)."""
+        if self._tracer_provider is not None:
+            if self._tracer is None:
+                self._tracer = self._tracer_provider.get_tracer("meshlib")
+            return self._tracer
+        return trace.get_tracer("meshlib")
+
+    def prometheus(self) -> str:
+        """All metrics as Prometheus text."""
+        return render_prometheus(self.reader.get_metrics_data())
+
+    def shutdown(self) -> None:
+        """Flush and stop the private providers."""
+        try:
+            self.meter_provider.shutdown()
+            shutdown = getattr(self._tracer_provider, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+        except Exception:
+            log.debug("telemetry shutdown failed", exc_info=True)
+
+    # ------------------------------------------------------------------ recording
+
+    def http_server_done(
+        self,
+        *,
+        method: str,
+        status: int,
+        duration: float,
+        peer: str | None,
+        flag: str | None,
+        path: str,
+        trace_id: str | None,
+    ) -> None:
+        """One served HTTP request."""
+        try:
+            source, source_ns = workload_of(peer)
+            self.http_server.record(
+                duration,
+                {
+                    "http.request.method": method,
+                    "http.response.status_code": status,
+                    "mesh.source.workload": source,
+                    "mesh.source.namespace": source_ns,
+                },
+            )
+            if flag == "AUTHZ_DENIED":
+                self.authz_denials.add(1, {"mesh.source.workload": source})
+            elif flag == "RATE_LIMITED":
+                self.rate_limited.add(1, {"mesh.source.workload": source})
+            if self.access_log:
+                self._access(
+                    "server", method, path, status, duration, peer, None, flag, trace_id, 1
+                )
+        except Exception:
+            log.debug("telemetry failed", exc_info=True)
+
+    def http_client_done(
+        self,
+        *,
+        service: str,
+        method: str,
+        status: int | None,
+        error: str | None,
+        duration: float,
+        attempts: int,
+        flag: str | None,
+        route: str,
+        path: str,
+        trace_id: str | None,
+    ) -> None:
+        """One call made through the mesh transport (all its attempts)."""
+        try:
+            name, _, namespace = service.partition(".")
+            attributes: dict[str, Any] = {
+                "http.request.method": method,
+                "mesh.destination.service": name,
+                "mesh.destination.namespace": namespace,
+                "mesh.route": route,
+            }
+            if status is not None:
+                attributes["http.response.status_code"] = status
+            if error is not None:
+                attributes["error.type"] = error
+            self.http_client.record(duration, attributes)
+            if attempts > 1:
+                self.retries.add(attempts - 1, {"mesh.destination.service": name})
+            if flag is not None:
+                self.mesh_failures.add(1, {"mesh.destination.service": name, "mesh.flag": flag})
+                if flag == "RETRY_BUDGET_EXHAUSTED":
+                    self.budget_exhausted.add(1, {"mesh.destination.service": name})
+            if self.access_log:
+                self._access(
+                    "client", method, path, status, duration, None, service, flag or error,
+                    trace_id, attempts, route,
+                )  # fmt: skip
+        except Exception:
+            log.debug("telemetry failed", exc_info=True)
+
+    def rpc_done(
+        self,
+        *,
+        side: str,
+        method: str,
+        code: str,
+        duration: float,
+        peer: str | None = None,
+        service: str | None = None,
+    ) -> None:
+        """One gRPC call, served (*side* ``server``) or made (``client``)."""
+        try:
+            rpc_service, _, rpc_method = method.strip("/").partition("/")
+            attributes: dict[str, Any] = {
+                "rpc.system": "grpc",
+                "rpc.service": rpc_service,
+                "rpc.method": rpc_method,
+                "rpc.grpc.status_code": code,
+            }
+            if side == "server":
+                source, source_ns = workload_of(peer)
+                attributes["mesh.source.workload"] = source
+                attributes["mesh.source.namespace"] = source_ns
+                self.rpc_server.record(duration, attributes)
+            else:
+                name, _, namespace = (service or UNKNOWN).partition(".")
+                attributes["mesh.destination.service"] = name
+                attributes["mesh.destination.namespace"] = namespace
+                self.rpc_client.record(duration, attributes)
+        except Exception:
+            log.debug("telemetry failed", exc_info=True)
+
+    def breaker_transition(self, service: str, authority: str, old: str, new: str) -> None:
+        """A circuit breaker changed state."""
+        try:
+            self.breaker_transitions.add(
+                1,
+                {"mesh.destination.service": service, "mesh.endpoint": authority, "to": new},
+            )
+        except Exception:
+            log.debug("telemetry failed", exc_info=True)
+
+    def ejected(self, service: str, authority: str) -> None:
+        """Outlier detection ejected an endpoint."""
+        try:
+            self.ejections.add(1, {"mesh.destination.service": service, "mesh.endpoint": authority})
+        except Exception:
+            log.debug("telemetry failed", exc_info=True)
+
+    def _access(
+        self,
+        side: str,
+        method: str,
+        path: str,
+        status: int | None,
+        duration: float,
+        peer: str | None,
+        service: str | None,
+        answered_by: str | None,
+        trace_id: str | None,
+        attempts: int,
+        route: str | None = None,
+    ) -> None:
+        record = {
+            "time": time.time(),
+            "side": side,
+            "service": f"{self.service}.{self.namespace}",
+            "trace_id": trace_id,
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(duration * 1000, 3),
+            "peer": peer,
+            "destination": service,
+            "route": route,
+            "attempts": attempts,
+            "answered_by": answered_by or ("upstream" if side == "client" else "app"),
+        }
+        access_log.info(json.dumps(record, separators=(",", ":")))
