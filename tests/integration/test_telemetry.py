@@ -1,0 +1,203 @@
+"""Traces, metrics, admin endpoints and the access log of meshed workloads."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from prometheus_client.parser import text_string_to_metric_families
+
+import meshlib
+from tests.integration.harness import wait_endpoints, wait_for
+from tests.integration.inproc import start_chain
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def traced(tmp_path, control):
+    """Meshes that share one in-memory span exporter; servers stopped at the end."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    made: list[meshlib.Mesh] = []
+    servers = []
+
+    def make(name: str, **kwargs) -> meshlib.Mesh:
+        mesh = meshlib.Mesh(
+            service=name,
+            control_url=control.url,
+            token=control.token(name),
+            data_dir=tmp_path / f"w-{name}-{len(made)}",
+            tracer_provider=kwargs.pop("tracer_provider", provider),
+            **kwargs,
+        )
+        made.append(mesh)
+        return mesh.start()
+
+    def chain(names: list[str]):
+        hops = start_chain(make, names)
+        servers.extend(server for _, server in hops)
+        return hops
+
+    yield exporter, make, chain
+    for server in servers:
+        server.stop()
+    for mesh in made:
+        mesh.close()
+
+
+def _by_kind(spans: tuple[ReadableSpan, ...], kind: SpanKind) -> list[ReadableSpan]:
+    return [s for s in spans if s.kind == kind]
+
+
+def test_spans_link_across_three_hops(traced):
+    """client → orders → inventory: one trace, each server span the child of its client span."""
+    exporter, make, chain = traced
+    (orders, _), _ = chain(["orders", "inventory"])
+    wait_endpoints(orders, "inventory")
+    client = make("frontend")
+    wait_endpoints(client, "orders")
+    with client.client() as http:
+        response = http.get("http://orders/hop")
+    assert response.status_code == 200, response.text
+    assert response.json()["below"]["peer"].endswith("/sa/orders")
+    # A server span ends just after its response is sent: give the last one a moment.
+    wait_for(lambda: len(exporter.get_finished_spans()) >= 4, 5, "4 finished spans")
+    spans = exporter.get_finished_spans()
+    trace_ids = {s.context.trace_id for s in spans}
+    assert len(trace_ids) == 1, spans
+    clients = _by_kind(spans, SpanKind.CLIENT)
+    servers = _by_kind(spans, SpanKind.SERVER)
+    assert len(clients) == 2 and len(servers) == 2
+    by_id = {s.context.span_id: s for s in spans}
+    for server in servers:
+        parent = by_id[server.parent.span_id]
+        assert parent.kind == SpanKind.CLIENT
+    outer_client = next(s for s in clients if s.attributes["server.address"] == "orders.default")
+    assert outer_client.parent is None
+    assert outer_client.attributes["mesh.peer.spiffe_id"].endswith("/sa/orders")
+    assert outer_client.attributes["mesh.route"] == "default"
+    assert outer_client.attributes["http.response.status_code"] == 200
+    inner_server = next(
+        s for s in servers if s.attributes.get("mesh.peer.spiffe_id", "").endswith("/orders")
+    )
+    assert inner_server.attributes["http.response.status_code"] == 200
+
+
+def _metrics(port: int) -> dict[str, list]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    families = {f.name: f.samples for f in text_string_to_metric_families(text)}
+    return families
+
+
+def test_metrics_match_known_traffic_and_parse_as_prometheus(traced):
+    """After 20 calls, both sides' /metrics count exactly 20, by edge, in Prometheus text."""
+    _, make, chain = traced
+    ((orders_mesh, _),) = chain(["orders"])
+    client = make("frontend")
+    wait_endpoints(client, "orders")
+    with client.client() as http:
+        for _ in range(20):
+            assert http.get("http://orders/hop").status_code == 200
+    server = _metrics(orders_mesh.admin_port)
+    counts = [
+        s
+        for s in server["http_server_request_duration_seconds"]
+        if s.name.endswith("_count") and s.labels["mesh_source_workload"] == "frontend"
+    ]
+    assert [c.value for c in counts] == [20.0]
+    assert counts[0].labels["http_response_status_code"] == "200"
+    client_side = [
+        s
+        for s in _metrics(client.admin_port)["http_client_request_duration_seconds"]
+        if s.name.endswith("_count")
+    ]
+    assert [c.value for c in client_side] == [20.0]
+    assert client_side[0].labels["mesh_destination_service"] == "orders"
+    expiry = _metrics(orders_mesh.admin_port)["mesh_certificate_expiry_seconds"]
+    assert 0 < expiry[0].value <= 24 * 3600
+
+
+def test_admin_endpoints(traced):
+    """/live, /ready, /debug/snapshot and /debug/identity answer; no key is ever shown."""
+    _, make, _ = traced
+    mesh = make("orders")
+    base = f"http://127.0.0.1:{mesh.admin_port}"
+    assert httpx.get(f"{base}/live").json() == {"live": True}
+    assert httpx.get(f"{base}/ready").json() == {"ready": True}
+    snap = httpx.get(f"{base}/debug/snapshot").json()
+    assert snap["snapshot"]["version"] == mesh.engine.version
+    identity = httpx.get(f"{base}/debug/identity")
+    assert identity.json()["spiffeId"] == "spiffe://mesh.local/ns/default/sa/orders"
+    assert "PRIVATE KEY" not in identity.text
+    assert httpx.get(f"{base}/nope").status_code == 404
+
+
+class _Exploding(SpanProcessor):
+    """A span pipeline that fails on every span (an exporter that is down, or worse)."""
+
+    def on_start(self, span, parent_context=None):
+        raise RuntimeError("span processor down")
+
+    def on_end(self, span):
+        raise RuntimeError("span processor down")
+
+
+def test_telemetry_failures_never_fail_a_request(traced):
+    """With a span pipeline that raises on every span, calls still succeed."""
+    _, make, _ = traced
+    broken = TracerProvider()
+    broken.add_span_processor(_Exploding())
+    orders = make("orders", tracer_provider=broken)
+    from tests.integration.inproc import ThreadServer, chain_app
+
+    server = ThreadServer(chain_app(orders, "orders", None), orders).start()
+    try:
+        client = make("frontend", tracer_provider=broken)
+        wait_endpoints(client, "orders")
+        with client.client() as http:
+            for _ in range(5):
+                assert http.get("http://orders/hop").status_code == 200
+    finally:
+        server.stop()
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(record.getMessage()))
+
+
+def test_access_log_lines(traced):
+    """The access log has one JSON line per request with trace id, peer, status, answer."""
+    _, make, chain = traced
+    ((orders_mesh, _),) = chain(["orders"])
+    orders_mesh.telemetry.access_log = True
+    client = make("frontend", access_log=True)
+    wait_endpoints(client, "orders")
+    handler = _Lines()
+    logger = logging.getLogger("meshlib.access")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with client.client() as http:
+            assert http.get("http://orders/hop").status_code == 200
+    finally:
+        logger.removeHandler(handler)
+    lines = handler.lines
+    server = next(line for line in lines if line["side"] == "server")
+    caller = next(line for line in lines if line["side"] == "client")
+    assert server["peer"].endswith("/sa/frontend") and server["status"] == 200
+    assert caller["destination"] == "orders.default" and caller["route"] == "default"
+    assert server["trace_id"] == caller["trace_id"] and len(server["trace_id"]) == 32
+    assert caller["answered_by"] == "upstream" and server["answered_by"] == "app"
