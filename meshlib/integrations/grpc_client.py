@@ -53,6 +53,9 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from opentelemetry import trace
+from opentelemetry.propagate import inject
+
 from meshlib.errors import (
     CircuitOpen,
     DeadlineExceeded,
@@ -80,6 +83,7 @@ from meshlib.resilience.retry import (
     is_failure,
     is_retry_safe,
 )
+from meshlib.telemetry.metrics import MeshTelemetry
 from meshlib.traffic.balancers import Balancer, StatsRegistry, make_balancer
 
 try:
@@ -351,15 +355,19 @@ class _Call:
     """The decisions of one logical call; the sync and async loops do the I/O."""
 
     __slots__ = (
+        "began",
         "core",
         "deadline",
         "fault",
         "guards",
         "metadata",
+        "method",
         "plan",
         "retries",
         "safe",
         "service",
+        "span",
+        "telemetry",
         "tried",
     )
 
@@ -391,6 +399,56 @@ class _Call:
             deadline = now + timeout if deadline is None else min(deadline, now + timeout)
         self.deadline = deadline
         self.fault = _decide_fault(plan, headers, core.rand)
+        self.method = method
+        self.began = time.perf_counter()
+        self.span: trace.Span | None = None
+        self.telemetry: MeshTelemetry | None = getattr(core.mesh, "telemetry", None)
+        if self.telemetry is not None:
+            with contextlib.suppress(Exception):  # telemetry never fails a call
+                rpc_service, _, rpc_method = method.strip("/").partition("/")
+                self.span = self.telemetry.tracer.start_span(
+                    method.strip("/"),
+                    kind=trace.SpanKind.CLIENT,
+                    attributes={
+                        "rpc.system": "grpc",
+                        "rpc.service": rpc_service,
+                        "rpc.method": rpc_method,
+                        "server.address": service.key,
+                        "mesh.route": plan.name,
+                        "mesh.peer.spiffe_id": service.spiffe_id,
+                    },
+                )
+                carrier: dict[str, str] = {}
+                inject(carrier, context=trace.set_span_in_context(self.span))
+                self.metadata = md + tuple(carrier.items())
+
+    def finish(self, code: Any) -> None:
+        """End the call's span and record its duration; safe to call more than once."""
+        telemetry, span = self.telemetry, self.span
+        if telemetry is None:
+            return
+        self.telemetry = None
+        try:
+            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            if span is not None:
+                span.set_attribute("rpc.grpc.status_code", name)
+                span.set_attribute("mesh.attempts", max(len(self.tried), 1))
+                if name != "OK":
+                    span.set_status(trace.StatusCode.ERROR, name)
+                span.end()
+            telemetry.rpc_done(
+                side="client",
+                method=self.method,
+                code=name,
+                duration=time.perf_counter() - self.began,
+                service=self.service.key,
+            )
+            if len(self.tried) > 1:
+                telemetry.retries.add(
+                    len(self.tried) - 1, {"mesh.destination.service": self.service.name}
+                )
+        except Exception:
+            return
 
     def fault_error(self) -> MeshRpcError | None:
         if self.fault.abort is None:
@@ -568,6 +626,7 @@ class _SyncMulti:
         def done(rpc: Any) -> None:
             code = rpc.code()
             call.record(authority, None if code == grpc.StatusCode.OK else outcome_of(rpc), started)
+            call.finish(code)
 
         inner.add_done_callback(done)
         return inner
@@ -575,6 +634,18 @@ class _SyncMulti:
     def _unary(self, request: Any, timeout: float | None, metadata: Any, **kw: Any) -> Any:
         """A unary-request call with retries; returns ``(response, grpc.Call)``."""
         call = _Call(self._core, self._method, metadata, timeout, streaming=False)
+        try:
+            result = self._unary_call(call, request, **kw)
+        except grpc.RpcError as exc:
+            call.finish(exc.code())
+            raise
+        except BaseException:
+            call.finish("UNKNOWN")
+            raise
+        call.finish(grpc.StatusCode.OK)
+        return result
+
+    def _unary_call(self, call: _Call, request: Any, **kw: Any) -> Any:
         if call.fault.delay:
             time.sleep(call.fault.delay)
         error = call.fault_error()
@@ -647,9 +718,11 @@ class _UnaryUnary(_SyncMulti, grpc.UnaryUnaryMultiCallable):  # type: ignore[mis
         if error is not None:
             raise error
         authority = call.pick()
-        return self._inner(call, authority).future(
+        future = self._inner(call, authority).future(
             request, timeout=call.try_timeout(), metadata=call.metadata or None, **kw
         )
+        future.add_done_callback(lambda rpc: call.finish(rpc.code()))
+        return future
 
 
 class _UnaryStream(_SyncMulti, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
@@ -1005,7 +1078,19 @@ class _AioMulti:
             )
             return await retrying(once)
 
-        return _AioUnaryCall(run)
+        async def observed(last: list[Any]) -> Any:
+            try:
+                response = await run(last)
+            except grpc.RpcError as exc:
+                call.finish(exc.code())
+                raise
+            except BaseException:
+                call.finish("UNKNOWN")
+                raise
+            call.finish(grpc.StatusCode.OK)
+            return response
+
+        return _AioUnaryCall(observed)
 
 
 _RECORDING: set[asyncio.Task[None]] = set()
@@ -1019,8 +1104,10 @@ def _after_aio_stream(rpc: Any, call: _Call, authority: str, started: float) -> 
             code = await rpc.code()
         except Exception:  # cancelled before a status: count it as a reset
             call.record(authority, RESET, started)
+            call.finish(grpc.StatusCode.CANCELLED)
             return
         call.record(authority, None if code == grpc.StatusCode.OK else outcome_of(rpc), started)
+        call.finish(code)
 
     task = asyncio.get_running_loop().create_task(record())
     _RECORDING.add(task)

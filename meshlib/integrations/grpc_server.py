@@ -34,6 +34,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+
 from meshlib.identity.svid import SVID
 from meshlib.identity.tls import TLSContexts
 from meshlib.integrations.asgi import PeerInfo
@@ -41,6 +45,7 @@ from meshlib.policy.engine import PolicyEngine
 from meshlib.policy.model import RateLimitSpec
 from meshlib.resilience.deadline import reset_deadline, set_deadline
 from meshlib.resilience.ratelimit import RateLimiter
+from meshlib.telemetry.metrics import MeshTelemetry
 
 try:
     import grpc  # type: ignore[import-untyped]
@@ -199,6 +204,75 @@ def _exit(tokens: tuple[contextvars.Token[Any], Any]) -> None:
         pass
 
 
+class _Observed:
+    """The SERVER span and start time of one served call (telemetry, best effort)."""
+
+    __slots__ = ("method", "peer", "span", "started", "telemetry", "token")
+
+    def __init__(self, telemetry: MeshTelemetry, method: str, context: Any) -> None:
+        self.telemetry = telemetry
+        self.method = method
+        self.started = time.perf_counter()
+        self.peer: str | None = None
+        self.span: trace.Span | None = None
+        self.token: Any = None
+        try:
+            carrier = {
+                str(k): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
+            }
+            rpc_service, _, rpc_method = method.strip("/").partition("/")
+            self.span = telemetry.tracer.start_span(
+                method.strip("/"),
+                context=extract(carrier),
+                kind=trace.SpanKind.SERVER,
+                attributes={
+                    "rpc.system": "grpc",
+                    "rpc.service": rpc_service,
+                    "rpc.method": rpc_method,
+                },
+            )
+            self.token = otel_context.attach(trace.set_span_in_context(self.span))
+        except Exception:
+            self.span = None
+
+    def end(self, context: Any, error: BaseException | None) -> None:
+        try:
+            if self.token is not None:
+                otel_context.detach(self.token)
+        except Exception:
+            pass
+        try:
+            code = context.code()
+            if code is None:
+                code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            if self.span is not None:
+                self.span.set_attribute("rpc.grpc.status_code", name)
+                if self.peer is not None:
+                    self.span.set_attribute("mesh.peer.spiffe_id", self.peer)
+                if name != "OK":
+                    self.span.set_status(trace.StatusCode.ERROR, name)
+                self.span.end()
+            self.telemetry.rpc_done(
+                side="server",
+                method=self.method,
+                code=name,
+                duration=time.perf_counter() - self.started,
+                peer=self.peer,
+            )
+            if name == "PERMISSION_DENIED":
+                self.telemetry.authz_denials.add(1, {"rpc.method": self.method})
+            elif name == "RESOURCE_EXHAUSTED":
+                self.telemetry.rate_limited.add(1, {"rpc.method": self.method})
+        except Exception:
+            return
+
+
+def _observe(mesh: Any, method: str, context: Any) -> _Observed | None:
+    telemetry = getattr(mesh, "telemetry", None)
+    return _Observed(telemetry, method, context) if telemetry is not None else None
+
+
 def _metadata(refusal: Refusal) -> tuple[tuple[str, str], ...]:
     return ((FLAG_METADATA, refusal.flag), *refusal.metadata)
 
@@ -232,27 +306,50 @@ class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return None
         method = _method_name(handler_call_details)
         gate = self._gate
+        mesh = self._mesh
         if handler.unary_unary is not None or handler.stream_unary is not None:
             field = "unary_unary" if handler.unary_unary is not None else "stream_unary"
             behavior = getattr(handler, field)
 
             def unary(request: Any, context: Any) -> Any:
-                tokens = gate(method, context)
+                observed = _observe(mesh, method, context)
+                error: BaseException | None = None
                 try:
-                    return behavior(request, context)
+                    tokens = gate(method, context)
+                    if observed is not None:
+                        observed.peer = _peer_id()
+                    try:
+                        return behavior(request, context)
+                    finally:
+                        _exit(tokens)
+                except BaseException as exc:
+                    error = exc
+                    raise
                 finally:
-                    _exit(tokens)
+                    if observed is not None:
+                        observed.end(context, error)
 
             return handler._replace(**{field: unary})
         field = "unary_stream" if handler.unary_stream is not None else "stream_stream"
         streaming_behavior = getattr(handler, field)
 
         def streaming(request: Any, context: Any) -> Iterator[Any]:
-            tokens = gate(method, context)
+            observed = _observe(mesh, method, context)
+            error: BaseException | None = None
             try:
-                yield from streaming_behavior(request, context)
+                tokens = gate(method, context)
+                if observed is not None:
+                    observed.peer = _peer_id()
+                try:
+                    yield from streaming_behavior(request, context)
+                finally:
+                    _exit(tokens)
+            except BaseException as exc:
+                error = exc
+                raise
             finally:
-                _exit(tokens)
+                if observed is not None:
+                    observed.end(context, error)
 
         return handler._replace(**{field: streaming})
 
@@ -286,38 +383,80 @@ class AsyncMeshServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             return None
         method = _method_name(handler_call_details)
         gate = self._gate
+        mesh = self._mesh
         if handler.unary_unary is not None or handler.stream_unary is not None:
             field = "unary_unary" if handler.unary_unary is not None else "stream_unary"
             behavior = getattr(handler, field)
 
             async def unary(request: Any, context: Any) -> Any:
-                tokens = await gate(method, context)
+                observed = _observe(mesh, method, context)
+                error: BaseException | None = None
                 try:
-                    result = behavior(request, context)
-                    return await result if inspect.isawaitable(result) else result
+                    tokens = await gate(method, context)
+                    if observed is not None:
+                        observed.peer = _peer_id()
+                    try:
+                        result = behavior(request, context)
+                        return await result if inspect.isawaitable(result) else result
+                    finally:
+                        _exit(tokens)
+                except BaseException as exc:
+                    error = exc
+                    raise
                 finally:
-                    _exit(tokens)
+                    if observed is not None:
+                        observed.end(context, error)
 
             return handler._replace(**{field: unary})
         field = "unary_stream" if handler.unary_stream is not None else "stream_stream"
         streaming_behavior = getattr(handler, field)
 
         async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-            tokens = await gate(method, context)
+            observed = _observe(mesh, method, context)
             try:
-                result = streaming_behavior(request, context)
-                if hasattr(result, "__aiter__"):
-                    async for item in result:
-                        yield item
-                elif inspect.isawaitable(result):
-                    await result  # the handler writes with context.write()
-                elif result is not None:
-                    for item in result:
-                        yield item
-            finally:
-                _exit(tokens)
+                async for item in _gated_stream(
+                    gate, method, request, context, streaming_behavior, observed
+                ):
+                    yield item
+            except BaseException as exc:
+                if observed is not None:
+                    observed.end(context, exc)
+                raise
+            if observed is not None:
+                observed.end(context, None)
 
         return handler._replace(**{field: streaming})
+
+
+async def _gated_stream(
+    gate: Callable[[str, Any], Awaitable[Any]],
+    method: str,
+    request: Any,
+    context: Any,
+    streaming_behavior: Callable[[Any, Any], Any],
+    observed: _Observed | None,
+) -> AsyncIterator[Any]:
+    """Admit the call, then pass the handler's stream through."""
+    tokens = await gate(method, context)
+    if observed is not None:
+        observed.peer = _peer_id()
+    try:
+        result = streaming_behavior(request, context)
+        if hasattr(result, "__aiter__"):
+            async for item in result:
+                yield item
+        elif inspect.isawaitable(result):
+            await result  # the handler writes with context.write()
+        elif result is not None:
+            for item in result:
+                yield item
+    finally:
+        _exit(tokens)
+
+
+def _peer_id() -> str | None:
+    peer = _PEER.get()
+    return peer.peer if peer is not None else None
 
 
 def _method_name(details: Any) -> str:

@@ -201,3 +201,62 @@ def test_access_log_lines(traced):
     assert caller["destination"] == "orders.default" and caller["route"] == "default"
     assert server["trace_id"] == caller["trace_id"] and len(server["trace_id"]) == 32
     assert caller["answered_by"] == "upstream" and server["answered_by"] == "app"
+
+
+def _grpc_server(mesh: meshlib.Mesh):
+    """An in-process sync gRPC inventory server for *mesh*, registered once listening."""
+    from concurrent import futures
+
+    import grpc
+
+    from tests.integration.grpc_app import SyncInventory, pb_grpc
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), interceptors=mesh.grpc_server_interceptors()
+    )
+    pb_grpc.add_InventoryServicer_to_server(SyncInventory(mesh), server)
+    port = mesh.add_secure_port(server, "127.0.0.1:0")
+    server.start()
+    mesh.set_endpoint("127.0.0.1", port)
+    return server
+
+
+def test_grpc_spans_link_across_three_hops(traced):
+    """client → orders (gRPC) → inventory (gRPC): one trace, client/server spans paired."""
+    from tests.integration.grpc_app import pb, pb_grpc
+
+    exporter, make, _ = traced
+    inventory = make("inventory")
+    orders = make("orders")
+    servers = [_grpc_server(inventory), _grpc_server(orders)]
+    try:
+        client = make("frontend")
+        wait_endpoints(client, "orders")
+        wait_endpoints(orders, "inventory")
+        with client.grpc_channel("orders") as channel:
+            reply = pb_grpc.InventoryStub(channel).GetItemVia(
+                pb.ViaRequest(service="inventory", item="apple"), timeout=10
+            )
+        assert reply.upstream.item == "apple"
+        wait_for(lambda: len(exporter.get_finished_spans()) >= 4, 5, "4 finished spans")
+        spans = exporter.get_finished_spans()
+        assert len({s.context.trace_id for s in spans}) == 1
+        by_id = {s.context.span_id: s for s in spans}
+        servers_seen = _by_kind(spans, SpanKind.SERVER)
+        assert len(servers_seen) == 2 and len(_by_kind(spans, SpanKind.CLIENT)) == 2
+        for span in servers_seen:
+            assert by_id[span.parent.span_id].kind == SpanKind.CLIENT
+            assert span.attributes["rpc.system"] == "grpc"
+            assert span.attributes["rpc.grpc.status_code"] == "OK"
+        callers = {s.attributes["mesh.peer.spiffe_id"].rsplit("/", 1)[1] for s in servers_seen}
+        assert callers == {"frontend", "orders"}
+        metrics = _metrics(orders.admin_port)
+        served = [
+            s
+            for s in metrics["rpc_server_call_duration_seconds"]
+            if s.name.endswith("_count") and s.labels["mesh_source_workload"] == "frontend"
+        ]
+        assert [s.value for s in served] == [1.0]
+    finally:
+        for server in servers:
+            server.stop(0)
