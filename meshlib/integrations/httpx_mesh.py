@@ -389,13 +389,15 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
         )
         self._tls = tls
         self._outside = outside or httpx.AsyncHTTPTransport()
-        self._services: dict[str, AsyncIdentityTransport] = {}
+        self._services: dict[tuple[str, int], AsyncIdentityTransport] = {}
         self._mirrors: set[asyncio.Task[None]] = set()
 
     def _transport(self, service: CompiledService) -> AsyncIdentityTransport:
-        transport = self._services.get(service.spiffe_id)
+        # Keyed by pool size too, so a maxConnections update takes effect on open clients.
+        key = (service.spiffe_id, service.connection_pool.max_connections)
+        transport = self._services.get(key)
         if transport is None:
-            transport = self._services[service.spiffe_id] = AsyncIdentityTransport(
+            transport = self._services[key] = AsyncIdentityTransport(
                 expected=service.spiffe_id,
                 tls=self._tls,
                 sni=service.dns_name,
@@ -522,18 +524,19 @@ class MeshTransport(_Base, httpx.BaseTransport):
         )
         self._tls = tls
         self._outside = outside or httpx.HTTPTransport()
-        self._services: dict[str, IdentityTransport] = {}
+        self._services: dict[tuple[str, int], IdentityTransport] = {}
         self._lock = threading.Lock()  # creation of per-service pools only, not per request
         self._mirror_pool: ThreadPoolExecutor | None = None
         self._mirrors_in_flight = 0
 
     def _transport(self, service: CompiledService) -> IdentityTransport:
-        transport = self._services.get(service.spiffe_id)
+        key = (service.spiffe_id, service.connection_pool.max_connections)
+        transport = self._services.get(key)
         if transport is None:
             with self._lock:
-                transport = self._services.get(service.spiffe_id)
+                transport = self._services.get(key)
                 if transport is None:
-                    transport = self._services[service.spiffe_id] = IdentityTransport(
+                    transport = self._services[key] = IdentityTransport(
                         expected=service.spiffe_id,
                         tls=self._tls,
                         sni=service.dns_name,

@@ -134,8 +134,15 @@ class MeshServer:
         self.port = port
         self.plaintext_port = plaintext_port
         self.advertise = advertise or mesh.config.advertise or _advertised(host)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested: asyncio.Event | None = None
         wrapped = MeshMiddleware(app, mesh=mesh)
-        options: dict[str, Any] = {"log_level": "warning", "lifespan": "auto"} | uvicorn_options
+        options: dict[str, Any] = {
+            "log_level": "warning",
+            "lifespan": "auto",
+            # Idle keep-alive connections from callers must not hold a shutdown for long.
+            "timeout_graceful_shutdown": 2,
+        } | uvicorn_options
         protocol = _http_protocol()
 
         def context_factory(_config: Any, _default: Callable[[], ssl.SSLContext]) -> Any:
@@ -191,26 +198,32 @@ class MeshServer:
         started_here = not self.mesh.started
         if started_here:
             await self.mesh.astart()
+        self._loop = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
         self._install_signal_handlers()
         tasks = [asyncio.create_task(self._tls_server.serve())]
         if self._plain_server is not None:
             tasks.append(asyncio.create_task(self._plain_server.serve()))
+        stopper = asyncio.create_task(self._stop_requested.wait())
         try:
             while not self.started:
-                if any(t.done() for t in tasks):
+                if any(t.done() for t in tasks) or stopper.done():
                     break
                 await asyncio.sleep(0.01)
             if self.started:
                 self.mesh.set_endpoint(
                     self.advertise, self.bound_port(), plaintext_port=self._plain_bound_port()
                 )
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            self.stop()
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            # Withdraw first, so callers stop picking this instance, then drain and close.
+            await asyncio.to_thread(self.mesh.clear_endpoint)
+            self._exit_listeners()
             await asyncio.gather(*tasks, return_exceptions=True)
             for task in done:
-                task.result()
+                if task is not stopper:
+                    task.result()
         finally:
-            await asyncio.to_thread(self.mesh.clear_endpoint)
+            stopper.cancel()
             for task in tasks:
                 if not task.done():
                     task.cancel()
@@ -233,10 +246,29 @@ class MeshServer:
                 loop.add_signal_handler(sig, self.stop)
 
     def stop(self) -> None:
-        """Ask every listener to finish its requests and stop."""
+        """Withdraw the instance, then let every listener finish its requests and stop.
+
+        Safe to call from any thread or a signal handler.
+        """
+        loop, requested = self._loop, self._stop_requested
+        if loop is None or requested is None or loop.is_closed():
+            self._exit_listeners()
+        elif loop is _running_loop():
+            requested.set()
+        else:
+            loop.call_soon_threadsafe(requested.set)
+
+    def _exit_listeners(self) -> None:
         self._tls_server.should_exit = True
         if self._plain_server is not None:
             self._plain_server.should_exit = True
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 async def aserve(app: ASGIApp, *, mesh: Mesh, **options: Any) -> None:

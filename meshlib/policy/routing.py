@@ -180,6 +180,22 @@ class CompiledService:
         """The plans of the declared routes, in order (the default plan excluded)."""
         return tuple(r.plan for r in self._routes)
 
+    @property
+    def call_plan(self) -> RoutePlan:
+        """The plan for calls that are not HTTP requests (``@mesh.resilient``).
+
+        The first declared route without any match condition, else the default plan.
+        """
+        for route in self._routes:
+            if (
+                route.methods is None
+                and route.path_kind is None
+                and route.path_regex is None
+                and not route.headers
+            ):
+                return route.plan
+        return self.default_plan
+
     def route(self, method: str, path: str, headers: Mapping[str, str]) -> RoutePlan:
         """The plan of the first route matching the request, else the default plan.
 

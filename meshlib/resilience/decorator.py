@@ -1,7 +1,8 @@
 """``@mesh.resilient("payments")``: a named policy's timeout, retries and breaker on any call.
 
 The name is a TrafficPolicy's ``spec.service`` (it needs no endpoints: a policy for a
-third-party API works). Its default route gives the timeout and retry policy, its
+third-party API works). Its first route without a ``match`` (else the defaults) gives the
+timeout and retry policy, its
 ``retryBudget`` the budget and its ``circuitBreaker`` one breaker for the decorated call.
 An exception of a ``retry_on`` type counts as a failure and is retried like a reset: with
 backoff, within the attempts, the deadline and the budget. Anything else propagates at
@@ -48,7 +49,7 @@ class _Policy:
             raise UnknownServiceError(name)
         self.service = service
         self.runtime: ServiceRuntime = runtimes.get(service)
-        self.plan = service.default_plan
+        self.plan = service.call_plan
         timeout = self.plan.timeout if self.plan.timeout is not None else DEFAULT_TIMEOUT
         self.deadline = effective_deadline(timeout, clock())
         self.key = f"call:{service.key}"

@@ -365,12 +365,17 @@ class Agent:
         assert self._client is not None and self._wake_heartbeat is not None
         while not self._stopping():
             self._wake_heartbeat.clear()
+            interval = self.config.heartbeat_interval
             try:
-                await self._client.register(self.instance_id, self._registration())
+                answer = await self._client.register(self.instance_id, self._registration())
+                ttl = answer.get("ttlSeconds")
+                if isinstance(ttl, int | float) and ttl > 0:
+                    # Three heartbeats per lease, so one lost beat never expires a live instance.
+                    interval = min(interval, ttl / 3)
             except ControlPlaneError as exc:
                 self.last_error = str(exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_heartbeat.wait(), self.config.heartbeat_interval)
+                await asyncio.wait_for(self._wake_heartbeat.wait(), interval)
 
     def renew_delay(self) -> float:
         """Seconds until renewal: half of the remaining lifetime, ±10 % jitter."""

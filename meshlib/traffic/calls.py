@@ -134,9 +134,11 @@ class ServiceRuntime:
             closed = tuple(e for e in healthy if self.breakers.allow(e.authority))
             open_circuit = bool(healthy) and not closed
             healthy = closed
-        candidates = prefer_zone(healthy, self.zone) if self.zone else healthy
-        fresh = tuple(e for e in candidates if e.authority not in tried) or candidates
-        endpoint = self.balancer.pick(fresh)
+        # Avoid endpoints this call already tried first, then prefer the zone: a retry must
+        # be able to leave a zone whose only endpoint just failed.
+        untried = tuple(e for e in healthy if e.authority not in tried) or healthy
+        candidates = prefer_zone(untried, self.zone) if self.zone else untried
+        endpoint = self.balancer.pick(candidates)
         if endpoint is not None:
             return endpoint
         subset = f" subset {backend.subset!r}" if backend.subset else ""

@@ -102,7 +102,7 @@ class Control:
         self.process.start()
         wait_for(
             lambda: "ready at" in self.process.output()[seen:] or not self.process.alive(),
-            20,
+            40,
             "control service",
         )
         assert self.process.alive(), self.process.output()
@@ -146,7 +146,10 @@ class Control:
 
 
 class Service:
-    """``tests/integration/echo_app.py`` as one meshed instance."""
+    """One meshed instance of an app module (``tests/integration/echo_app.py`` by default).
+
+    *app* is the module run with ``python -m``; *env* adds variables to its environment.
+    """
 
     def __init__(
         self,
@@ -159,12 +162,14 @@ class Service:
         port: int | None = None,
         data_dir: Path | None = None,
         token: str | None = None,
+        app: str = "tests.integration.echo_app",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.service = service
         self.port = port or free_port()
         self.plaintext_port = free_port() if plaintext else None
         self.data_dir = data_dir or workdir / f"svc-{service}-{self.port}"
-        env = {
+        environ = {
             "MESH_CONTROL_URL": control.url,
             "MESH_SERVICE": service,
             "MESH_TOKEN": control.token(service) if token is None else token,
@@ -173,11 +178,11 @@ class Service:
             "PORT": str(self.port),
         }
         if self.plaintext_port:
-            env["PLAINTEXT_PORT"] = str(self.plaintext_port)
+            environ["PLAINTEXT_PORT"] = str(self.plaintext_port)
         self.process = Process(
-            [sys.executable, "-m", "tests.integration.echo_app"],
+            [sys.executable, "-m", app],
             workdir / f"{service}-{self.port}.log",
-            env,
+            {**environ, **(env or {})},
         )
 
     def start(self, wait: bool = True) -> Service:
