@@ -4,14 +4,17 @@ Run from the repository root with ``make demo`` or ``python -m examples.demo``. 
 
 1. starts a control service (``meshctl control serve``) in a fresh temporary directory,
 2. applies ``examples/policies/mesh.yaml`` and creates one join token per service,
-3. starts frontend, orders and two inventory instances (v1, v2) as separate processes,
+3. starts frontend, orders (HTTP) and two inventory instances (gRPC, v1 and v2) as separate
+   processes,
 4. joins the mesh itself as the workload ``intruder`` and shows:
 
-   a. normal traffic frontend -> orders -> inventory, with the 80/20 v1/v2 split;
-   b. a caller without permission (intruder -> inventory) refused with 403;
+   a. normal traffic frontend -> orders -> inventory (the last hop over gRPC), with the
+      80/20 v1/v2 split;
+   b. a caller without permission (intruder -> inventory's GetItem) refused with
+      PERMISSION_DENIED and ``x-mesh-flag: AUTHZ_DENIED`` in the trailing metadata;
    c. a plaintext caller refused by orders under STRICT PeerAuthentication;
    d. policy changes applied live, without restarting anything: orders goes PERMISSIVE,
-      then intruder is granted inventory access, then the grant is revoked;
+      then intruder is granted inventory's GetItem, then the grant is revoked;
 
 5. prints a summary table, stops every process, and exits 0 only if every check passed.
 
@@ -35,11 +38,21 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import grpc
 import httpx
 
 import meshlib
+
+try:
+    from examples.generated import inventory_pb2 as pb
+    from examples.generated import inventory_pb2_grpc as pb_grpc
+    from examples.grpc_inventory import GET_ITEM, item_dict, trailing_metadata
+except ImportError as exc:  # the stubs are generated, never committed
+    raise SystemExit(
+        f"{exc}: compile examples/protos/*.proto first with `make protos` (or run `make demo`)"
+    ) from exc
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = Path(__file__).resolve().parent / "policies"
@@ -48,6 +61,8 @@ REQUESTS = 50
 REGISTER_TIMEOUT = 30.0
 PROPAGATION_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
+RPC_TIMEOUT = 10.0
+FLAG = "x-mesh-flag"
 
 
 def spiffe(service: str) -> str:
@@ -68,6 +83,29 @@ class Check:
     expected: str
     observed: str = "(not run)"
     ok: bool = False
+
+
+@dataclass
+class RpcAnswer:
+    """The outcome of one gRPC ``GetItem`` call, as the checks read it."""
+
+    code: str
+    details: str = ""
+    trailing: dict[str, str] = field(default_factory=dict)
+    item: dict[str, Any] | None = None
+
+    @property
+    def flag(self) -> str | None:
+        return self.trailing.get(FLAG)
+
+
+def get_item(inventory: Any, item: str) -> RpcAnswer:
+    """``GetItem`` over the demo's meshed channel; a refusal is an answer, not an error."""
+    try:
+        reply = inventory.GetItem(pb.ItemRequest(item=item), timeout=RPC_TIMEOUT)
+    except grpc.RpcError as exc:
+        return RpcAnswer(exc.code().name, exc.details() or "", trailing_metadata(exc))
+    return RpcAnswer("OK", item=item_dict(reply))
 
 
 @dataclass
@@ -217,17 +255,17 @@ class Demo:
             "inventory": self.token("inventory", uses=2),
         }
         say("created join tokens for frontend, orders, inventory (2 uses)")
+        http = ["--port", "0", "--plaintext-port", "0"]
         plan = [
-            ("frontend", "frontend", "version=v1"),
-            ("orders", "orders", "version=v1"),
-            ("inventory", "inventory-v1", "version=v1"),
-            ("inventory", "inventory-v2", "version=v2"),
+            ("frontend", "frontend", "version=v1", "HTTP", ["examples.services.frontend", *http]),
+            ("orders", "orders", "version=v1", "HTTP", ["examples.services.orders", *http]),
+            ("inventory", "inventory-v1", "version=v1", "gRPC", ["examples.grpc_inventory"]),
+            ("inventory", "inventory-v2", "version=v2", "gRPC", ["examples.grpc_inventory"]),
         ]
-        for service, instance, labels in plan:
+        for service, instance, labels, protocol, args in plan:
             env = self.workload_env(service, tokens[service], instance, labels)
-            argv = [sys.executable, "-m", f"examples.services.{service}"]
-            self.spawn(instance, [*argv, "--port", "0", "--plaintext-port", "0"], env)
-            say(f"started {instance:<13} (labels {labels})")
+            self.spawn(instance, [sys.executable, "-m", *args, "--port", "0"], env)
+            say(f"started {instance:<13} ({protocol}, labels {labels})")
         want = Counter({"frontend": 1, "orders": 1, "inventory": 2})
         deadline = time.monotonic() + REGISTER_TIMEOUT
         start = time.monotonic()
@@ -253,7 +291,8 @@ class Demo:
 
     def step_a(self, http: httpx.Client) -> None:
         heading(
-            f"a. normal traffic: {REQUESTS} requests intruder -> frontend -> orders -> inventory"
+            f"a. normal traffic: {REQUESTS} requests intruder -> frontend -> orders "
+            "-gRPC-> inventory"
         )
         status_check = self.check(f"a. {REQUESTS} x GET frontend /shop/<n>", f"{REQUESTS} x 200")
         chain_check = self.check(
@@ -293,7 +332,8 @@ class Demo:
             chains[(body["caller"], body["upstream"]["caller"], inventory["caller"])] += 1
             sample = sample or body
         elapsed = time.monotonic() - start
-        say("one response (frontend's JSON, with what orders and inventory said nested):")
+        say("one response (frontend's JSON, with what orders and inventory said nested;")
+        say(f"orders asked inventory by gRPC, {GET_ITEM}):")
         for line in json.dumps(sample, indent=2).splitlines():
             say(f"  {line}")
         say(f"{REQUESTS} requests in {elapsed:.2f}s; statuses: {dict(statuses)}")
@@ -311,23 +351,25 @@ class Demo:
         split_check.observed = f"v1 {v1} / v2 {v2}"
         split_check.ok = 30 <= v1 <= 49 and v2 >= 1 and v1 + v2 == REQUESTS
 
-    def step_b(self, http: httpx.Client) -> None:
-        heading("b. a caller without permission: intruder -> inventory directly")
-        c = self.check("b. intruder -> inventory", "403 AUTHZ_DENIED (AuthorizationPolicy)")
-        response = http.get("http://inventory/items/42")
-        body = _json(response)
-        say(f"GET http://inventory/items/42 as {spiffe('intruder')}")
-        say(f"-> {response.status_code}, x-mesh-flag: {response.headers.get('x-mesh-flag')}")
-        for key in ("error", "mechanism", "policy", "rule", "reason", "peer"):
-            if body.get(key) is not None:
-                say(f"   {key}: {body[key]}")
-        flag = response.headers.get("x-mesh-flag")
-        c.observed = f"{response.status_code} {flag} ({body.get('mechanism')})"
+    def step_b(self, inventory: Any) -> None:
+        heading("b. a caller without permission: intruder -gRPC-> inventory directly")
+        c = self.check(
+            "b. intruder -gRPC-> inventory", "PERMISSION_DENIED, AUTHZ_DENIED (AuthorizationPolicy)"
+        )
+        answer = get_item(inventory, "42")
+        say(f"gRPC {GET_ITEM} item=42 as {spiffe('intruder')}")
+        say(f"-> status {answer.code}")
+        say(f"   details: {answer.details}")
+        say("   trailing metadata:")
+        for key, value in answer.trailing.items():
+            say(f"     {key}: {value or '(empty)'}")
+        policy = answer.trailing.get("x-mesh-policy", "")
+        c.observed = f"{answer.code}, {answer.flag} ({policy.rpartition('/')[2] or 'no policy'})"
         c.ok = (
-            response.status_code == 403
-            and flag == "AUTHZ_DENIED"
-            and body.get("mechanism") == "AuthorizationPolicy"
-            and "inventory-allow-orders" in str(body.get("reason"))
+            answer.code == "PERMISSION_DENIED"
+            and answer.flag == "AUTHZ_DENIED"
+            and policy.endswith("/inventory-allow-orders")
+            and "no ALLOW rule matched" in answer.details
         )
 
     def orders_plaintext_url(self) -> str:
@@ -348,7 +390,7 @@ class Demo:
         c.observed = f"{response.status_code} {flag}"
         c.ok = response.status_code == 403 and flag == "PLAINTEXT_REFUSED"
 
-    def step_d(self, http: httpx.Client, plain: httpx.Client, url: str) -> None:
+    def step_d(self, inventory: Any, plain: httpx.Client, url: str) -> None:
         heading("d. live policy changes (no restart): orders PERMISSIVE, then an authz grant")
         c1 = self.check(
             "d. apply permissive-orders; plaintext -> orders",
@@ -359,32 +401,35 @@ class Demo:
         _report(c1, polled)
         if polled.ok and polled.last is not None:
             body = polled.last.json()
-            say(f"   orders saw caller {body['caller']!r} and still called inventory over mTLS:")
+            say(
+                f"   orders saw caller {body['caller']!r} and still called inventory over gRPC "
+                "with mTLS:"
+            )
             say(f"   inventory saw caller {body['upstream']['caller']!r}")
 
         c2 = self.check(
-            "d. apply allow-intruder; intruder -> inventory", f"200 within {PROPAGATION_TIMEOUT:g}s"
+            "d. apply allow-intruder; intruder -gRPC-> inventory",
+            f"OK within {PROPAGATION_TIMEOUT:g}s",
         )
         self.apply("allow-intruder.yaml")
-        polled = _poll(
-            lambda: http.get("http://inventory/items/42"), lambda r: r.status_code == 200
-        )
-        _report(c2, polled)
-        if polled.ok and polled.last is not None:
-            say(f"   inventory saw caller {polled.last.json()['caller']!r}")
+        polled_rpc = _poll(lambda: get_item(inventory, "42"), lambda a: a.code == "OK")
+        _report(c2, polled_rpc)
+        if polled_rpc.ok and polled_rpc.last is not None and polled_rpc.last.item is not None:
+            item = polled_rpc.last.item
+            say(f"   inventory {item['version']} saw caller {item['caller']!r}")
 
         c3 = self.check(
-            "d. delete allow-intruder; intruder -> inventory",
-            f"403 within {PROPAGATION_TIMEOUT:g}s",
+            "d. delete allow-intruder; intruder -gRPC-> inventory",
+            f"PERMISSION_DENIED within {PROPAGATION_TIMEOUT:g}s",
         )
         say("$ meshctl delete authorizationpolicy inventory-allow-intruder")
         say(
             f"  {self.meshctl('delete', 'authorizationpolicy', 'inventory-allow-intruder').strip()}"
         )
-        polled = _poll(
-            lambda: http.get("http://inventory/items/42"), lambda r: r.status_code == 403
+        polled_rpc = _poll(
+            lambda: get_item(inventory, "42"), lambda a: a.code == "PERMISSION_DENIED"
         )
-        _report(c3, polled)
+        _report(c3, polled_rpc)
 
     # ------------------------------------------------------------------ driver
 
@@ -402,12 +447,17 @@ class Demo:
         mesh.start()
         say(f"the demo process joined the mesh as {mesh.spiffe_id}")
         try:
-            with mesh.client(timeout=10.0) as http, httpx.Client(timeout=10.0) as plain:
+            with (
+                mesh.client(timeout=10.0) as http,
+                httpx.Client(timeout=10.0) as plain,
+                mesh.grpc_channel("inventory") as channel,
+            ):
+                inventory = pb_grpc.InventoryStub(channel)
                 self.step_a(http)
-                self.step_b(http)
+                self.step_b(inventory)
                 url = self.orders_plaintext_url()
                 self.step_c(plain, url)
-                self.step_d(http, plain, url)
+                self.step_d(inventory, plain, url)
         finally:
             mesh.close()  # deregisters and stops the agent before the control service goes
 
@@ -431,18 +481,21 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {"body": body}
 
 
+T = TypeVar("T", httpx.Response, RpcAnswer)
+
+
 @dataclass
-class Polled:
+class Polled(Generic[T]):
     ok: bool
     seconds: float
     attempts: int
-    last: httpx.Response | None
+    last: T | None
 
 
-def _poll(call: Callable[[], httpx.Response], done: Callable[[httpx.Response], bool]) -> Polled:
+def _poll(call: Callable[[], T], done: Callable[[T], bool]) -> Polled[T]:
     """Call until *done*, for at most PROPAGATION_TIMEOUT seconds; time runs from the call."""
     start = time.monotonic()
-    last: httpx.Response | None = None
+    last: T | None = None
     attempts = 0
     while True:
         attempts += 1
@@ -456,10 +509,14 @@ def _poll(call: Callable[[], httpx.Response], done: Callable[[httpx.Response], b
         time.sleep(0.02)
 
 
-def _report(check: Check, polled: Polled) -> None:
+def _report(check: Check, polled: Polled[Any]) -> None:
     last = polled.last
-    status = "no answer" if last is None else str(last.status_code)
-    flag = "" if last is None else last.headers.get("x-mesh-flag", "")
+    if last is None:
+        status, flag = "no answer", ""
+    elif isinstance(last, RpcAnswer):
+        status, flag = last.code, last.flag or ""
+    else:
+        status, flag = str(last.status_code), last.headers.get(FLAG, "")
     if polled.ok:
         say(
             f"-> {status} on poll #{polled.attempts}, {polled.seconds * 1000:.0f} ms after the "

@@ -1,6 +1,7 @@
 """inventory over gRPC: the demo's orders -> inventory hop, with the same mesh as HTTP.
 
-Server (``examples/protos/inventory.proto``, compiled by ``make protos``)::
+Server (``examples/protos/inventory.proto``, compiled by ``make protos``); the demo starts two,
+with ``MESH_LABELS=version=v1`` and ``version=v2`` (the TrafficPolicy's subsets)::
 
     MESH_SERVICE=inventory MESH_TOKEN=... python -m examples.grpc_inventory --port 0
 
@@ -74,21 +75,45 @@ class InventoryClient:
         self.stub = pb_grpc.InventoryStub(self.channel)
 
     async def get_item(self, item: str, timeout: float = 5.0) -> dict[str, Any]:
-        """GetItem as a dict, or ``{"error": ...}`` naming the gRPC status."""
+        """GetItem as a dict, or ``{"error": ..., "flag": ...}`` naming the gRPC status.
+
+        ``caller`` is None for a plaintext caller, as in the HTTP services' answers; ``flag``
+        is the ``x-mesh-flag`` trailing metadata when the mesh refused the call.
+        """
         try:
             reply = await self.stub.GetItem(pb.ItemRequest(item=item), timeout=timeout)
         except grpc.RpcError as exc:
-            return {"error": f"{exc.code().name}: {exc.details()}"}
-        return {
-            "service": reply.service,
-            "version": reply.version,
-            "item": reply.item,
-            "stock": reply.stock,
-            "caller": reply.caller,
-        }
+            return {"error": f"{exc.code().name}: {exc.details()}", "flag": mesh_flag(exc)}
+        return item_dict(reply)
 
     async def aclose(self) -> None:
         await self.channel.close()
+
+
+def item_dict(reply: Any) -> dict[str, Any]:
+    """An ``Item`` reply as the JSON the demo's services answer."""
+    return {
+        "service": reply.service,
+        "version": reply.version,
+        "port": reply.port,
+        "item": reply.item,
+        "stock": reply.stock,
+        "caller": reply.caller or None,
+    }
+
+
+def trailing_metadata(exc: grpc.RpcError) -> dict[str, str]:
+    """The trailing metadata of a failed call (where the mesh puts ``x-mesh-flag``)."""
+    try:
+        metadata = exc.trailing_metadata() or ()
+    except Exception:  # an error raised before any call was made has none
+        return {}
+    return {str(key): str(value) for key, value in metadata}
+
+
+def mesh_flag(exc: grpc.RpcError) -> str | None:
+    """The ``x-mesh-flag`` of a call the mesh refused (AUTHZ_DENIED, …), else None."""
+    return trailing_metadata(exc).get(meshgrpc.FLAG_METADATA)
 
 
 async def serve(mesh: meshlib.Mesh, host: str, port: int) -> None:

@@ -45,11 +45,18 @@ async def _renew_own_certificate(plane: ControlPlane, contexts: TLSContexts) -> 
             log.warning("renewed the control service's own certificate")
 
 
-async def serve(settings: Settings, *, ready: Any = None) -> None:
-    """Serve until SIGINT/SIGTERM. *ready* (a callable) gets the bound URL."""
+async def serve(
+    settings: Settings, *, ready: Any = None, scrape_interval: float | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM. *ready* (a callable) gets the bound URL.
+
+    *scrape_interval* overrides how often instances' admin ports are scraped (5 s).
+    """
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     plane = ControlPlane(settings)
+    if scrape_interval is not None:
+        plane.observer.interval = scrape_interval
     host, port = split_hostport(settings.listen, "--listen")
     tls_dir = settings.data_dir / "tls"
     tls_dir.mkdir(mode=0o700, exist_ok=True)
@@ -70,11 +77,13 @@ async def serve(settings: Settings, *, ready: Any = None) -> None:
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
     sweeper = asyncio.create_task(_sweep(plane))
     renewer = asyncio.create_task(_renew_own_certificate(plane, contexts))
+    scraper = asyncio.create_task(plane.observer.run())
 
     def shutdown() -> None:
         # Stop expiring instances first: while the listener drains, heartbeats cannot
         # arrive, and expiring on their absence would push empty snapshots to watchers.
         sweeper.cancel()
+        plane.cache.release_all()  # long-polls answer now instead of holding the shutdown
         server.should_exit = True
 
     loop = asyncio.get_running_loop()
@@ -96,16 +105,20 @@ async def serve(settings: Settings, *, ready: Any = None) -> None:
     try:
         await serving
     finally:
-        for task in (sweeper, renewer):
+        for task in (sweeper, renewer, scraper):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         plane.store.close()
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, *, scrape_interval: float | None = None) -> None:
     """Blocking entry point for ``meshctl control serve``."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(
-        serve(settings, ready=lambda url: print(f"control service ready at {url}", flush=True))
+        serve(
+            settings,
+            ready=lambda url: print(f"control service ready at {url}", flush=True),
+            scrape_interval=scrape_interval,
+        )
     )

@@ -1,11 +1,11 @@
-"""What the three demo services share: the command line, the mesh, and the upstream call."""
+"""What the demo's HTTP services share: the command line, the mesh, and the upstream call."""
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -23,14 +23,28 @@ def caller_of(request: Request) -> str | None:
     return info.peer if info is not None else None
 
 
-def make_app(service: str, mesh: meshlib.Mesh) -> FastAPI:
-    """A FastAPI app whose ``app.state.http`` is a meshed ``httpx.AsyncClient``."""
+def make_app(
+    service: str,
+    mesh: meshlib.Mesh,
+    *,
+    upstreams: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+) -> FastAPI:
+    """A FastAPI app whose ``app.state.http`` is a meshed ``httpx.AsyncClient``.
+
+    *upstreams*, if given, is entered for the app's lifetime after the HTTP client is made,
+    on the server's event loop: the place to open other meshed clients (a gRPC channel)
+    and to close them on shutdown.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with mesh.async_client(timeout=10.0) as http:
             app.state.http = http
-            yield
+            if upstreams is None:
+                yield
+            else:
+                async with upstreams(app):
+                    yield
 
     app = FastAPI(title=f"meshlib demo: {service}", lifespan=lifespan)
     app.state.mesh = mesh

@@ -70,6 +70,12 @@ class SnapshotCache:
                 woken += 1
         return woken
 
+    def release_all(self) -> None:
+        """Answer every pending watch now (with "unchanged"): the service is shutting down."""
+        for entry in self._entries.values():
+            entry.changed.set()
+            entry.changed = asyncio.Event()
+
     async def watch(self, key: WatchKey, known: str, timeout: float) -> Snapshot | None:
         """Return the snapshot once its version differs from *known*; None on timeout."""
         snapshot = self.get(key)
