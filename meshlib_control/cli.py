@@ -11,7 +11,7 @@ import argparse
 import json
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,95 @@ def _cmd_token(client: AdminClient, args: argparse.Namespace) -> None:
     print(answer["token"])
 
 
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}ms"
+
+
+def _stat_row(label: str, entry: dict[str, Any]) -> list[str]:
+    success = entry.get("successRate")
+    return [
+        label,
+        f"{entry['rps']:.2f}",
+        "-" if success is None else f"{success * 100:.2f}%",
+        _ms(entry.get("p50Ms")),
+        _ms(entry.get("p95Ms")),
+        _ms(entry.get("p99Ms")),
+        str(entry.get("totalRequests", "-")),
+    ]
+
+
+def _svc_name(name: str, namespace: str) -> str:
+    return name if namespace == "default" else f"{name}.{namespace}"
+
+
+def _cmd_stat(client: AdminClient, args: argparse.Namespace) -> None:
+    params = {k: v for k, v in (("service", args.service), ("namespace", args.namespace)) if v}
+    answer = client.call("GET", "/v1/admin/stats", params=params)
+    if args.output == "json":
+        print(json.dumps(answer, indent=2))
+        return
+    rows = [["SERVICE/EDGE", "RPS", "SUCCESS", "P50", "P95", "P99", "TOTAL"]]
+    for svc in answer["services"]:
+        rows.append(_stat_row(_svc_name(svc["service"], svc["namespace"]), svc))
+        for edge in answer["edges"]:
+            if (edge["service"], edge["namespace"]) == (svc["service"], svc["namespace"]):
+                source = _svc_name(edge["source"], edge["sourceNamespace"])
+                rows.append(_stat_row(f"  {source} -> {rows[-1][0].strip()}", edge))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [row[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        print("  ".join(cells).rstrip())
+    window = answer.get("windowSeconds")
+    scraped = answer.get("instances", {})
+    print(
+        f"# window {'-' if window is None else f'{window:.1f}s'}; "
+        f"{scraped.get('scraped', 0)} instance(s) scraped, {scraped.get('failed', 0)} failed"
+    )
+
+
+CHECK_MARKS = {"ok": "\u2714", "warn": "!", "fail": "\u2718"}
+
+
+def _cmd_check(client: AdminClient, args: argparse.Namespace) -> int:
+    try:
+        checks = client.call("GET", "/v1/admin/check")["checks"]
+    except CLIError as exc:
+        checks = [{"name": "control service", "status": "fail", "message": str(exc)}]
+    if args.output == "json":
+        print(json.dumps(checks, indent=2))
+    else:
+        for check in checks:
+            mark = CHECK_MARKS.get(check["status"], "?")
+            print(f"{mark} {check['name']}: {check['message']}")
+        failed = sum(1 for c in checks if c["status"] == "fail")
+        warned = sum(1 for c in checks if c["status"] == "warn")
+        print(f"\n{'FAILED' if failed else 'OK'}: {failed} failure(s), {warned} warning(s)")
+    return 1 if any(c["status"] == "fail" for c in checks) else 0
+
+
+def _cmd_explain(client: AdminClient, args: argparse.Namespace) -> None:
+    namespace = args.namespace or "default"
+    answer = client.call("GET", f"/v1/admin/explain/{namespace}/{args.service}")
+    if args.output == "json":
+        print(json.dumps(answer, indent=2))
+    else:
+        print(yaml.safe_dump(answer, sort_keys=False), end="")
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> None:
+    data_dir = Path(args.data_dir)
+    try:
+        url = args.control or json.loads((data_dir / "control.json").read_text())["url"]
+        token = (data_dir / "admin" / "dashboard.token").read_text().strip()
+    except (OSError, ValueError, KeyError) as exc:
+        raise CLIError(
+            f"no dashboard credentials in {data_dir} ({exc}): is the control service of this "
+            "data dir running? Pass --data-dir"
+        ) from None
+    print(f"{url.rstrip('/')}/dashboard#token={token}")
+
+
 def _cmd_control_serve(args: argparse.Namespace) -> None:
     from datetime import timedelta
 
@@ -214,7 +303,7 @@ def _cmd_control_serve(args: argparse.Namespace) -> None:
         svid_ttl=ttl("--svid-ttl", args.svid_ttl, defaults.svid_ttl),
         instance_ttl=ttl("--instance-ttl", args.instance_ttl, defaults.instance_ttl),
     )
-    run(settings)
+    run(settings, scrape_interval=args.scrape_interval)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -236,6 +325,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--ca-key", help="plugged-in CA private key (PEM)")
     serve.add_argument("--svid-ttl", help="workload certificate lifetime (24h)")
     serve.add_argument("--instance-ttl", help="registration lease without heartbeat (15s)")
+    serve.add_argument(
+        "--scrape-interval",
+        type=float,
+        help="seconds between scrapes of the instances' admin ports (5)",
+    )
 
     token = sub.add_parser("token", help="join tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
@@ -258,6 +352,21 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("kind")
     delete.add_argument("name")
     delete.add_argument("-n", "--namespace")
+
+    stat = sub.add_parser("stat", help="golden metrics per service and edge")
+    stat.add_argument("service", nargs="?")
+    stat.add_argument("-n", "--namespace")
+    stat.add_argument("-o", "--output", choices=("table", "json"), default="table")
+
+    check = sub.add_parser("check", help="health of the mesh; exit 1 on any failure")
+    check.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
+    explain = sub.add_parser("explain", help="the policy each instance of a service applies")
+    explain.add_argument("service")
+    explain.add_argument("-n", "--namespace")
+    explain.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+
+    sub.add_parser("dashboard", help="print the web dashboard's URL (with its access token)")
     return parser
 
 
@@ -270,17 +379,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.data_dir = args.data_dir_serve
             _cmd_control_serve(args)
             return 0
+        if args.command == "dashboard":
+            _cmd_dashboard(args)
+            return 0
         client = AdminClient(Path(args.data_dir), args.control)
         try:
-            handler = {
+            handler: Callable[[AdminClient, argparse.Namespace], int | None] = {
                 "get": _cmd_get,
                 "apply": _cmd_apply,
                 "delete": _cmd_delete,
                 "token": _cmd_token,
+                "stat": _cmd_stat,
+                "check": _cmd_check,
+                "explain": _cmd_explain,
             }[args.command]
-            handler(client, args)
+            code = handler(client, args)
         finally:
             client.close()
+        if code:
+            return code
     except MeshError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

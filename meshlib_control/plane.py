@@ -7,9 +7,11 @@ anything is written.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
+import secrets
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +28,7 @@ from meshlib.policy.model import KINDS
 from meshlib_control.ca.authority import CertificateAuthority, CSRRejected
 from meshlib_control.ca.tokens import TokenError, check_token, new_token, parse_token, parse_ttl
 from meshlib_control.errors import ApiError
+from meshlib_control.observe.scraper import Observer
 from meshlib_control.settings import ADMIN_CERT_TTL, CONTROL_CERT_TTL, Settings
 from meshlib_control.snapshot.builder import MeshState
 from meshlib_control.snapshot.cache import SnapshotCache
@@ -73,6 +76,10 @@ class ControlPlane:
         # while it was down: give every registration a fresh lease.
         self._renew_leases()
         self.cache = SnapshotCache(self.state())
+        # Read-only dashboard access for a browser (which has no admin SVID): a fresh random
+        # token per start, written 0600 next to the admin credentials.
+        self.dashboard_token = secrets.token_urlsafe(32)
+        self.observer = Observer(self)
 
     def _trust_domain(self, wanted: str) -> str:
         stored = self.store.get_meta("trust_domain")
@@ -146,6 +153,7 @@ class ControlPlane:
             write_private_file(admin_dir / "admin.key", key)
             write_private_file(current, issued.cert_pem)
         write_private_file(admin_dir / "bundle.pem", self.ca.bundle_pem)
+        write_private_file(admin_dir / "dashboard.token", self.dashboard_token.encode())
         info = {"url": url, "trustDomain": self.trust_domain, "controlId": str(self.control_id)}
         write_private_file(self.data_dir / "control.json", json.dumps(info).encode())
         return admin_dir
@@ -414,6 +422,10 @@ class ControlPlane:
             }
             for t in self.store.tokens()
         ]
+
+    def dashboard_token_ok(self, token: str) -> bool:
+        """True when *token* is this start's dashboard token (constant-time compare)."""
+        return hmac.compare_digest(token.encode(), self.dashboard_token.encode())
 
     def root_pem(self) -> bytes:
         """The CA root in PEM."""

@@ -11,18 +11,32 @@ import json
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from meshlib.errors import IdentityError
 from meshlib.identity.spiffe import SpiffeId
 from meshlib.policy.snapshot import encode_snapshot
 from meshlib_control.errors import ApiError
+from meshlib_control.observe.checks import explain, run_checks
 from meshlib_control.plane import ControlPlane
 
 __all__ = ["MAX_WAIT", "create_app"]
 
 MAX_WAIT = 60.0
 MAX_BODY = 1024 * 1024
+# The dashboard page is one self-contained file: inline script and style, no other origin.
+DASHBOARD_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+
+
+def dashboard_html() -> str:
+    """The dashboard page (``meshlib_control/dashboard/index.html``)."""
+    from importlib.resources import files
+
+    return (files("meshlib_control") / "dashboard" / "index.html").read_text(encoding="utf-8")
 
 
 def peer_of(request: Request) -> SpiffeId | None:
@@ -153,6 +167,62 @@ def create_app(plane: ControlPlane) -> FastAPI:
     async def create_token(request: Request) -> dict[str, Any]:
         admin(request)
         return plane.create_token(await _json_body(request))
+
+    def dashboard_reader(request: Request) -> None:
+        """Read-only dashboard data: the dashboard bearer token, or the admin SVID."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            if plane.dashboard_token_ok(token.strip()):
+                return
+            raise ApiError(401, "unauthenticated", "Authorization: wrong dashboard token")
+        if peer_of(request) == plane.admin_id:
+            return
+        raise ApiError(
+            401,
+            "unauthenticated",
+            "dashboard data needs the dashboard token (Authorization: Bearer …, see "
+            "`meshctl dashboard`) or the admin SVID",
+        )
+
+    @app.get("/v1/admin/stats")
+    async def stats(
+        request: Request, service: str | None = None, namespace: str | None = None
+    ) -> dict[str, Any]:
+        admin(request)
+        return plane.observer.stats(service, namespace)
+
+    @app.get("/v1/admin/check")
+    async def check(request: Request) -> dict[str, Any]:
+        admin(request)
+        return {"checks": await run_checks(plane, plane.observer)}
+
+    @app.get("/v1/admin/explain/{namespace}/{service}")
+    async def explain_service(namespace: str, service: str, request: Request) -> dict[str, Any]:
+        admin(request)
+        return await explain(plane, plane.observer, namespace, service)
+
+    @app.get("/v1/admin/dashboard-data")
+    async def dashboard_data(request: Request) -> JSONResponse:
+        dashboard_reader(request)
+        body = {
+            "stats": plane.observer.stats(),
+            "instances": plane.observer.instance_rows(),
+            "services": plane.list_services(),
+            "trustDomain": plane.trust_domain,
+        }
+        return JSONResponse(body, headers={"cache-control": "no-store"})
+
+    @app.get("/dashboard")
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(
+            dashboard_html(),
+            headers={
+                "cache-control": "no-store",
+                "content-security-policy": DASHBOARD_CSP,
+                "referrer-policy": "no-referrer",
+                "x-content-type-options": "nosniff",
+            },
+        )
 
     @app.get("/v1/admin/{listing}")
     async def listing(listing: str, request: Request) -> dict[str, Any]:

@@ -1,0 +1,322 @@
+"""The scraper: every few seconds, each live instance's admin port, over plain HTTP.
+
+For each instance with an ``adminPort`` it keeps the last two parsed ``/metrics`` pages
+(golden metrics are their difference) and the last ``/debug/snapshot`` answer (staleness
+and ``meshctl explain``). Expired instances are forgotten. A failed scrape is counted and
+remembered as that instance's error, never raised: observing the mesh must not break the
+control service.
+
+The admin port of a meshlib instance listens on 127.0.0.1 (``meshlib.runtime.admin``); the
+scraper uses the instance's registered address, or 127.0.0.1 for client-only instances that
+registered none — so a control service sees the admin ports of its own host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from meshlib_control.observe.golden import InstanceWindow, golden_stats
+from meshlib_control.observe.prom import MetricsScrape, parse_metrics
+from meshlib_control.snapshot.builder import build_snapshot
+from meshlib_control.store.sqlite import InstanceRecord
+
+if TYPE_CHECKING:
+    from meshlib_control.plane import ControlPlane
+
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "DEFAULT_TIMEOUT",
+    "InstanceState",
+    "Observer",
+    "admin_base",
+    "expected_versions",
+    "parser_for",
+]
+
+log = logging.getLogger("meshlib_control.observe")
+
+DEFAULT_INTERVAL = 5.0
+DEFAULT_TIMEOUT = 2.0
+
+CERT_EXPIRY = "mesh_certificate_expiry_seconds"
+
+
+def parse_envoy(text: str) -> MetricsScrape:
+    """Hook for sidecar-mode instances (``mode == "sidecar"``).
+
+    Their admin port will serve Envoy's statistics (``envoy_cluster_upstream_rq_time``,
+    ``envoy_http_downstream_rq_xx``, …); this is where they get translated into the mesh's
+    metric names (``http_server_request_duration_seconds`` with ``mesh_source_*`` labels).
+    Until the sidecar agent exists this reads the page as meshlib's own format.
+    """
+    return parse_metrics(text)
+
+
+PARSERS: dict[str, Callable[[str], MetricsScrape]] = {
+    "library": parse_metrics,
+    "sidecar": parse_envoy,
+}
+
+
+def parser_for(mode: str) -> Callable[[str], MetricsScrape]:
+    """The ``/metrics`` parser for an instance of *mode*."""
+    return PARSERS.get(mode, parse_metrics)
+
+
+def admin_base(record: InstanceRecord) -> str | None:
+    """``http://host:adminPort`` of *record*, or None without an admin port."""
+    if not record.admin_port:
+        return None
+    host = record.address or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{record.admin_port}"
+
+
+def expected_versions(
+    plane: ControlPlane, record: InstanceRecord, reported: dict[str, Any] | None
+) -> set[str]:
+    """Versions of the snapshot the control would send *record* now.
+
+    Built (purely, without touching the watch cache) with ``dependencies=None`` and, when
+    the instance's own snapshot is known, with the services that snapshot lists.
+    """
+    state = plane.cache.state
+    versions = {build_snapshot(state, service=record.service, namespace=record.namespace).version}
+    if reported is not None:
+        services = reported.get("services")
+        if isinstance(services, list):
+            deps = tuple(
+                sorted(
+                    f"{s.get('name')}.{s.get('namespace')}" for s in services if isinstance(s, dict)
+                )
+            )
+            versions.add(
+                build_snapshot(
+                    state, service=record.service, namespace=record.namespace, dependencies=deps
+                ).version
+            )
+    return versions
+
+
+@dataclass(slots=True)
+class InstanceState:
+    """What the scraper knows of one instance."""
+
+    record: InstanceRecord
+    latest: MetricsScrape | None = None
+    latest_at: float | None = None
+    previous: MetricsScrape | None = None
+    previous_at: float | None = None
+    snapshot: dict[str, Any] | None = None  # last /debug/snapshot answer
+    snapshot_at: float | None = None
+    error: str | None = None
+    stale_version: str | None = None  # applied version last seen not matching the control
+    stale_since: float | None = None
+
+    def window(self) -> InstanceWindow | None:
+        """The instance's last two scrapes, or None before the first."""
+        if self.latest is None or self.latest_at is None:
+            return None
+        return InstanceWindow(
+            instance_id=self.record.id,
+            service=self.record.service,
+            namespace=self.record.namespace,
+            latest=self.latest,
+            latest_at=self.latest_at,
+            previous=self.previous,
+            previous_at=self.previous_at,
+        )
+
+    def certificate_expiry(self, now: float) -> float | None:
+        """Seconds until the instance's SVID expires, from the last scrape's gauge."""
+        if self.latest is None or self.latest_at is None:
+            return None
+        gauge = self.latest.gauge(CERT_EXPIRY)
+        return None if gauge is None else gauge.value - (now - self.latest_at)
+
+
+class Observer:
+    """Scrapes instances of *plane* and answers golden metrics from what it kept."""
+
+    def __init__(
+        self,
+        plane: ControlPlane,
+        *,
+        interval: float = DEFAULT_INTERVAL,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.plane = plane
+        self.interval = interval
+        self.timeout = timeout
+        self._transport = transport
+        self.instances: dict[str, InstanceState] = {}
+        self.scraped = 0
+        self.failed = 0
+        self.without_admin = 0
+        self.last_tick: float | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=self.timeout, trust_env=False, transport=self._transport
+            )
+        return self._http
+
+    async def fetch(self, record: InstanceRecord, path: str) -> httpx.Response:
+        """GET *path* on the instance's admin port; raises httpx.HTTPError or ValueError."""
+        base = admin_base(record)
+        if base is None:
+            raise ValueError(f"instance {record.id} has no admin port")
+        response = await self._client().get(base + path)
+        response.raise_for_status()
+        return response
+
+    async def fetch_json(self, record: InstanceRecord, path: str) -> dict[str, Any] | str:
+        """The JSON object at *path*, or a string saying why not."""
+        try:
+            body = (await self.fetch(record, path)).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            return f"{path}: {exc or type(exc).__name__}"
+        return body if isinstance(body, dict) else f"{path}: not a JSON object"
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    # ------------------------------------------------------------------ scraping
+
+    async def _scrape(self, state: InstanceState) -> bool:
+        record = state.record
+        try:
+            text = (await self.fetch(record, "/metrics")).text
+            scrape = parser_for(record.mode)(text)
+        except (httpx.HTTPError, ValueError) as exc:
+            state.error = f"/metrics: {exc or type(exc).__name__}"
+            return False
+        now = time.monotonic()
+        state.previous, state.previous_at = state.latest, state.latest_at
+        state.latest, state.latest_at = scrape, now
+        state.error = None
+        snapshot = await self.fetch_json(record, "/debug/snapshot")
+        if isinstance(snapshot, dict):
+            state.snapshot, state.snapshot_at = snapshot, now
+        return True
+
+    async def tick(self) -> None:
+        """Scrape every live instance once (concurrently), forget the expired ones."""
+        live = {r.id: r for r in self.plane.state().instances}
+        for gone in set(self.instances) - set(live):
+            del self.instances[gone]
+        for record in live.values():
+            state = self.instances.get(record.id)
+            if state is None:
+                self.instances[record.id] = InstanceState(record)
+            else:
+                state.record = record
+        targets = [s for s in self.instances.values() if s.record.admin_port]
+        results = await asyncio.gather(*(self._scrape(s) for s in targets), return_exceptions=True)
+        for state, result in zip(targets, results, strict=True):
+            if isinstance(result, BaseException):
+                state.error = f"scrape failed: {result!r}"
+                log.warning("scraping %s failed", state.record.id, exc_info=result)
+        self.scraped = sum(1 for r in results if r is True)
+        self.failed = len(results) - self.scraped
+        self.without_admin = len(self.instances) - len(targets)
+        self.last_tick = time.monotonic()
+        for state in self.instances.values():
+            self.staleness(state)
+
+    async def run(self) -> None:
+        """Scrape every :attr:`interval` seconds until cancelled."""
+        try:
+            while True:
+                try:
+                    await self.tick()
+                except Exception:  # a bad tick must not end the scraper
+                    log.exception("scrape tick failed")
+                await asyncio.sleep(self.interval)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.aclose()
+
+    # ------------------------------------------------------------------ answers
+
+    def staleness(self, state: InstanceState) -> float | None:
+        """Seconds the instance has been on a version the control would not send, or None.
+
+        Expected versions: the snapshot built for the instance with ``dependencies=None``,
+        and the one built with the services listed in the snapshot it reported at
+        ``/debug/snapshot`` (an instance that declared dependencies receives only those).
+        Without the instance's own snapshot (no admin port, or it did not answer) there is
+        no telling which dependencies it declared, so it is not judged (None). The rule
+        misses a dependency the instance declared before that service had any instances.
+        """
+        applied = state.record.applied_version
+        if applied is None and state.snapshot is not None:
+            version = state.snapshot.get("snapshot", {}).get("version")
+            applied = version if isinstance(version, str) else None
+        if applied is None:
+            return None
+        reported = state.snapshot.get("snapshot") if state.snapshot is not None else None
+        if not isinstance(reported, dict):
+            return None
+        expected = expected_versions(self.plane, state.record, reported)
+        now = time.monotonic()
+        if applied in expected:
+            state.stale_version = state.stale_since = None
+            return None
+        if state.stale_version != applied or state.stale_since is None:
+            state.stale_version, state.stale_since = applied, now
+        return now - state.stale_since
+
+    def stats(self, service: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+        """Golden metrics per service and edge, optionally of one destination service."""
+        windows = [
+            w
+            for s in self.instances.values()
+            if (w := s.window()) is not None
+            and (service is None or s.record.service == service)
+            and (namespace is None or s.record.namespace == namespace)
+        ]
+        result = golden_stats(windows)
+        result["intervalSeconds"] = self.interval
+        result["instances"] = {
+            "scraped": self.scraped,
+            "failed": self.failed,
+            "withoutAdminPort": self.without_admin,
+        }
+        result["lastScrapeAgoSeconds"] = (
+            None if self.last_tick is None else round(time.monotonic() - self.last_tick, 3)
+        )
+        return result
+
+    def instance_rows(self) -> list[dict[str, Any]]:
+        """Live instances for the dashboard: registry fields plus what scraping learned."""
+        now = time.monotonic()
+        rows = []
+        for record in self.plane.state().instances:
+            row = record.to_json()
+            state = self.instances.get(record.id)
+            expiry = state.certificate_expiry(now) if state is not None else None
+            row["certificateExpiresInSeconds"] = None if expiry is None else round(expiry)
+            row["scrapeError"] = state.error if state is not None else None
+            row["versionLabel"] = dict(record.labels).get("version")
+            stale = state.stale_since if state is not None else None
+            row["staleForSeconds"] = None if stale is None else round(now - stale)
+            rows.append(row)
+        return rows
