@@ -44,6 +44,7 @@ BACKOFF_BASE = 0.2
 BACKOFF_MAX = 5.0
 FIRST_CONTACT_TIMEOUT = 3.0
 STOP_GRACE = 1.0
+WATCH_STOP_GRACE = 0.1
 
 
 def parse_token_fingerprint(token: str) -> str:
@@ -162,10 +163,14 @@ class Agent:
             await self._stop.wait()
             self._wake_heartbeat.set()
             # Let the loops finish what they are doing (a request cancelled mid-connect
-            # would leave its socket behind); only a long-poll still waiting is cancelled.
-            _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE)
-            for task in pending:
-                task.cancel()
+            # would leave its socket behind). The watch is usually parked in a long-poll
+            # read, which is safe to cancel, so it gets only a short grace.
+            watch, others = tasks[0], tasks[1:]
+            await asyncio.wait(others, timeout=STOP_GRACE)
+            await asyncio.wait([watch], timeout=WATCH_STOP_GRACE)
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if self._client is not None:
                 with contextlib.suppress(MeshError, TimeoutError):
