@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit protos clean
+.PHONY: demo test lint typecheck unit protos system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP) $(GENERATED)
+# Debian's chromium, for the dashboard test (tests/integration/test_dashboard.py skips,
+# saying why, where it cannot be installed).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "chromium not installed (needs root and apt-get): the dashboard test will skip"; fi; }
+
+unit: $(STAMP) $(GENERATED) system-deps
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck unit
