@@ -15,20 +15,16 @@ by label:
 from __future__ import annotations
 
 import asyncio
-import itertools
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
 import meshlib
 from meshlib.errors import CircuitOpen, MeshError, PoolOverflow
-from meshlib_control.cli import AdminClient
-from tests.integration.harness import Control, Service, free_port, wait_endpoints, wait_for
+from tests.integration.fleet import FleetBase
+from tests.integration.harness import Service, free_port, wait_endpoints, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -42,19 +38,8 @@ INSTANCES = {
 PINNABLE = ("ok", "bad", "victim")  # instances that answer /count
 
 
-class Fleet:
+class Fleet(FleetBase):
     """The module's control service, backend instances, admin client and observer."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        # The default 15 s lease: with 5 s, equal to the heartbeat interval, a live instance
-        # can lapse for a moment each heartbeat and drop out of snapshots (a flake).
-        self.control = Control(root / "control")
-        self.control.start()
-        self.admin = AdminClient(self.control.data_dir)
-        self.instances: dict[str, Service] = {}
-        self.meshes: list[meshlib.Mesh] = []
-        self._names = itertools.count()
 
     def start(self) -> None:
         """Start the backends (all at once: start-up is mostly imports) and the observer."""
@@ -75,46 +60,8 @@ class Fleet:
             wait_for(lambda s=service: s._listening(), 30, f"{name} listening")
         wait_endpoints(self.observer, SERVICE, len(INSTANCES), timeout=20)
 
-    def token(self, service: str, uses: int) -> str:
-        body = {"service": service, "namespace": "default", "ttl": "1h", "uses": uses}
-        return str(self.admin.call("POST", "/v1/admin/tokens", json=body)["token"])
-
     def mesh(self, labels: dict[str, str] | None = None) -> meshlib.Mesh:
-        mesh = meshlib.Mesh(
-            service="caller",
-            control_url=self.control.url,
-            token=self._caller_token,
-            data_dir=self.root / f"caller-{next(self._names)}",
-            labels=labels,
-            start_timeout=20,
-        )
-        self.meshes.append(mesh)
-        return mesh.start()
-
-    def apply(self, text: str) -> None:
-        self.admin.call(
-            "POST",
-            "/v1/admin/resources",
-            content=text.encode(),
-            headers={"content-type": "application/yaml"},
-        )
-
-    def close(self) -> None:
-        with ThreadPoolExecutor(8) as pool:  # each close takes about a second
-            list(pool.map(meshlib.Mesh.close, self.meshes))
-        for service in self.instances.values():  # SIGTERM all at once, then wait for each
-            if service.process.alive():
-                assert service.process.proc is not None
-                service.process.proc.terminate()
-        for service in self.instances.values():
-            if service.process.proc is not None:
-                try:
-                    service.process.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    service.process.proc.kill()
-                    service.process.proc.wait(5)
-        self.admin.close()
-        self.control.stop()
+        return self.new_mesh("caller", self._caller_token, labels)
 
 
 @pytest.fixture(scope="module")

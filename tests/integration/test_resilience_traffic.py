@@ -9,13 +9,9 @@ policies and waits until the callers route with them.
 
 from __future__ import annotations
 
-import itertools
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,8 +20,8 @@ import pytest
 import meshlib
 from meshlib.errors import DeadlineExceeded
 from meshlib.integrations.httpx import IdentityTransport
-from meshlib_control.cli import AdminClient
-from tests.integration.harness import Control, Service, wait_endpoints, wait_for
+from tests.integration.fleet import FleetBase
+from tests.integration.harness import Service, wait_endpoints, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,19 +36,8 @@ INSTANCES = {  # name: (service, labels)
 }
 
 
-class Fleet:
+class Fleet(FleetBase):
     """The module's control service, instances, admin client and the caller ``frontend``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        # The default 15 s lease: with 5 s, equal to the heartbeat interval, a live instance
-        # can lapse for a moment each heartbeat and drop out of snapshots (a flake).
-        self.control = Control(root / "control")
-        self.control.start()
-        self.admin = AdminClient(self.control.data_dir)
-        self.instances: dict[str, Service] = {}
-        self.meshes: list[meshlib.Mesh] = []
-        self._names = itertools.count()
 
     def start(self) -> None:
         """Start every instance at once (start-up is mostly imports) and the frontend."""
@@ -74,46 +59,8 @@ class Fleet:
         for service in ("relay", "quota", "drain"):
             wait_endpoints(self.frontend, service, 1, timeout=20)
 
-    def token(self, service: str, uses: int) -> str:
-        body = {"service": service, "namespace": "default", "ttl": "1h", "uses": uses}
-        return str(self.admin.call("POST", "/v1/admin/tokens", json=body)["token"])
-
     def mesh(self, service: str, labels: dict[str, str] | None = None) -> meshlib.Mesh:
-        mesh = meshlib.Mesh(
-            service=service,
-            control_url=self.control.url,
-            token=self.token(service, 1),
-            data_dir=self.root / f"{service}-{next(self._names)}",
-            labels=labels,
-            start_timeout=20,
-        )
-        self.meshes.append(mesh)
-        return mesh.start()
-
-    def apply(self, text: str) -> None:
-        self.admin.call(
-            "POST",
-            "/v1/admin/resources",
-            content=text.encode(),
-            headers={"content-type": "application/yaml"},
-        )
-
-    def close(self) -> None:
-        with ThreadPoolExecutor(8) as pool:  # each close takes about a second
-            list(pool.map(meshlib.Mesh.close, self.meshes))
-        for instance in self.instances.values():  # SIGTERM all at once, then wait for each
-            if instance.process.alive():
-                assert instance.process.proc is not None
-                instance.process.proc.terminate()
-        for instance in self.instances.values():
-            if instance.process.proc is not None:
-                try:
-                    instance.process.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    instance.process.proc.kill()
-                    instance.process.proc.wait(5)
-        self.admin.close()
-        self.control.stop()
+        return self.new_mesh(service, self.token(service, 1), labels)
 
 
 @pytest.fixture(scope="module")
