@@ -71,10 +71,12 @@ def _otlp_tracer_provider(service: str, namespace: str) -> trace.TracerProvider 
         )
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError:
+    except ImportError as exc:
         log.warning(
-            "OTEL_* asks for OTLP traces but opentelemetry-exporter-otlp-proto-http is not "
-            "installed: pip install 'meshlib[otlp]'"
+            "OTEL_* asks for OTLP traces but the OTLP exporter cannot be imported (%s): "
+            "pip install 'meshlib[otlp]' (see docs/observability.md for the xds-protos "
+            "conflict); spans are not exported",
+            exc,
         )
         return None
     provider = TracerProvider(
