@@ -66,7 +66,7 @@ def _otlp_tracer_provider(service: str, namespace: str) -> trace.TracerProvider 
     if not wants or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return None
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter,
         )
         from opentelemetry.sdk.trace import TracerProvider

@@ -260,3 +260,63 @@ def test_grpc_spans_link_across_three_hops(traced):
     finally:
         for server in servers:
             server.stop(0)
+
+
+class _Collector:
+    """A loopback OTLP/HTTP receiver: records each POST /v1/traces body."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+
+        bodies: list[bytes] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                bodies.append(self.rfile.read(length) if self.path == "/v1/traces" else b"")
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.bodies = bodies
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_otlp_export_when_otel_variables_ask(traced, monkeypatch):
+    """With OTEL_EXPORTER_OTLP_ENDPOINT set and no provider, spans reach an OTLP collector."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    _, make, chain = traced
+    collector = _Collector()
+    try:
+        chain(["orders"])
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+        client = make("frontend", tracer_provider=None)
+        wait_endpoints(client, "orders")
+        with client.client() as http:
+            assert http.get("http://orders/hop").status_code == 200
+        provider = client.telemetry._tracer_provider
+        assert provider is not None, "no OTLP provider was installed"
+        assert provider.force_flush(10_000)
+        names = []
+        for body in collector.bodies:
+            request = ExportTraceServiceRequest.FromString(body)
+            for resource_spans in request.resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    names.extend(s.name for s in scope_spans.spans)
+        assert "GET" in names
+    finally:
+        collector.close()
