@@ -158,9 +158,10 @@ class MeshMiddleware:
         token = None
         try:
             carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            incoming = extract(carrier)  # the caller's span context and its baggage
             span = telemetry.tracer.start_span(
                 scope["method"],
-                context=extract(carrier),
+                context=incoming,
                 kind=trace.SpanKind.SERVER,
                 attributes={
                     "http.request.method": scope["method"],
@@ -168,7 +169,7 @@ class MeshMiddleware:
                     "url.scheme": scope.get("scheme", "http"),
                 },
             )
-            token = otel_context.attach(trace.set_span_in_context(span))
+            token = otel_context.attach(trace.set_span_in_context(span, incoming))
         except Exception:  # telemetry never fails a request
             span = None
 

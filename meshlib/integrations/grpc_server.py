@@ -221,9 +221,10 @@ class _Observed:
                 str(k): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
             }
             rpc_service, _, rpc_method = method.strip("/").partition("/")
+            incoming = extract(carrier)  # the caller's span context and its baggage
             self.span = telemetry.tracer.start_span(
                 method.strip("/"),
-                context=extract(carrier),
+                context=incoming,
                 kind=trace.SpanKind.SERVER,
                 attributes={
                     "rpc.system": "grpc",
@@ -231,7 +232,7 @@ class _Observed:
                     "rpc.method": rpc_method,
                 },
             )
-            self.token = otel_context.attach(trace.set_span_in_context(self.span))
+            self.token = otel_context.attach(trace.set_span_in_context(self.span, incoming))
         except Exception:
             self.span = None
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from opentelemetry import baggage
 
 import meshlib
 from tests.integration.harness import free_port, wait_for
@@ -47,7 +48,12 @@ def chain_app(mesh: meshlib.Mesh, name: str, downstream: str | None) -> Any:
         if downstream is not None:
             async with mesh.async_client() as http:
                 below = (await http.get(f"http://{downstream}/hop")).json()
-        return {"service": name, "peer": request.state.mesh.peer, "below": below}
+        return {
+            "service": name,
+            "peer": request.state.mesh.peer,
+            "baggage": dict(baggage.get_all()),
+            "below": below,
+        }
 
     return app
 

@@ -7,6 +7,8 @@ import logging
 
 import httpx
 import pytest
+from opentelemetry import baggage
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -58,16 +60,23 @@ def _by_kind(spans: tuple[ReadableSpan, ...], kind: SpanKind) -> list[ReadableSp
 
 
 def test_spans_link_across_three_hops(traced):
-    """client → orders → inventory: one trace, each server span the child of its client span."""
+    """client → orders → inventory: one trace, server spans child of client spans, baggage."""
     exporter, make, chain = traced
     (orders, _), _ = chain(["orders", "inventory"])
     wait_endpoints(orders, "inventory")
     client = make("frontend")
     wait_endpoints(client, "orders")
-    with client.client() as http:
-        response = http.get("http://orders/hop")
+    token = otel_context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        with client.client() as http:
+            response = http.get("http://orders/hop")
+    finally:
+        otel_context.detach(token)
     assert response.status_code == 200, response.text
     assert response.json()["below"]["peer"].endswith("/sa/orders")
+    # W3C baggage set by the first caller reaches both hops.
+    assert response.json()["baggage"] == {"tenant": "acme"}
+    assert response.json()["below"]["baggage"] == {"tenant": "acme"}
     # A server span ends just after its response is sent: give the last one a moment.
     wait_for(lambda: len(exporter.get_finished_spans()) >= 4, 5, "4 finished spans")
     spans = exporter.get_finished_spans()
