@@ -111,10 +111,11 @@ def test_deadline_propagates_across_two_hops(grpc_services, workload, mode):
     with meshgrpc.MeshChannel("inventory", mesh=frontend) as channel:
         stub = pb_grpc.InventoryStub(channel)
         via = wait_for(lambda: _via(stub, "a", 3.0), 15, "inventory sees warehouse", interval=0.3)
-        # Each hop reports whole milliseconds left, truncated, and gRPC sends the timeout on
-        # the wire rounded up to its unit: the second hop may read up to 2 ms more than the
-        # first read earlier. Its deadline still never passes the caller's 3 s.
-        assert 0 < via.upstream.deadline_ms <= via.local.deadline_ms + 2
+        # The second hop works to the caller's 3 s, not to its own 15 s default. Readings
+        # of two processes are compared: each truncates to whole ms, the timeout travels
+        # rounded up, and grpc's time_remaining() uses the core's cached clock, so the later
+        # hop can read a few ms more than the earlier one (seen: up to 4 ms under load).
+        assert 0 < via.upstream.deadline_ms <= via.local.deadline_ms + 10
         assert via.local.deadline_ms <= 3000 and via.upstream.deadline_ms <= 3000
         assert via.upstream.service == "warehouse"
         assert via.upstream.caller == "spiffe://mesh.local/ns/default/sa/inventory"
