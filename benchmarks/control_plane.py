@@ -1,0 +1,1061 @@
+"""Control-plane benchmarks: propagation to many watchers, CSR signing, snapshot size.
+
+``python -m benchmarks.control_plane [--quick]`` writes ``benchmarks/results/
+control_plane.{json,md}``. Everything is real: ``meshctl control serve`` runs as a child
+process on 127.0.0.1, the simulated instances are real workload-API clients (their own
+SVIDs, registrations and long-poll watches over HTTPS), policy goes in through the admin
+API that ``meshctl apply`` calls, and snapshots are decoded and compiled with the code the
+library's agent uses.
+
+Three parts:
+
+* **propagation** — N simulated instances in this one process (asyncio), each with its
+  own :class:`~meshlib.runtime.control_client.ControlClient` (so its own connections),
+  registration, heartbeat and parked ``GET /v1/snapshot`` long-poll. Each round applies a
+  TrafficPolicy that changes every watcher's snapshot and records, per watcher, the time
+  from just before the apply call to (a) the new snapshot received and parsed and (b) it
+  decoded and compiled into a ``PolicyEngine``;
+* **CSR signing** — signatures per second through ``POST /v1/sign`` (join-token bootstrap
+  and mTLS renewal), through ``ControlPlane.sign`` in process (CA + SQLite, no HTTP), and
+  the bare CA (``CertificateAuthority.sign_csr``);
+* **snapshot size** — bytes of the watch response body against mesh size, scoped and
+  unscoped, from the pure builder and the encoder the API uses, with build, decode and
+  compile times and the cost of one state change in the watch cache.
+
+Every wait is bounded; every child process is stopped in ``finally``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from meshlib.errors import ControlPlaneError
+from meshlib.identity.keys import build_csr, generate_private_key, private_key_pem
+from meshlib.identity.spiffe import SpiffeId
+from meshlib.identity.svid import SVID, certificate_fingerprint, load_pem_certificates
+from meshlib.identity.tls import build_client_context
+from meshlib.policy.decode import decode_documents
+from meshlib.policy.engine import PolicyEngine
+from meshlib.policy.model import TrafficPolicySpec
+from meshlib.policy.snapshot import Snapshot, decode_snapshot, encode_snapshot
+from meshlib.runtime.agent import parse_token_fingerprint
+from meshlib.runtime.control_client import ControlClient, fetch_bundle_unverified
+from meshlib_control.cli import AdminClient
+from meshlib_control.snapshot.builder import MeshState, build_snapshot
+from meshlib_control.snapshot.cache import SnapshotCache
+from meshlib_control.store.sqlite import InstanceRecord
+
+__all__ = ["Profile", "main", "run"]
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+MESHCTL = [sys.executable, "-m", "meshlib_control.cli"]
+TRUST_DOMAIN = "mesh.local"
+TARGET_SERVICE = "bench-target"
+CONTROL_START_TIMEOUT = 40.0
+SETUP_CONCURRENCY = 32
+HEARTBEAT_INTERVAL = 5.0  # the agent's default (meshlib.config.DEFAULT_HEARTBEAT_INTERVAL)
+WATCH_WAIT = 25.0  # the agent's default long-poll wait
+TARGET_P99_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """How much to measure; every count and wait here is an upper bound."""
+
+    watcher_counts: tuple[int, ...] = (100, 1000)
+    rounds: int = 5
+    identities: int = 10
+    round_timeout: float = 30.0
+    settle: float = 1.5
+    csr_count: int = 400
+    csr_concurrency: int = 8
+    csr_time_cap: float = 30.0
+    mesh_sizes: tuple[int, ...] = (10, 100, 1000)
+    endpoints_per_service: int = 3
+    scoped_dependencies: int = 3
+    size_repeats: int = 5
+    cache_keys_cap: int = 50
+
+    @classmethod
+    def quick(cls) -> Profile:
+        """The smoke-test profile: a few seconds per part."""
+        return cls(
+            watcher_counts=(20,),
+            rounds=2,
+            identities=2,
+            round_timeout=10.0,
+            settle=0.5,
+            csr_count=20,
+            csr_concurrency=4,
+            csr_time_cap=5.0,
+            mesh_sizes=(10, 100),
+            size_repeats=2,
+            cache_keys_cap=5,
+        )
+
+
+# --------------------------------------------------------------------- small helpers
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/max (nearest rank) of *values*, in the unit they came in."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"count": 0}
+
+    def rank(p: float) -> float:
+        index = max(0, min(len(ordered) - 1, round(p / 100.0 * len(ordered) + 0.5) - 1))
+        return ordered[index]
+
+    return {
+        "count": len(ordered),
+        "p50": rank(50),
+        "p90": rank(90),
+        "p99": rank(99),
+        "max": ordered[-1],
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": [round(x, 2) for x in load],
+    }
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2)
+
+
+# --------------------------------------------------------------------- the control service
+
+
+class ControlProcess:
+    """``meshctl control serve`` on 127.0.0.1 (port chosen by the kernel) in *data_dir*."""
+
+    def __init__(self, data_dir: Path, *, instance_ttl: str = "15m") -> None:
+        self.data_dir = data_dir
+        self.log = data_dir.parent / f"{data_dir.name}.log"
+        self.args = [
+            *MESHCTL,
+            "--data-dir",
+            str(data_dir),
+            "control",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--xds-listen",
+            "127.0.0.1:0",
+            "--instance-ttl",
+            instance_ttl,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.control_id = ""
+
+    def start(self) -> None:
+        """Start it and wait (bounded) until it printed its URL."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            )
+        deadline = time.monotonic() + CONTROL_START_TIMEOUT
+        info = self.data_dir / "control.json"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"control service exited: {self.output()[-2000:]}")
+            if "ready at" in self.output() and info.exists():
+                data = json.loads(info.read_text())
+                self.url, self.control_id = data["url"], data["controlId"]
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"control service not ready after {CONTROL_START_TIMEOUT}s")
+
+    def output(self) -> str:
+        """The process's log so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds of the process so far (Linux /proc)."""
+        if self.proc is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s; always reaps the child."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# --------------------------------------------------------------------- workload identities
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """One workload SVID and the client TLS context built from it."""
+
+    svid: SVID
+    context: Any
+
+
+async def bootstrap_identity(
+    control: ControlProcess, admin: AdminClient, service: str, files_dir: Path
+) -> Identity:
+    """Get an SVID the way a workload's first start does: join token, pinned bundle, CSR."""
+    answer = await asyncio.to_thread(
+        admin.call, "POST", "/v1/admin/tokens", json={"service": service, "ttl": "1h"}
+    )
+    token = answer["token"]
+    pinned = parse_token_fingerprint(token)
+    bundle = await fetch_bundle_unverified(control.url)
+    roots = [
+        c
+        for c in load_pem_certificates(bundle["bundle"].encode())
+        if certificate_fingerprint(c) == pinned
+    ]
+    if not roots:
+        raise RuntimeError("the control service does not hold the pinned CA")
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    ctx = build_client_context(None, roots[0].public_bytes(Encoding.PEM), files_dir)
+    client = ControlClient(control.url, expected=control.control_id, tls=lambda: ctx)
+    try:
+        key = generate_private_key()
+        spiffe_id = SpiffeId.for_service(TRUST_DOMAIN, "default", service)
+        signed = await client.sign(build_csr(key, spiffe_id), token=token)
+    finally:
+        await client.aclose()
+    svid = SVID.from_pem(
+        signed["certificate"].encode(), private_key_pem(key), signed["bundle"].encode()
+    )
+    return Identity(svid, build_client_context(svid, svid.bundle_pem, files_dir))
+
+
+# --------------------------------------------------------------------- propagation
+
+
+def target_policy(round_no: int) -> str:
+    """The TrafficPolicy applied in round *round_no*; the round is readable in every snapshot.
+
+    ``connectionPool.maxConnections`` carries ``1000 + round_no``, so a watcher can tell
+    which apply a snapshot came from.
+    """
+    return (
+        "apiVersion: meshlib.io/v1\n"
+        "kind: TrafficPolicy\n"
+        f"metadata: {{name: {TARGET_SERVICE}, namespace: default}}\n"
+        "spec:\n"
+        f"  service: {TARGET_SERVICE}\n"
+        "  routes:\n"
+        "  - name: api\n"
+        "    match: {path: {prefix: /api/}}\n"
+        "    timeout: 2s\n"
+        "    retries: {attempts: 2, perTryTimeout: 500ms}\n"
+        f"  connectionPool: {{maxConnections: {1000 + round_no}, maxPending: 100}}\n"
+    )
+
+
+def round_of(snapshot: Snapshot) -> int | None:
+    """The round whose TrafficPolicy *snapshot* carries, or None."""
+    for entry in snapshot.services:
+        if entry.name == TARGET_SERVICE and entry.traffic_policy is not None:
+            spec = entry.traffic_policy.spec
+            if isinstance(spec, TrafficPolicySpec):
+                return spec.connection_pool.max_connections - 1000
+    return None
+
+
+@dataclass(slots=True)
+class Watcher:
+    """One simulated instance: its own client, registration and watch."""
+
+    index: int
+    instance_id: str
+    client: ControlClient
+    version: str = ""
+    received: dict[int, tuple[float, float]] = field(default_factory=dict)
+    errors: int = 0
+    reports_failed: int = 0
+    heartbeats: int = 0
+
+
+@dataclass(slots=True)
+class RoundClock:
+    """When the current round's apply started, shared by every watcher."""
+
+    started: dict[int, float] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting_for: int = -1
+    remaining: int = 0
+
+
+def _registration() -> dict[str, Any]:
+    # What the agent of a pure client sends (port 0: not an endpoint in anyone's snapshot).
+    return {
+        "address": "",
+        "port": 0,
+        "plaintextPort": None,
+        "adminPort": None,
+        "labels": {},
+        "mode": "library",
+        "appliedVersion": None,
+    }
+
+
+def _apply_body(watcher: Watcher, body: dict[str, Any], clock: RoundClock) -> None:
+    received = time.perf_counter()
+    snapshot = decode_snapshot(body)
+    engine = PolicyEngine.compile(snapshot)  # what Agent._install_snapshot_dict does
+    compiled = time.perf_counter()
+    watcher.version = engine.version
+    round_no = round_of(snapshot)
+    if round_no is not None and round_no in clock.started and round_no not in watcher.received:
+        watcher.received[round_no] = (received, compiled)
+        if round_no == clock.waiting_for:
+            clock.remaining -= 1
+            if clock.remaining <= 0:
+                clock.done.set()
+
+
+async def _watch_loop(watcher: Watcher, clock: RoundClock, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            body = await watcher.client.watch(watcher.version, WATCH_WAIT, None)
+        except ControlPlaneError:
+            watcher.errors += 1
+            await asyncio.sleep(0.2)
+            continue
+        if body is None:
+            continue
+        _apply_body(watcher, body, clock)
+        try:  # as the agent: report the applied version (best effort)
+            await watcher.client.report(watcher.instance_id, watcher.version, None)
+        except ControlPlaneError:
+            watcher.reports_failed += 1
+
+
+async def _heartbeat_loop(watcher: Watcher, stop: asyncio.Event, interval: float) -> None:
+    # Spread the first beats over one interval, as independently started agents would be.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), random.uniform(0, interval))
+    while not stop.is_set():
+        try:
+            await watcher.client.register(watcher.instance_id, _registration())
+            watcher.heartbeats += 1
+        except ControlPlaneError:
+            watcher.errors += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+async def _bounded(limit: int, jobs: Sequence[Callable[[], Any]]) -> list[Any]:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(job: Callable[[], Any]) -> Any:
+        async with semaphore:
+            return await job()
+
+    return await asyncio.gather(*(one(job) for job in jobs))
+
+
+async def measure_propagation(
+    count: int, profile: Profile, workdir: Path, *, heartbeats: bool, cli_round: bool
+) -> dict[str, Any]:
+    """Start a control service, *count* watchers, apply ``profile.rounds`` times; the figures."""
+    data_dir = workdir / f"control-{count}"
+    control = ControlProcess(data_dir)
+    watchers: list[Watcher] = []
+    tasks: list[asyncio.Task[None]] = []
+    stop = asyncio.Event()
+    admin: AdminClient | None = None
+    clock = RoundClock()
+    rounds: list[dict[str, Any]] = []
+    try:
+        control.start()
+        admin = AdminClient(data_dir)
+        files_dir = workdir / f"tls-{count}"
+        files_dir.mkdir(mode=0o700)
+        n_ids = max(1, min(profile.identities, count))
+        setup_started = time.perf_counter()
+        identities = [
+            await bootstrap_identity(control, admin, f"watcher-{i}", files_dir)
+            for i in range(n_ids)
+        ]
+        for i in range(count):
+            ctx = identities[i % n_ids].context
+            client = ControlClient(control.url, expected=control.control_id, tls=lambda c=ctx: c)
+            watchers.append(Watcher(i, uuid.uuid4().hex[:16], client))
+
+        async def register_and_fetch(w: Watcher) -> None:
+            await w.client.register(w.instance_id, _registration())
+            body = await w.client.watch("", 0.0, None)
+            if body is not None:
+                _apply_body(w, body, clock)
+
+        await _bounded(SETUP_CONCURRENCY, [lambda w=w: register_and_fetch(w) for w in watchers])
+        for w in watchers:
+            tasks.append(asyncio.create_task(_watch_loop(w, clock, stop)))
+            if heartbeats:
+                tasks.append(asyncio.create_task(_heartbeat_loop(w, stop, HEARTBEAT_INTERVAL)))
+        setup_seconds = time.perf_counter() - setup_started
+        # Let every long-poll reach the server and park there.
+        await asyncio.sleep(profile.settle + count / 1000.0)
+        cpu_before = control.cpu_seconds()
+        total_rounds = profile.rounds + (1 if cli_round else 0)
+        for round_no in range(1, total_rounds + 1):
+            via_cli = cli_round and round_no == total_rounds
+            clock.done = asyncio.Event()
+            clock.waiting_for = round_no
+            clock.remaining = count
+            text = target_policy(round_no)
+            started = time.perf_counter()
+            clock.started[round_no] = started
+            if via_cli:
+                policy_file = workdir / f"round-{count}-{round_no}.yaml"
+                policy_file.write_text(text)
+                cmd = [*MESHCTL, "--data-dir", str(data_dir), "apply", "-f", str(policy_file)]
+                proc = await asyncio.create_subprocess_exec(
+                    *cmd,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,
+                    cwd=ROOT,
+                )
+                try:
+                    _, err = await asyncio.wait_for(proc.communicate(), profile.round_timeout)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+                    raise
+                if proc.returncode != 0:
+                    raise RuntimeError(f"meshctl apply failed: {err.decode(errors='replace')}")
+            else:
+                await asyncio.to_thread(admin.call, "POST", "/v1/admin/resources", content=text)
+            applied = time.perf_counter() - started
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(clock.done.wait(), profile.round_timeout)
+            got = [w.received[round_no] for w in watchers if round_no in w.received]
+            rounds.append(
+                {
+                    "round": round_no,
+                    "via": "meshctl apply (subprocess)" if via_cli else "admin API",
+                    "apply_call_ms": _ms(applied),
+                    "received": len(got),
+                    "receive_ms": {k: _ms(v) for k, v in _lat(got, 0, started).items()},
+                    "compiled_ms": {k: _ms(v) for k, v in _lat(got, 1, started).items()},
+                }
+            )
+            await asyncio.sleep(profile.settle + count / 2000.0)  # reports land, polls re-park
+        cpu_after = control.cpu_seconds()
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for w in watchers:
+            with contextlib.suppress(Exception):
+                await w.client.aclose()
+        if admin is not None:
+            admin.close()
+        control.stop()
+    api_rounds = [r for r in rounds if r["via"] == "admin API"]
+    all_recv: list[float] = []
+    all_comp: list[float] = []
+    for r in api_rounds:
+        started = clock.started[r["round"]]
+        for w in watchers:
+            if r["round"] in w.received:
+                all_recv.append(w.received[r["round"]][0] - started)
+                all_comp.append(w.received[r["round"]][1] - started)
+    expected = count * len(api_rounds)
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    return {
+        "watchers": count,
+        "identities": max(1, min(profile.identities, count)),
+        "rounds": len(api_rounds),
+        "heartbeats": heartbeats,
+        "setup_seconds": round(setup_seconds, 2),
+        "deliveries": len(all_recv),
+        "expected_deliveries": expected,
+        "all_received": len(all_recv) == expected,
+        "receive_ms": {k: _ms(v) for k, v in percentiles(all_recv).items() if k != "count"},
+        "compiled_ms": {k: _ms(v) for k, v in percentiles(all_comp).items() if k != "count"},
+        "control_cpu_seconds_during_rounds": None if cpu is None else round(cpu, 2),
+        "watch_errors": sum(w.errors for w in watchers),
+        "reports_failed": sum(w.reports_failed for w in watchers),
+        "heartbeats_sent": sum(w.heartbeats for w in watchers),
+        "per_round": rounds,
+    }
+
+
+def _lat(got: Sequence[tuple[float, float]], index: int, started: float) -> dict[str, float]:
+    stats = percentiles([g[index] - started for g in got])
+    return {k: v for k, v in stats.items() if k != "count"}
+
+
+# --------------------------------------------------------------------- CSR signing
+
+
+def _csrs(count: int, service: str) -> tuple[list[bytes], float]:
+    spiffe_id = SpiffeId.for_service(TRUST_DOMAIN, "default", service)
+    started = time.perf_counter()
+    out = [build_csr(generate_private_key(), spiffe_id) for _ in range(count)]
+    return out, time.perf_counter() - started
+
+
+async def _sign_through_api(
+    control: ControlProcess, contexts: Any, csrs: list[bytes], token: str | None, profile: Profile
+) -> dict[str, Any]:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for csr in csrs:
+        queue.put_nowait(csr)
+    latencies: list[float] = []
+    errors: list[str] = []
+    deadline = time.perf_counter() + profile.csr_time_cap
+
+    async def worker() -> None:
+        client = ControlClient(control.url, expected=control.control_id, tls=lambda: contexts)
+        try:
+            await client.sign(csrs[0], token=token)  # warm the connection (TLS handshake)
+            while time.perf_counter() < deadline:
+                try:
+                    csr = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                t = time.perf_counter()
+                try:
+                    await client.sign(csr, token=token)
+                except ControlPlaneError as exc:
+                    errors.append(str(exc))
+                    continue
+                latencies.append(time.perf_counter() - t)
+        finally:
+            await client.aclose()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(profile.csr_concurrency)))
+    elapsed = time.perf_counter() - started
+    lat = percentiles(latencies)
+    return {
+        "signed": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "concurrency": profile.csr_concurrency,
+        "seconds": round(elapsed, 3),
+        "per_second": round(len(latencies) / elapsed, 1) if elapsed > 0 else 0.0,
+        "latency_ms": {k: _ms(v) for k, v in lat.items() if k != "count"},
+    }
+
+
+def _rate(fn: Callable[[bytes], object], csrs: list[bytes], cap: float) -> dict[str, Any]:
+    deadline = time.perf_counter() + cap
+    started = time.perf_counter()
+    done = 0
+    for csr in csrs:
+        if time.perf_counter() > deadline:
+            break
+        fn(csr)
+        done += 1
+    elapsed = time.perf_counter() - started
+    return {
+        "signed": done,
+        "seconds": round(elapsed, 3),
+        "per_second": round(done / elapsed, 1) if elapsed > 0 else 0.0,
+        "us_per_signature": round(elapsed / done * 1e6, 1) if done else None,
+    }
+
+
+async def measure_signing(profile: Profile, workdir: Path) -> dict[str, Any]:
+    """Signatures per second: API (token, renewal), ControlPlane in process, bare CA."""
+    from meshlib_control.ca.authority import CertificateAuthority
+    from meshlib_control.plane import ControlPlane
+    from meshlib_control.settings import Settings
+
+    data_dir = workdir / "control-csr"
+    control = ControlProcess(data_dir)
+    files_dir = workdir / "tls-csr"
+    files_dir.mkdir(mode=0o700)
+    csrs, csr_seconds = _csrs(profile.csr_count + profile.csr_concurrency, "csr-bench")
+    result: dict[str, Any] = {
+        "client_csr_us": round(csr_seconds / len(csrs) * 1e6, 1),
+        "csrs_prepared": len(csrs),
+    }
+    try:
+        control.start()
+        admin = AdminClient(data_dir)
+        try:
+            identity = await bootstrap_identity(control, admin, "csr-bench", files_dir)
+            uses = len(csrs) + profile.csr_concurrency + 1
+            answer = await asyncio.to_thread(
+                admin.call,
+                "POST",
+                "/v1/admin/tokens",
+                json={"service": "csr-bench", "ttl": "1h", "uses": uses},
+            )
+        finally:
+            admin.close()
+        bootstrap_ctx = build_client_context(None, identity.svid.bundle_pem, files_dir)
+        cpu0 = control.cpu_seconds()
+        result["api_token"] = await _sign_through_api(
+            control, bootstrap_ctx, csrs, answer["token"], profile
+        )
+        cpu1 = control.cpu_seconds()
+        result["api_renewal"] = await _sign_through_api(
+            control, identity.context, csrs, None, profile
+        )
+        cpu2 = control.cpu_seconds()
+        if cpu0 is not None and cpu1 is not None and cpu2 is not None:
+            for name, used in (("api_token", cpu1 - cpu0), ("api_renewal", cpu2 - cpu1)):
+                signed = result[name]["signed"] + profile.csr_concurrency
+                result[name]["control_cpu_ms_per_signature"] = round(used / signed * 1000, 2)
+    finally:
+        control.stop()
+    # The same work without HTTP: the plane (CA + SQLite records), then the bare CA.
+    plane = ControlPlane(Settings(data_dir=workdir / "plane-csr", instance_ttl=timedelta(hours=1)))
+    try:
+        peer = SpiffeId.for_service(plane.trust_domain, "default", "csr-bench")
+        result["in_process_plane"] = _rate(
+            lambda csr: plane.sign({"csr": csr.decode()}, peer), csrs, profile.csr_time_cap
+        )
+        ca = CertificateAuthority.load_or_create(workdir / "ca-csr", TRUST_DOMAIN)
+        result["in_process_ca"] = _rate(
+            lambda csr: ca.sign_csr(csr, entitled=peer, ttl=timedelta(hours=24)),
+            csrs,
+            profile.csr_time_cap,
+        )
+    finally:
+        plane.store.close()
+    return result
+
+
+# --------------------------------------------------------------------- snapshot size
+
+
+def mesh_state(services: int, endpoints: int) -> MeshState:
+    """A synthetic mesh: *services* services, each with *endpoints* serving instances,
+    a TrafficPolicy (two subsets, two routes, retries, breaker) and an AuthorizationPolicy
+    admitting three callers."""
+    docs: list[str] = []
+    instances: list[InstanceRecord] = []
+    now = datetime.now(UTC)
+    for i in range(services):
+        name = f"svc-{i:04d}"
+        callers = ", ".join(
+            f'"spiffe://{TRUST_DOMAIN}/ns/default/sa/svc-{(i + k) % services:04d}"'
+            for k in (1, 2, 3)
+        )
+        docs.append(
+            f"""apiVersion: meshlib.io/v1
+kind: TrafficPolicy
+metadata: {{name: {name}, namespace: default}}
+spec:
+  service: {name}
+  loadBalancer: LEAST_REQUEST
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+  routes:
+  - name: canary
+    match: {{headers: [{{name: x-canary, exact: "1"}}]}}
+    backends: [{{subset: v2}}]
+  - name: api
+    match: {{path: {{prefix: /api/}}, methods: [GET, HEAD]}}
+    backends: [{{subset: v1, weight: 90}}, {{subset: v2, weight: 10}}]
+    timeout: 2s
+    retries: {{attempts: 2, perTryTimeout: 500ms}}
+  circuitBreaker: {{consecutiveFailures: 5, resetTimeout: 30s}}
+---
+apiVersion: meshlib.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}-allow, namespace: default}}
+spec:
+  service: {name}
+  rules:
+  - from: {{principals: [{callers}]}}
+    to: {{methods: [GET, POST], paths: ["/api/*"]}}
+"""
+        )
+        for e in range(endpoints):
+            instances.append(
+                InstanceRecord(
+                    id=f"{i:06d}{e:04d}abcdef",
+                    spiffe_id=f"spiffe://{TRUST_DOMAIN}/ns/default/sa/{name}",
+                    service=name,
+                    namespace="default",
+                    address=f"10.{i // 250 % 250}.{i % 250}.{e + 1}",
+                    port=8443,
+                    plaintext_port=None,
+                    admin_port=9000,
+                    labels=(("version", "v1" if e else "v2"), ("zone", f"z{e % 3}")),
+                    mode="library",
+                    registered_at=now,
+                    last_seen=now,
+                    expires_at=now + timedelta(hours=1),
+                )
+            )
+    resources = decode_documents("---\n".join(docs))
+    return MeshState(TRUST_DOMAIN, resources, tuple(instances))
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    times: list[float] = []
+    out: object = None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def _body_bytes(snapshot: Snapshot) -> bytes:
+    # The watch handler returns encode_snapshot(found); FastAPI renders it with
+    # JSONResponse, which is json.dumps(ensure_ascii=False, separators=(",", ":")).
+    return json.dumps(
+        encode_snapshot(snapshot), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    ).encode("utf-8")
+
+
+def measure_snapshots(profile: Profile) -> list[dict[str, Any]]:
+    """Size and cost of one caller's snapshot against mesh size, scoped and unscoped."""
+    rows: list[dict[str, Any]] = []
+    for size in profile.mesh_sizes:
+        state = mesh_state(size, profile.endpoints_per_service)
+        deps = tuple(
+            f"svc-{(k + 1) % size:04d}" for k in range(min(profile.scoped_dependencies, size))
+        )
+        repeats = max(1, profile.size_repeats if size < 1000 else min(profile.size_repeats, 3))
+        for scope, dependencies in (("unscoped", None), ("scoped", deps)):
+
+            def build(d: tuple[str, ...] | None = dependencies, st: MeshState = state) -> Snapshot:
+                return build_snapshot(st, service="svc-0000", namespace="default", dependencies=d)
+
+            build_s, snap = _median_time(build, repeats)
+            assert isinstance(snap, Snapshot)
+            encode_s, body = _median_time(lambda s=snap: _body_bytes(s), repeats)
+            assert isinstance(body, bytes)
+
+            def client_side(raw: bytes = body) -> PolicyEngine:
+                return PolicyEngine.compile(decode_snapshot(json.loads(raw)))
+
+            client_s, _engine = _median_time(client_side, repeats)
+            rows.append(
+                {
+                    "services": size,
+                    "endpoints": size * profile.endpoints_per_service,
+                    "scope": scope if dependencies is None else f"scoped ({len(deps)} deps)",
+                    "services_in_snapshot": len(snap.services),
+                    "body_bytes": len(body),
+                    "build_ms": _ms(build_s),
+                    "encode_ms": _ms(encode_s),
+                    "client_decode_compile_ms": _ms(client_s),
+                }
+            )
+        rows[-2]["cache_rebuild"] = _cache_rebuild(state, size, profile)
+    return rows
+
+
+def _cache_rebuild(state: MeshState, size: int, profile: Profile) -> dict[str, Any]:
+    """Cost of one state change in the watch cache with one watch key per service.
+
+    ``SnapshotCache.set_state`` rebuilds the snapshot of every cached key; measured with
+    up to ``cache_keys_cap`` keys, the per-key cost gives the projection to *size* keys.
+    """
+    keys = min(size, profile.cache_keys_cap)
+    cache = SnapshotCache(state)
+    for i in range(keys):
+        cache.get((f"svc-{i:04d}", "default", None))
+    started = time.perf_counter()
+    cache.set_state(state)
+    elapsed = time.perf_counter() - started
+    per_key = elapsed / keys
+    return {
+        "keys_measured": keys,
+        "set_state_ms": _ms(elapsed),
+        "per_key_ms": _ms(per_key),
+        "projected_ms_one_key_per_service": _ms(per_key * size),
+    }
+
+
+# --------------------------------------------------------------------- report
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}" if value >= 10 else f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The results as Markdown, readable on its own (docs/benchmarks.md includes it)."""
+    m = result["machine"]
+    lines = [
+        "# Control-plane benchmarks",
+        "",
+        f"Measured {result['timestamp']} on {m['cpus']} CPU(s) ({m['cpu']}), Python "
+        f"{m['python']}, profile `{result['profile']}`; load average at start "
+        f"{', '.join(str(x) for x in m['loadavg_at_start'])}. Produced by "
+        "`python -m benchmarks.control_plane`.",
+        "",
+        "## Propagation: `apply` → every watcher has the new snapshot",
+        "",
+        "A real `meshctl control serve` process on 127.0.0.1; N simulated instances in **one** "
+        "separate Python process (asyncio). Each instance has its own workload-API client "
+        "(its own HTTPS connections), registration, heartbeat every "
+        f"{HEARTBEAT_INTERVAL:g} s and a parked `GET /v1/snapshot` long-poll, as the agent "
+        "does; the instances share "
+        "a few SVIDs (one per simulated service, issued through real join tokens). Each round "
+        "applies a TrafficPolicy through the admin API `meshctl apply` calls; it changes "
+        "every watcher's snapshot. Per watcher and round: time from just before the apply "
+        "call to the new snapshot *received* (body read and parsed), and to it *compiled* "
+        "(`decode_snapshot` + `PolicyEngine.compile`, what the agent does before it "
+        "publishes). Percentiles are over all watchers x rounds. Writing `snapshot.json` "
+        "to disk is not simulated. Target (issue 7): p99 ≤ 1 s to 1,000 watchers.",
+        "",
+        "| watchers | rounds | delivered | receive p50 | p90 | p99 | max | compiled p99 "
+        "| apply call | control CPU / round | meets p99 ≤ 1 s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|",
+    ]
+    for p in result["propagation"]:
+        rec, comp = p["receive_ms"], p["compiled_ms"]
+        apply_ms = statistics.median(
+            r["apply_call_ms"] for r in p["per_round"] if r["via"] == "admin API"
+        )
+        cpu = p["control_cpu_seconds_during_rounds"]
+        per_round_cpu = None if cpu is None else cpu / max(p["rounds"], 1) * 1000
+        meets = "yes" if comp.get("p99", 1e9) <= TARGET_P99_SECONDS * 1000 else "**no**"
+        lines.append(
+            f"| {p['watchers']:,} | {p['rounds']} | {p['deliveries']}/{p['expected_deliveries']}"
+            f" | {_fmt(rec.get('p50'))} ms | {_fmt(rec.get('p90'))} ms | {_fmt(rec.get('p99'))} ms"
+            f" | {_fmt(rec.get('max'))} ms | {_fmt(comp.get('p99'))} ms | {_fmt(apply_ms)} ms"
+            f" | {_fmt(per_round_cpu)} ms | {meets} |"
+        )
+    cli = [r for p in result["propagation"] for r in p["per_round"] if r["via"] != "admin API"]
+    if cli:
+        lines += [
+            "",
+            "One extra round per row went through the real CLI (`meshctl apply -f`, a new "
+            "Python process, so it includes the CLI's start-up):",
+            "",
+            "| watchers | `meshctl apply` returned | last watcher received | p99 received |",
+            "|---:|---:|---:|---:|",
+        ]
+        for p in result["propagation"]:
+            for r in p["per_round"]:
+                if r["via"] != "admin API":
+                    lines.append(
+                        f"| {p['watchers']:,} | {_fmt(r['apply_call_ms'])} ms | "
+                        f"{_fmt(r['receive_ms'].get('max'))} ms | "
+                        f"{_fmt(r['receive_ms'].get('p99'))} ms |"
+                    )
+    lines += [
+        "",
+        "Limits of the client side: one Python process and one event loop hold every "
+        "simulated instance (TLS, HTTP parsing, JSON, decoding and compiling for all of "
+        "them), on the same 2 cores as the control service and anything else running. A "
+        "real fleet spreads that client work over N processes, so these figures are an "
+        "upper bound on what the control service itself needs; the tail is mostly the "
+        "client process working through N responses one after another.",
+        "",
+        "## CSR signing",
+        "",
+    ]
+    s = result["signing"]
+    lines += [
+        "| path | signatures | per second | p50 latency | p99 latency | control CPU / signature |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in (
+        ("api_token", "`POST /v1/sign` with a join token (bootstrap)"),
+        ("api_renewal", "`POST /v1/sign` over mTLS with an SVID (renewal)"),
+    ):
+        r = s.get(key, {})
+        lat = r.get("latency_ms", {})
+        lines.append(
+            f"| {label} | {r.get('signed', 0):,} | {_fmt(r.get('per_second'))} | "
+            f"{_fmt(lat.get('p50'))} ms | {_fmt(lat.get('p99'))} ms | "
+            f"{_fmt(r.get('control_cpu_ms_per_signature'))} ms |"
+        )
+    for key, label in (
+        ("in_process_plane", "`ControlPlane.sign` in process (CA + SQLite, no HTTP)"),
+        ("in_process_ca", "`CertificateAuthority.sign_csr` in process (crypto only)"),
+    ):
+        r = s.get(key, {})
+        lines.append(
+            f"| {label} | {r.get('signed', 0):,} | {_fmt(r.get('per_second'))} | "
+            f"{_fmt(r.get('us_per_signature'))} µs | - | - |"
+        )
+    lines += [
+        "",
+        f"API rows: {s.get('api_token', {}).get('concurrency', '?')} concurrent clients on "
+        "keep-alive connections, CSRs prepared beforehand (a P-256 key and CSR cost the "
+        f"client {_fmt(s.get('client_csr_us'))} µs). Token bootstrap also checks and consumes "
+        "the token in SQLite.",
+        "",
+        "## Snapshot size against mesh size",
+        "",
+        "Synthetic mesh: every service has "
+        f"{result['snapshot_endpoints_per_service']} serving instances, a TrafficPolicy (two "
+        "subsets, two routes, retries, breaker) and an AuthorizationPolicy. The caller is one "
+        "service; *scoped* means it declared 3 dependencies (`MESH_DEPENDENCIES`). Bytes are "
+        "the JSON body `GET /v1/snapshot` returns; times are medians of a few runs of the "
+        "pure builder (`build_snapshot`), the encoder, and the client's decode + compile.",
+        "",
+        "| services | endpoints | snapshot | services listed | body | build | encode "
+        "| client decode + compile |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["snapshots"]:
+        lines.append(
+            f"| {r['services']:,} | {r['endpoints']:,} | {r['scope']} | "
+            f"{r['services_in_snapshot']:,} | {r['body_bytes'] / 1024:,.1f} KiB | "
+            f"{_fmt(r['build_ms'])} ms | {_fmt(r['encode_ms'])} ms | "
+            f"{_fmt(r['client_decode_compile_ms'])} ms |"
+        )
+    lines += [
+        "",
+        "Cost of one state change (an apply, a registration, an expiry) in the watch cache, "
+        "which rebuilds the snapshot of every cached watch key (`SnapshotCache.set_state`); "
+        "measured with up to "
+        f"{result['profile_settings']['cache_keys_cap']} keys, projected to one key per "
+        "service (every service an unscoped watcher):",
+        "",
+        "| services | keys measured | per key | projected, one key per service |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in result["snapshots"]:
+        c = r.get("cache_rebuild")
+        if c:
+            lines.append(
+                f"| {r['services']:,} | {c['keys_measured']} | {_fmt(c['per_key_ms'])} ms | "
+                f"{_fmt(c['projected_ms_one_key_per_service'])} ms |"
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------- entry point
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def run(
+    profile: Profile, *, quick: bool, heartbeats: bool = True, cli_round: bool = True
+) -> dict[str, Any]:
+    """Run every part; returns the result document."""
+    _raise_fd_limit(max(4096, 4 * max(profile.watcher_counts) + 256))
+    workdir = Path(tempfile.mkdtemp(prefix="meshlib-cp-bench-"))
+    os.chmod(workdir, 0o700)
+    started = time.perf_counter()
+    try:
+        result: dict[str, Any] = {
+            "benchmark": "control_plane",
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            "profile": "quick" if quick else "default",
+            "profile_settings": _profile_dict(profile),
+            "machine": machine_info(),
+            "target_p99_seconds": TARGET_P99_SECONDS,
+            "snapshot_endpoints_per_service": profile.endpoints_per_service,
+        }
+        result["propagation"] = [
+            await measure_propagation(
+                n, profile, workdir, heartbeats=heartbeats, cli_round=cli_round
+            )
+            for n in profile.watcher_counts
+        ]
+        result["signing"] = await measure_signing(profile, workdir)
+        result["snapshots"] = measure_snapshots(profile)
+        result["elapsed_seconds"] = round(time.perf_counter() - started, 1)
+        return result
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _profile_dict(profile: Profile) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in profile.__slots__:
+        value = getattr(profile, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def write_results(result: dict[str, Any], out_dir: Path, stem: str = "control_plane") -> None:
+    """Write ``<stem>.json`` and ``<stem>.md`` into *out_dir*."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / f"{stem}.md").write_text(render_markdown(result))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.control_plane [--quick] [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.control_plane")
+    parser.add_argument("--quick", action="store_true", help="the smoke-test profile (~15 s)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--watchers", type=int, nargs="*", help="watcher counts (default 100 1000)")
+    parser.add_argument("--no-heartbeats", action="store_true", help="watchers do not heartbeat")
+    args = parser.parse_args(argv)
+    profile = Profile.quick() if args.quick else Profile()
+    if args.watchers:
+        profile = dataclasses.replace(profile, watcher_counts=tuple(args.watchers))
+    result = asyncio.run(run(profile, quick=args.quick, heartbeats=not args.no_heartbeats))
+    write_results(result, args.out)
+    print(render_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
