@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import ssl
 import sys
 from collections.abc import Callable, Sequence
@@ -306,6 +307,49 @@ def _cmd_control_serve(args: argparse.Namespace) -> None:
     run(settings, scrape_interval=args.scrape_interval)
 
 
+def _cmd_sidecar(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from meshlib.config import _parse_labels
+    from meshlib_control.sidecar.agent import SidecarAgent, SidecarOptions
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    env = os.environ
+    data_dir = args.sidecar_data_dir or env.get("MESH_DATA_DIR")
+    agent = SidecarAgent(
+        SidecarOptions(
+            service=args.service,
+            namespace=args.namespace,
+            app_port=args.app_port,
+            inbound_port=args.inbound_port,
+            outbound_port=args.outbound_port,
+            admin_port=args.admin_port,
+            envoy_admin_port=args.envoy_admin_port,
+            address=args.address,
+            control_url=args.control or env.get("MESH_CONTROL_URL"),
+            token=args.token or env.get("MESH_TOKEN"),
+            data_dir=Path(data_dir) if data_dir else None,
+            labels=_parse_labels(args.labels or env.get("MESH_LABELS", "")),
+            xds_address=args.xds_address,
+            base_id=args.base_id,
+            envoy_log_level=args.envoy_log_level,
+        )
+    )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: agent.stop())
+
+    def ready(a: SidecarAgent) -> None:
+        print(
+            f"sidecar ready: {args.service} inbound {args.address}:{args.inbound_port} "
+            f"-> app 127.0.0.1:{args.app_port}; outbound 127.0.0.1:{args.outbound_port}; "
+            f"admin 127.0.0.1:{a.agent.admin_port}; instance {a.agent.instance_id}",
+            flush=True,
+        )
+
+    return agent.run(ready)
+
+
 def _parser() -> argparse.ArgumentParser:
     from meshlib_control.settings import DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN, DEFAULT_XDS_LISTEN
 
@@ -319,7 +363,13 @@ def _parser() -> argparse.ArgumentParser:
     serve = control_sub.add_parser("serve", help="run the control service")
     serve.add_argument("--data-dir", dest="data_dir_serve")
     serve.add_argument("--listen", default=DEFAULT_LISTEN)
-    serve.add_argument("--xds-listen", default=DEFAULT_XDS_LISTEN)
+    serve.add_argument(
+        "--xds-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"serve ADS to Envoy sidecars here (e.g. {DEFAULT_XDS_LISTEN}; port 0: any free); "
+        "off when not given",
+    )
     serve.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     serve.add_argument("--ca-cert", help="plugged-in CA certificate (PEM)")
     serve.add_argument("--ca-key", help="plugged-in CA private key (PEM)")
@@ -367,6 +417,29 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
 
     sub.add_parser("dashboard", help="print the web dashboard's URL (with its access token)")
+
+    side = sub.add_parser(
+        "sidecar",
+        help="run an Envoy sidecar for an unmodified app (agent: identity, secrets, Envoy)",
+    )
+    side.add_argument("--service", required=True, help="the app's service name")
+    side.add_argument("--namespace", default="default")
+    side.add_argument("--app-port", type=int, required=True, help="the app's plaintext port")
+    side.add_argument("--inbound-port", type=int, default=15006, help="mesh traffic in (mTLS)")
+    side.add_argument(
+        "--outbound-port", type=int, default=15001, help="the app's calls out (127.0.0.1)"
+    )
+    side.add_argument(
+        "--admin-port", type=int, default=15020, help="metrics/identity for the control service"
+    )
+    side.add_argument("--envoy-admin-port", type=int, default=0, help="(inbound port + 1000)")
+    side.add_argument("--address", default="127.0.0.1", help="inbound address, registered")
+    side.add_argument("--token", help="join token (or MESH_TOKEN)")
+    side.add_argument("--sidecar-data-dir", help="key, SVID, Envoy files (or MESH_DATA_DIR)")
+    side.add_argument("--labels", help="instance labels, version=v2,zone=a")
+    side.add_argument("--xds-address", help="ADS server HOST:PORT (default: asked of control)")
+    side.add_argument("--base-id", type=int, help="Envoy --base-id (default: the inbound port)")
+    side.add_argument("--envoy-log-level", default="warning")
     return parser
 
 
@@ -379,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.data_dir = args.data_dir_serve
             _cmd_control_serve(args)
             return 0
+        if args.command == "sidecar":
+            return _cmd_sidecar(args)
         if args.command == "dashboard":
             _cmd_dashboard(args)
             return 0

@@ -33,6 +33,7 @@ from meshlib_control.settings import ADMIN_CERT_TTL, CONTROL_CERT_TTL, Settings
 from meshlib_control.snapshot.builder import MeshState
 from meshlib_control.snapshot.cache import SnapshotCache
 from meshlib_control.store.sqlite import CertificateRecord, InstanceRecord, SQLiteStore
+from meshlib_control.xds.status import XdsStatus
 
 __all__ = ["ControlPlane"]
 
@@ -80,6 +81,8 @@ class ControlPlane:
         # token per start, written 0600 next to the admin credentials.
         self.dashboard_token = secrets.token_urlsafe(32)
         self.observer = Observer(self)
+        self.xds_status = XdsStatus()
+        self.xds_address: str | None = None  # host:port of the ADS server once it serves
 
     def _trust_domain(self, wanted: str) -> str:
         stored = self.store.get_meta("trust_domain")
@@ -173,6 +176,7 @@ class ControlPlane:
             "trustDomain": self.trust_domain,
             "bundle": self.ca.bundle_pem.decode(),
             "fingerprints": [self.ca.fingerprint],
+            "xdsAddress": self.xds_address,
         }
 
     def sign(self, body: dict[str, Any], peer: SpiffeId | None) -> dict[str, Any]:

@@ -93,7 +93,21 @@ async def serve(
     serving = asyncio.create_task(server.serve())
     while not server.started and not serving.done():
         await asyncio.sleep(0.02)
-    if server.started:
+    xds = None
+    if server.started and settings.xds_listen is not None:
+        from meshlib_control.xds.ads import XdsServer  # the Envoy protobufs: only when used
+
+        xds = XdsServer(plane, contexts)
+        try:
+            xds_port = await xds.start(settings.xds_listen)
+        except (OSError, RuntimeError) as exc:
+            log.error("%s", exc)
+            shutdown()
+        else:
+            xds_host, _ = split_hostport(settings.xds_listen, "--xds-listen")
+            plane.xds_address = f"{xds_host}:{xds_port}"
+            log.warning("ADS (xDS v3) for Envoy sidecars on %s (mTLS)", plane.xds_address)
+    if server.started and not server.should_exit:
         bound = server.servers[0].sockets[0].getsockname()[1]
         url = f"https://{host}:{bound}"
         plane.write_admin_credentials(url)
@@ -105,6 +119,8 @@ async def serve(
     try:
         await serving
     finally:
+        if xds is not None:
+            await xds.stop(grace=0.5)
         for task in (sweeper, renewer, scraper):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -39,7 +39,7 @@ class Settings:
 
     data_dir: Path = Path(".mesh")
     listen: str = DEFAULT_LISTEN
-    xds_listen: str = DEFAULT_XDS_LISTEN
+    xds_listen: str | None = None
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     ca_cert: Path | None = None
     ca_key: Path | None = None
@@ -48,7 +48,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         split_hostport(self.listen, "--listen")
-        split_hostport(self.xds_listen, "--xds-listen")
+        if self.xds_listen is not None:
+            split_hostport(self.xds_listen, "--xds-listen")
         if (self.ca_cert is None) != (self.ca_key is None):
             raise ConfigError("--ca-cert and --ca-key: give both or neither")
         if self.svid_ttl <= timedelta(0):

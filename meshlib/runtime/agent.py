@@ -68,6 +68,9 @@ class Agent:
         config: the workload's settings.
         on_identity: called (in the agent thread) with every new SVID.
         on_engine: called with every newly compiled policy engine.
+        mode: registered with the instance: ``library``, or ``sidecar`` for the agent of
+            ``meshctl sidecar``, which keeps identity and registration but watches no
+            snapshot (its Envoy gets the configuration over xDS).
     """
 
     def __init__(
@@ -76,8 +79,10 @@ class Agent:
         *,
         on_identity: Callable[[SVID], None],
         on_engine: Callable[[PolicyEngine], None],
+        mode: str = "library",
     ) -> None:
         self.config = config
+        self.mode = mode
         self.instance_id = uuid.uuid4().hex[:16]
         self.cache = WorkloadCache(config.cache_dir)
         self._on_identity = on_identity
@@ -155,19 +160,20 @@ class Agent:
             await self._boot()
             if self.fatal is not None or self._stop.is_set():
                 return
-            tasks = [
-                asyncio.create_task(self._watch_loop()),
+            others = [
                 asyncio.create_task(self._heartbeat_loop()),
                 asyncio.create_task(self._renew_loop()),
             ]
+            watch = [asyncio.create_task(self._watch_loop())] if self.mode == "library" else []
+            tasks = watch + others
             await self._stop.wait()
             self._wake_heartbeat.set()
             # Let the loops finish what they are doing (a request cancelled mid-connect
             # would leave its socket behind). The watch is usually parked in a long-poll
             # read, which is safe to cancel, so it gets only a short grace.
-            watch, others = tasks[0], tasks[1:]
             await asyncio.wait(others, timeout=STOP_GRACE)
-            await asyncio.wait([watch], timeout=WATCH_STOP_GRACE)
+            if watch:
+                await asyncio.wait(watch, timeout=WATCH_STOP_GRACE)
             for task in tasks:
                 if not task.done():
                     task.cancel()
@@ -206,6 +212,14 @@ class Agent:
         if self.svid is None:
             return
         self._client = self._control_client()
+        if self.mode != "library":
+            with contextlib.suppress(ControlPlaneError, TimeoutError):
+                await asyncio.wait_for(
+                    self._client.register(self.instance_id, self._registration()),
+                    FIRST_CONTACT_TIMEOUT,
+                )
+            self.ready.set()  # the heartbeat loop keeps trying to register
+            return
         # Prefer a fresh snapshot; fall back to the cached one if control is down.
         try:
             await asyncio.wait_for(
@@ -362,7 +376,7 @@ class Agent:
             "plaintextPort": endpoint.get("plaintextPort"),
             "adminPort": self.admin_port,
             "labels": dict(self.config.labels),
-            "mode": "library",
+            "mode": self.mode,
             "appliedVersion": self.engine.version if self.engine is not None else None,
         }
 

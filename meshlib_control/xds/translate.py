@@ -52,17 +52,20 @@ from meshlib.policy.snapshot import Endpoint, ServiceEntry, Snapshot
 from meshlib_control.xds.unsupported import Unsupported
 
 __all__ = [
+    "BUNDLE_SECRET_FILE",
     "CONNECT_TIMEOUT",
     "INBOUND_LISTENER",
     "INBOUND_ROUTES",
     "LOCAL_APP_CLUSTER",
     "OUTBOUND_LISTENER",
     "OUTBOUND_ROUTES",
+    "SVID_SECRET_FILE",
     "TYPE_URLS",
     "EnvoyResources",
     "SidecarNode",
     "cluster_name",
     "glob_to_re2",
+    "sds_secret_config",
     "translate",
 ]
 
@@ -97,6 +100,8 @@ _UPSTREAM_TLS = _T + "transport_sockets.tls.v3.UpstreamTlsContext"
 _HTTP_OPTIONS = _T + "upstreams.http.v3.HttpProtocolOptions"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 FAULT_FILTER = "envoy.filters.http.fault"
+SVID_SECRET_FILE = "svid.yaml"
+BUNDLE_SECRET_FILE = "bundle.yaml"
 
 
 def _ads() -> Json:
@@ -134,6 +139,10 @@ class SidecarNode:
         inbound_address: the inbound listener's address.
         zone: this workload's ``zone`` label: same-zone endpoints are preferred, as the
             library does.
+        secrets_dir: where the sidecar agent keeps the SDS files of the SVID and the trust
+            bundle (:data:`SVID_SECRET_FILE`, :data:`BUNDLE_SECRET_FILE`); Envoy watches the
+            directory and picks up a rotation on the next handshake. None: the secrets are
+            expected over ADS (what the static rendering for validation uses).
     """
 
     service: str
@@ -144,6 +153,7 @@ class SidecarNode:
     outbound_port: int
     inbound_address: str = "0.0.0.0"
     zone: str | None = None
+    secrets_dir: str | None = None
 
     @property
     def spiffe_id(self) -> str:
@@ -441,18 +451,36 @@ def _hcm(stat_prefix: str, routes: str, filters: list[Json], *, xfcc: str | None
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": config}
 
 
-def _sds(name: str) -> Json:
-    return {"name": name, "sds_config": _ads()}
+def sds_secret_config(name: str, secrets_dir: str | None, filename: str) -> Json:
+    """A reference to the secret *name*: a watched local file, or ADS without *secrets_dir*.
+
+    The private key never leaves the sidecar's host: the control service does not have it,
+    the agent writes it (0600) and Envoy reads it from the file.
+    """
+    if secrets_dir is None:
+        return {"name": name, "sds_config": _ads()}
+    return {
+        "name": name,
+        "sds_config": {
+            "path_config_source": {
+                "path": f"{secrets_dir}/{filename}",
+                "watched_directory": {"path": secrets_dir},
+            },
+            "resource_api_version": "V3",
+        },
+    }
 
 
 def _common_tls(node: SidecarNode, san: Json) -> Json:
+    svid = sds_secret_config(node.spiffe_id, node.secrets_dir, SVID_SECRET_FILE)
+    bundle = sds_secret_config(node.bundle_secret, node.secrets_dir, BUNDLE_SECRET_FILE)
     return {
-        "tls_certificate_sds_secret_configs": [_sds(node.spiffe_id)],
+        "tls_certificate_sds_secret_configs": [svid],
         "combined_validation_context": {
             "default_validation_context": {
                 "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": san}]
             },
-            "validation_context_sds_secret_config": _sds(node.bundle_secret),
+            "validation_context_sds_secret_config": bundle,
         },
     }
 

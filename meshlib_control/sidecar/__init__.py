@@ -1,0 +1,1 @@
+"""``meshctl sidecar``: the agent beside an Envoy sidecar."""

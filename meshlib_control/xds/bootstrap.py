@@ -1,0 +1,173 @@
+"""PURE: the bootstrap a sidecar's Envoy starts from, and the SDS files of its secrets.
+
+The bootstrap holds only what Envoy needs before it can talk to the control service: who it
+is (``node``, with the ports and the secrets dir in ``node.metadata``, which the ADS server
+reads back), where its admin page is (127.0.0.1 only), and the ADS cluster, reached over
+mTLS with the workload's own SVID and checked against the control service's SPIFFE ID.
+Everything else arrives over ADS. Certificates come from files the agent writes (0600) and
+Envoy watches (``path_config_source`` + ``watched_directory``): the private key never leaves
+the host, and a rotation is one atomic rename.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshlib_control.xds.translate import (
+    BUNDLE_SECRET_FILE,
+    SVID_SECRET_FILE,
+    TYPE_URLS,
+    SidecarNode,
+    sds_secret_config,
+)
+
+__all__ = ["XDS_CLUSTER", "secret_files", "sidecar_bootstrap"]
+
+Json = dict[str, Any]
+
+XDS_CLUSTER = "xds_cluster"
+_UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def _node_metadata(node: SidecarNode) -> Json:
+    meta: Json = {
+        "namespace": node.namespace,
+        "inboundPort": node.inbound_port,
+        "appPort": node.app_port,
+        "outboundPort": node.outbound_port,
+        "inboundAddress": node.inbound_address,
+    }
+    if node.zone is not None:
+        meta["zone"] = node.zone
+    if node.secrets_dir is not None:
+        meta["secretsDir"] = node.secrets_dir
+    return meta
+
+
+def sidecar_bootstrap(
+    *,
+    node_id: str,
+    node: SidecarNode,
+    xds_host: str,
+    xds_port: int,
+    admin_port: int,
+    control_spiffe_id: str,
+) -> Json:
+    """The Envoy bootstrap of one sidecar (a dict in Envoy's field names).
+
+    Raises:
+        ValueError: *node* has no ``secrets_dir`` (the ADS connection needs the SVID files).
+    """
+    if node.secrets_dir is None:
+        raise ValueError("node.secrets_dir: required for a sidecar bootstrap")
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    tls = {
+        "@type": _UPSTREAM_TLS,
+        "common_tls_context": {
+            "tls_certificate_sds_secret_configs": [
+                sds_secret_config(node.spiffe_id, node.secrets_dir, SVID_SECRET_FILE)
+            ],
+            "combined_validation_context": {
+                "default_validation_context": {
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": control_spiffe_id}}
+                    ]
+                },
+                "validation_context_sds_secret_config": sds_secret_config(
+                    node.bundle_secret, node.secrets_dir, BUNDLE_SECRET_FILE
+                ),
+            },
+            "alpn_protocols": ["h2"],
+        },
+    }
+    return {
+        "node": {"id": node_id, "cluster": node.service, "metadata": _node_metadata(node)},
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+            },
+            "cds_config": ads,
+            "lds_config": dict(ads),
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": XDS_CLUSTER,
+                    "type": "STRICT_DNS" if not _is_ip(xds_host) else "STATIC",
+                    "connect_timeout": "1s",
+                    # gRPC needs HTTP/2; without it nothing reaches the ADS server (notes §2).
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": _HTTP_OPTIONS,
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": XDS_CLUSTER,
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": xds_host,
+                                                    "port_value": xds_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                    "transport_socket": {
+                        "name": "envoy.transport_sockets.tls",
+                        "typed_config": tls,
+                    },
+                }
+            ]
+        },
+    }
+
+
+def _is_ip(host: str) -> bool:
+    parts = host.split(".")
+    return (len(parts) == 4 and all(p.isdigit() for p in parts)) or ":" in host
+
+
+def secret_files(
+    node: SidecarNode, *, certificate_chain: str, private_key: str, trust_bundle: str
+) -> dict[str, Json]:
+    """The contents of the two SDS files (file name → JSON document, valid YAML too)."""
+    secret = TYPE_URLS["secrets"]
+    return {
+        SVID_SECRET_FILE: {
+            "resources": [
+                {
+                    "@type": secret,
+                    "name": node.spiffe_id,
+                    "tls_certificate": {
+                        "certificate_chain": {"inline_string": certificate_chain},
+                        "private_key": {"inline_string": private_key},
+                    },
+                }
+            ]
+        },
+        BUNDLE_SECRET_FILE: {
+            "resources": [
+                {
+                    "@type": secret,
+                    "name": node.bundle_secret,
+                    "validation_context": {"trusted_ca": {"inline_string": trust_bundle}},
+                }
+            ]
+        },
+    }
