@@ -36,6 +36,8 @@ LISTINGS = {
     "certs": "certificates",
     "tokens": "tokens",
     "token": "tokens",
+    "sidecars": "sidecars",
+    "sidecar": "sidecars",
 }
 _KIND_ALIASES = {k.lower(): k for k in KINDS} | {
     "trafficpolicies": "TrafficPolicy",
@@ -134,6 +136,9 @@ _COLUMNS = {
     "certificates": [("SERIAL", "serial"), ("SPIFFE ID", "spiffeId"), ("NOT AFTER", "notAfter")],
     "tokens": [("ID", "id"), ("SPIFFE ID", "spiffeId"), ("EXPIRES", "expiresAt"),
                ("USES LEFT", "usesLeft")],
+    "sidecars": [("NODE", "nodeId"), ("SERVICE", "service"), ("CONNECTED", "connected"),
+                 ("SNAPSHOT", "snapshotVersion"), ("APPLIED", "appliedVersion"),
+                 ("PUSHES", "pushes")],
     "resources": [("NAMESPACE", "metadata.namespace"), ("NAME", "metadata.name"),
                   ("REVISION", "status.revision"), ("UPDATED", "status.updatedAt")],
 }  # fmt: skip

@@ -401,6 +401,10 @@ class ControlPlane:
         """Live instances."""
         return [i.to_json() for i in self.state().instances]
 
+    def list_sidecars(self) -> list[dict[str, Any]]:
+        """Envoy sidecars seen by the ADS server: versions sent, ACKed, rejected; notes."""
+        return [n.to_dict() for n in self.xds_status.nodes.values()]
+
     def list_certificates(self) -> list[dict[str, Any]]:
         """Issued certificates: serial, identity, validity — never keys."""
         return [

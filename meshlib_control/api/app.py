@@ -232,6 +232,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
             "instances": plane.list_instances,
             "certificates": plane.list_certificates,
             "tokens": plane.list_tokens,
+            "sidecars": plane.list_sidecars,
         }
         if listing not in lists:
             raise ApiError(404, "not-found", f"no admin listing {listing!r}")

@@ -188,6 +188,8 @@ async def run_checks(plane: ControlPlane, observer: Observer) -> list[dict[str, 
     checks.append(_check("snapshots", _worst(snap_problems), message))
     checks.extend(snap_problems)
 
+    checks.extend(sidecar_checks(plane))
+
     failed = [s for s in observer.instances.values() if s.error and s.record.admin_port]
     checks.append(
         _check(
@@ -199,6 +201,52 @@ async def run_checks(plane: ControlPlane, observer: Observer) -> list[dict[str, 
         )
     )  # fmt: skip
     return checks
+
+
+def sidecar_checks(plane: ControlPlane) -> list[dict[str, str]]:
+    """Envoy sidecars: rejected (NACKed) configuration, and policy they cannot honour.
+
+    DESIGN.md invariant 5: a field the sidecar does not apply exactly is never dropped
+    silently; each one is listed here with what Envoy does instead.
+    """
+    nodes = plane.xds_status.connected()
+    if not nodes:
+        return []
+    checks: list[dict[str, str]] = []
+    nacks = 0
+    for node in nodes:
+        for kind, status in node.types.items():
+            if status.rejected_version is not None and status.error:
+                nacks += 1
+                checks.append(
+                    _check(
+                        f"sidecar {node.service}/{node.node_id[:8]}",
+                        FAIL,
+                        f"Envoy rejected {kind} version {status.rejected_version}: "
+                        f"{status.error} (still running {status.acked_version or 'nothing'})",
+                    )
+                )
+    notes: dict[str, dict[str, str]] = {}
+    for node in nodes:
+        for item in node.unsupported:
+            notes.setdefault(f"{node.namespace}/{node.service}", {})[item.path] = (
+                f"{item.kind}: {item.reason}"
+            )
+    for service, fields in sorted(notes.items()):
+        partial = any(not v.startswith("mapped") for v in fields.values())
+        checks.append(
+            _check(
+                f"sidecar policy support {service}",
+                WARN if partial else OK,
+                "; ".join(f"{path} ({why})" for path, why in sorted(fields.items())),
+            )
+        )
+    summary = _check(
+        "sidecars",
+        FAIL if nacks else OK,
+        f"{len(nodes)} connected over ADS; {nacks} rejected configuration(s)",
+    )
+    return [summary, *checks]
 
 
 def _worst(checks: list[dict[str, str]]) -> str:

@@ -247,6 +247,9 @@ class _Stream:
             self._nack(kind, status, req.error_detail.message)
         elif req.response_nonce:
             status.acked_version = req.version_info
+            # A newer version was accepted: the rejection is history (its version is not
+            # sent again unless the policy changes back to it).
+            status.rejected_version, status.error = None, None
             self._maybe_applied()
         elif req.version_info:
             # A reconnect: Envoy still runs what it accepted from us (or a previous us).

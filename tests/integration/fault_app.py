@@ -23,6 +23,11 @@ before it is handled. Endpoints:
 
 Every JSON answer carries the instance's ``labels`` (``MESH_LABELS``), so tests can tell
 instances apart.
+
+With ``PLAIN=1`` the same app runs without meshlib, on plaintext 127.0.0.1:PORT, as an
+unmodified app behind an Envoy sidecar: the caller's identity is read from the
+``x-forwarded-client-cert`` header Envoy sets (``URI=spiffe://…``), and ``remaining()`` from
+``x-envoy-expected-rq-timeout-ms``.
 """
 
 from __future__ import annotations
@@ -167,7 +172,40 @@ async def serve_resets(mesh: meshlib.Mesh, port: int) -> None:
         await mesh.aclose()
 
 
+class PlainInfo:
+    """``request.state.mesh`` for the PLAIN app: what the sidecar told it in headers."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        xfcc = headers.get("x-forwarded-client-cert", "")
+        uris = [p[4:] for p in xfcc.split(";") if p.startswith("URI=")]
+        self.peer = uris[0] if uris else None
+        self.authenticated = self.peer is not None
+        timeout = headers.get("x-envoy-expected-rq-timeout-ms")
+        self._remaining = int(timeout) / 1000 if timeout else None
+
+    def remaining(self) -> float | None:
+        return self._remaining
+
+
+class Plain:
+    """Sets ``request.state.mesh`` from the sidecar's headers (the app has no mesh)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            scope.setdefault("state", {})["mesh"] = PlainInfo(headers)
+        await self.inner(scope, receive, send)
+
+
 def main() -> None:
+    if os.environ.get("PLAIN"):
+        import uvicorn
+
+        uvicorn.run(Plain(app), host="127.0.0.1", port=int(os.environ["PORT"]), log_level="warning")
+        return
     mesh = meshlib.Mesh.from_env()
     _state["mesh"] = mesh
     port = int(os.environ["PORT"])
