@@ -1,0 +1,79 @@
+"""Smoke test of ``python -m benchmarks.control_plane --quick``: complete, sane output.
+
+No assertion here is about timing: the figures are measured, not promised.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import control_plane
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("control-plane")
+    assert control_plane.main(["--quick", "--out", str(out)]) == 0
+    return json.loads((out / "control_plane.json").read_text()), out
+
+
+def test_writes_json_and_markdown(result: tuple[dict[str, Any], Path]) -> None:
+    """Both files are written; the Markdown has every section and the machine line."""
+    doc, out = result
+    markdown = (out / "control_plane.md").read_text()
+    for heading in ("## Propagation", "## CSR signing", "## Snapshot size"):
+        assert heading in markdown
+    assert doc["profile"] == "quick"
+    assert doc["machine"]["cpus"] >= 1
+    assert doc["timestamp"]
+
+
+def test_every_watcher_received_every_applied_version(
+    result: tuple[dict[str, Any], Path],
+) -> None:
+    """Each watcher count delivered each round (admin API and CLI) to every watcher."""
+    doc, _ = result
+    profile = control_plane.Profile.quick()
+    assert [p["watchers"] for p in doc["propagation"]] == list(profile.watcher_counts)
+    for p in doc["propagation"]:
+        assert p["all_received"], p
+        assert p["deliveries"] == p["expected_deliveries"] == p["watchers"] * profile.rounds
+        assert len(p["per_round"]) == profile.rounds + 1  # + one round through meshctl
+        for r in p["per_round"]:
+            assert r["received"] == p["watchers"], r
+        for key in ("p50", "p90", "p99", "max"):
+            assert p["receive_ms"][key] > 0
+            assert p["compiled_ms"][key] >= p["receive_ms"][key]
+        assert p["heartbeats_sent"] > 0
+
+
+def test_signing_paths_all_signed(result: tuple[dict[str, Any], Path]) -> None:
+    """Every signing path signed certificates without errors, at a positive rate."""
+    doc, _ = result
+    signing = doc["signing"]
+    for key in ("api_token", "api_renewal"):
+        assert signing[key]["signed"] > 0
+        assert signing[key]["errors"] == 0, signing[key]["first_error"]
+    for key in ("api_token", "api_renewal", "in_process_plane", "in_process_ca"):
+        assert signing[key]["per_second"] > 0
+
+
+def test_snapshot_sizes_scoped_and_unscoped(result: tuple[dict[str, Any], Path]) -> None:
+    """One unscoped and one scoped row per mesh size; scoped lists only its dependencies."""
+    doc, _ = result
+    rows = doc["snapshots"]
+    sizes = control_plane.Profile.quick().mesh_sizes
+    assert [r["services"] for r in rows] == [s for s in sizes for _ in (0, 1)]
+    for unscoped, scoped in zip(rows[::2], rows[1::2], strict=True):
+        assert unscoped["services_in_snapshot"] == unscoped["services"]
+        assert scoped["services_in_snapshot"] == 3
+        assert 0 < scoped["body_bytes"] < unscoped["body_bytes"]
+        for key in ("build_ms", "encode_ms", "client_decode_compile_ms"):
+            assert unscoped[key] > 0 and scoped[key] > 0
+        assert unscoped["cache_rebuild"]["per_key_ms"] > 0

@@ -1,0 +1,60 @@
+"""Smoke test of ``python -m benchmarks.micro --quick``: complete, sane output.
+
+No assertion here is about timing: the figures are measured, not promised.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import micro
+
+pytestmark = pytest.mark.integration
+
+LAYERS = {"routing", "call", "balancer", "breaker", "admission", "retry", "telemetry"}
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("micro")
+    assert micro.main(["--quick", "--out", str(out)]) == 0
+    return json.loads((out / "micro.json").read_text()), out
+
+
+def test_writes_json_and_markdown(result: tuple[dict[str, Any], Path]) -> None:
+    """Both files are written with every section."""
+    doc, out = result
+    markdown = (out / "micro.md").read_text()
+    for heading in ("## Per-layer cost", "## TLS on loopback", "## Whole client path"):
+        assert heading in markdown
+    assert doc["profile"] == "quick"
+    assert doc["timestamp"]
+
+
+def test_every_layer_measured(result: tuple[dict[str, Any], Path]) -> None:
+    """Each mesh layer has at least one row with a finite median and repeats."""
+    doc, _ = result
+    assert {r["layer"] for r in doc["layers"]} == LAYERS
+    for row in doc["layers"]:
+        assert row["repeats"] >= 1
+        assert row["iterations"] > 0
+        assert row["min_ns"] <= row["median_ns"] <= row["max_ns"]
+
+
+def test_tls_and_path_series_complete(result: tuple[dict[str, Any], Path]) -> None:
+    """TLS and whole-path series all have samples and positive latencies."""
+    doc, _ = result
+    for key in ("tcp_connect", "tcp_connect_mtls_handshake", "plaintext_round_trip"):
+        assert doc["tls"][key]["count"] > 0 and doc["tls"][key]["p50_us"] > 0
+    assert doc["tls"]["tls_round_trip"]["p50_us"] > 0
+    rows = doc["path"]["rows"]
+    assert len(rows) == 8
+    for row in rows:
+        assert row["count"] > 0
+        assert 0 < row["p50_us"] <= row["p99_us"]
+    shares = doc["path"]["profile"]["self_time_share"]
+    assert "meshlib" in shares and abs(sum(shares.values()) - 1.0) < 0.01
