@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,7 +259,10 @@ def test_plaintext_refused_under_strict(mesh: Deployment) -> None:
 
 
 def test_weighted_split(mesh: Deployment) -> None:
-    routes = "  - name: split-80-20\n    backends: [{subset: v1, weight: 80}, {subset: v2, weight: 20}]\n"
+    routes = (
+        "  - name: split-80-20\n"
+        "    backends: [{subset: v1, weight: 80}, {subset: v2, weight: 20}]\n"
+    )
     subsets = (
         "  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n"
     )
@@ -346,7 +349,8 @@ def test_rotation_under_traffic(mode: str, tmp_path: Path) -> None:
         mesh.serve("api")
         caller = mesh.caller("user")
         caller.wait_endpoints("api", 1)
-        first = server_serial(mesh)
+        server_serial = serial_reader(mesh)
+        first = server_serial()
         failures, calls = [], 0
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and calls < 2000:
@@ -354,10 +358,10 @@ def test_rotation_under_traffic(mode: str, tmp_path: Path) -> None:
             calls += 1
             if outcome.status != 200:
                 failures.append(outcome)
-            if server_serial(mesh) != first and calls > 50:
+            if server_serial() != first and calls > 50:
                 break
             time.sleep(0.01)
-        assert server_serial(mesh) != first, "the server never rotated"
+        assert server_serial() != first, "the server never rotated"
         assert failures == [], failures[:3]
         server = mesh.servers[0]
         if isinstance(server, SidecarService):
@@ -373,21 +377,15 @@ def test_rotation_under_traffic(mode: str, tmp_path: Path) -> None:
             assert caller.get("api", f"/after/{i}").status == 200
 
 
-def server_serial(mesh: Deployment) -> str:
+def serial_reader(mesh: Deployment) -> Callable[[], str]:
+    """Reads the serving instance's current SVID serial from its admin port."""
     server = mesh.servers[0]
     if isinstance(server, SidecarService):
-        return server.sidecar.serial()
-    return str(
-        httpx.get(f"http://127.0.0.1:{_admin_port(mesh, server)}/debug/identity", timeout=5).json()[
-            "serial"
-        ]
-    )
-
-
-def _admin_port(mesh: Deployment, server: Service) -> int:
+        return server.sidecar.serial
     [record] = [
         i
         for i in mesh.control.instances()
         if i["service"] == server.service and i["port"] == server.port
     ]
-    return int(record["adminPort"])
+    url = f"http://127.0.0.1:{record['adminPort']}/debug/identity"
+    return lambda: str(httpx.get(url, timeout=5).json()["serial"])
