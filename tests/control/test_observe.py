@@ -207,3 +207,36 @@ def test_certificate_status_thresholds():
     assert certificate_status(None, None, timedelta(hours=5))[0] == "ok"
     assert certificate_status(now - day, now - timedelta(minutes=1), None)[0] == "fail"
     assert certificate_status(None, None, None) == ("ok", "expiry unknown")
+
+
+ENVOY_PAGE = """\
+# TYPE envoy_http_downstream_rq_xx counter
+envoy_http_downstream_rq_xx{envoy_response_code_class="2",envoy_http_conn_manager_prefix="inbound"} 6
+envoy_http_downstream_rq_xx{envoy_response_code_class="5",envoy_http_conn_manager_prefix="inbound"} 2
+envoy_http_downstream_rq_xx{envoy_response_code_class="2",envoy_http_conn_manager_prefix="outbound"} 50
+# TYPE envoy_http_downstream_rq_time histogram
+envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix="inbound",le="1"} 4
+envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix="inbound",le="10"} 8
+envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix="inbound",le="+Inf"} 8
+envoy_http_downstream_rq_time_sum{envoy_http_conn_manager_prefix="inbound"} 20
+envoy_http_downstream_rq_time_count{envoy_http_conn_manager_prefix="inbound"} 8
+envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix="outbound",le="1"} 50
+envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix="outbound",le="+Inf"} 50
+envoy_http_downstream_rq_time_sum{envoy_http_conn_manager_prefix="outbound"} 5
+envoy_http_downstream_rq_time_count{envoy_http_conn_manager_prefix="outbound"} 50
+# TYPE mesh_certificate_expiry_seconds gauge
+mesh_certificate_expiry_seconds 3600
+"""
+
+
+def test_envoy_inbound_stats_become_the_mesh_server_histogram():
+    from meshlib_control.observe.scraper import parse_envoy
+
+    scrape = parse_envoy(ENVOY_PAGE)
+    series = scrape.histograms["http_server_request_duration_seconds"]
+    by_status = {dict(k)["http_response_status_code"]: v for k, v in series.items()}
+    assert set(by_status) == {"200", "500"}  # outbound (the app's own calls) is not served
+    assert by_status["200"].count == pytest.approx(6) and by_status["500"].count == pytest.approx(2)
+    assert by_status["200"].buckets[0] == (0.001, pytest.approx(3.0))  # ms → s, 3/4 of 4
+    assert by_status["200"].sum + by_status["500"].sum == pytest.approx(0.020)
+    assert scrape.gauge("mesh_certificate_expiry_seconds").value == 3600

@@ -249,3 +249,48 @@ def test_envoy_rejects_a_broken_resource_with_its_message(tmp_path, secrets):
     result = validate(resources, secrets, tmp_path / "unknown-cluster.yaml")
     assert result.returncode != 0
     assert "unknown cluster 'nope'" in result.stdout + result.stderr
+
+
+@needs_envoy
+def test_envoy_accepts_the_sidecar_bootstrap_with_file_secrets(tmp_path, secrets):
+    """What ``meshctl sidecar`` starts Envoy with: ADS over mTLS, SDS from watched files."""
+    import dataclasses
+    import json
+
+    from meshlib_control.xds.bootstrap import secret_files, sidecar_bootstrap
+
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    node = dataclasses.replace(NODE, secrets_dir=str(secrets_dir))
+    files = secret_files(
+        node,
+        certificate_chain=secrets.certificate_chain,
+        private_key=secrets.private_key,
+        trust_bundle=secrets.trust_bundle,
+    )
+    for name, document in files.items():
+        (secrets_dir / name).write_text(json.dumps(document))
+    bootstrap = sidecar_bootstrap(
+        node_id="inventory-1",
+        node=node,
+        xds_host="127.0.0.1",
+        xds_port=18000,
+        admin_port=15000,
+        control_spiffe_id=f"spiffe://{TD}/control",
+    )
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(bootstrap))
+    assert ENVOY is not None
+    result = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # And the resources that reference the same files validate too.
+    resources = translate(
+        build_snapshot(STATE, service="inventory", namespace="default"), node=node
+    )
+    assert validate(resources, secrets, tmp_path / "static.yaml").returncode == 0

@@ -7,6 +7,7 @@ and, for interop, library-mode services and clients — all on 127.0.0.1 with re
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -66,7 +67,7 @@ class Mesh:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.control = xds_control(tmp / "control")
+        self.control = xds_control(tmp / "control", "--scrape-interval", "0.5")
         self.stoppables: list[Service | SidecarService] = []
         self.meshes: list[meshlib.Mesh] = []
 
@@ -161,6 +162,17 @@ def test_library_and_sidecar_interoperate_both_ways_with_mtls_and_authz(mesh: Me
     metrics = side.sidecar.admin("/metrics").text
     assert "envoy_cluster_upstream_rq" in metrics
     assert "mesh_certificate_expiry_seconds" in metrics
+
+    # The control service aggregates the sidecar's Envoy stats like a library instance's:
+    # 1 allowed + 1 denied (RBAC answers before the app; Envoy counts it) → both counted.
+    def side_stats() -> dict[str, object] | None:
+        stats = json.loads(mesh.control.ok("stat", "-o", "json"))
+        row = next((s for s in stats["services"] if s["service"] == "side"), None)
+        return row if row and row["totalRequests"] >= 2 else None
+
+    row = wait_for(side_stats, 10, "golden metrics of the sidecar service", interval=0.5)
+    assert row["totalFailures"] == 0
+    assert row["p50Ms"] is not None
 
 
 BAD_REGEX = """
