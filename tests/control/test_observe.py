@@ -209,11 +209,21 @@ def test_certificate_status_thresholds():
     assert certificate_status(None, None, None) == ("ok", "expiry unknown")
 
 
-ENVOY_PAGE = """\
-# TYPE envoy_http_downstream_rq_xx counter
-envoy_http_downstream_rq_xx{envoy_response_code_class="2",envoy_http_conn_manager_prefix="inbound"} 6
-envoy_http_downstream_rq_xx{envoy_response_code_class="5",envoy_http_conn_manager_prefix="inbound"} 2
-envoy_http_downstream_rq_xx{envoy_response_code_class="2",envoy_http_conn_manager_prefix="outbound"} 50
+XX = (
+    'envoy_http_downstream_rq_xx{{envoy_response_code_class="{}",'
+    'envoy_http_conn_manager_prefix="{}"}} {}'
+)
+ENVOY_PAGE = (
+    "\n".join(
+        [
+            "# TYPE envoy_http_downstream_rq_xx counter",
+            XX.format(2, "inbound", 6),
+            XX.format(5, "inbound", 2),
+            XX.format(2, "outbound", 50),
+        ]
+    )
+    + "\n"
+    + """\
 # TYPE envoy_http_downstream_rq_time histogram
 envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix="inbound",le="1"} 4
 envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix="inbound",le="10"} 8
@@ -227,6 +237,7 @@ envoy_http_downstream_rq_time_count{envoy_http_conn_manager_prefix="outbound"} 5
 # TYPE mesh_certificate_expiry_seconds gauge
 mesh_certificate_expiry_seconds 3600
 """
+)
 
 
 def test_envoy_inbound_stats_become_the_mesh_server_histogram():
