@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit protos system-deps clean
+.PHONY: demo test lint typecheck unit protos system-deps bench bench-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,8 @@ demo: $(STAMP) $(GENERATED)
 	$(PY) -m examples.demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check meshlib meshlib_control tests examples
-	$(VENV)/bin/ruff format --check meshlib meshlib_control tests examples
+	$(VENV)/bin/ruff check meshlib meshlib_control tests examples benchmarks
+	$(VENV)/bin/ruff format --check meshlib meshlib_control tests examples benchmarks
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -48,6 +48,19 @@ system-deps:
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "chromium not installed (needs root and apt-get): the dashboard test will skip"; fi; }
+
+# Debian's wrk, which the data-plane benchmark uses to check its own load generator (the
+# check is skipped, saying so in the results, where wrk cannot be installed).
+bench-deps:
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+		else echo "wrk not installed (needs root and apt-get): the generator check will skip"; fi; }
+
+# The data-plane benchmark, default profile (~6 min on 2 cores): results in
+# benchmarks/results/data_plane.{json,md,*.png} and docs/benchmarks.md (see that page).
+bench: $(STAMP) $(GENERATED) bench-deps
+	$(PY) -m benchmarks.run --profile default
 
 unit: $(STAMP) $(GENERATED) system-deps
 	$(VENV)/bin/pytest -q
