@@ -383,3 +383,37 @@ def test_sidecar_refuses_bad_flags_with_the_field_named(mesh: Mesh, tmp_path: Pa
         "--service", "x", "--app-port", "9001", "--sidecar-data-dir", str(tmp_path / "nt")
     )
     assert no_token.returncode == 1 and "MESH_TOKEN" in no_token.stderr
+
+
+def test_ads_refuses_a_node_that_is_not_its_certificate(mesh: Mesh) -> None:
+    """The stream's client certificate decides which service's configuration it gets."""
+    import grpc
+    from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+    from google.protobuf import json_format
+
+    client = mesh.client("client")
+    svid = client.tls.svid
+    xds = json.loads(mesh.control.ok("get", "sidecars", "-o", "json") or "[]")
+    assert xds == []
+    bundle = httpx.get(f"{mesh.control.url}/v1/bundle", verify=False, timeout=5).json()
+    creds = grpc.ssl_channel_credentials(svid.bundle_pem, svid.key_pem, svid.cert_chain_pem)
+
+    def first_answer(node: dict[str, object]) -> grpc.RpcError:
+        request = discovery_pb2.DiscoveryRequest(
+            type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster"
+        )
+        json_format.ParseDict(node, request.node)
+        with grpc.secure_channel(bundle["xdsAddress"], creds) as channel:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as failed:
+                next(iter(stub.StreamAggregatedResources(iter([request]), timeout=10)))
+        return failed.value
+
+    meta = {"inboundPort": 15006, "appPort": 8080, "outboundPort": 15001}
+    impostor = first_answer({"id": "n1", "cluster": "payments", "metadata": meta})
+    assert impostor.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "sa/client" in impostor.details() and "payments" in impostor.details()
+    incomplete = first_answer({"id": "n1", "cluster": "client", "metadata": {"appPort": 1}})
+    assert incomplete.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "node.metadata.inboundPort" in incomplete.details()
+    assert json.loads(mesh.control.ok("get", "sidecars", "-o", "json") or "[]") == []
