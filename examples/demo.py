@@ -4,8 +4,8 @@ Run from the repository root with ``make demo`` or ``python -m examples.demo``. 
 
 1. starts a control service (``meshctl control serve``) in a fresh temporary directory,
 2. applies ``examples/policies/mesh.yaml`` and creates one join token per service,
-3. starts frontend, orders (HTTP) and two inventory instances (gRPC, v1 and v2) as separate
-   processes,
+3. starts frontend, orders (HTTP), two inventory instances (gRPC, v1 and v2) and reviews
+   (a plain app with an Envoy sidecar) as separate processes,
 4. joins the mesh itself as the workload ``intruder`` and shows:
 
    a. normal traffic frontend -> orders -> inventory (the last hop over gRPC), with the
@@ -15,6 +15,9 @@ Run from the repository root with ``make demo`` or ``python -m examples.demo``. 
    c. a plaintext caller refused by orders under STRICT PeerAuthentication;
    d. policy changes applied live, without restarting anything: orders goes PERMISSIVE,
       then intruder is granted inventory's GetItem, then the grant is revoked;
+   e. sidecar mode: reviews is a plain app (no meshlib) behind ``meshctl sidecar`` (the real
+      Envoy, configured over xDS by the same control service); intruder (library) calls it
+      and it calls orders (library) through its Envoy, mTLS and authz on every hop;
 
 5. prints a summary table, stops every process, and exits 0 only if every check passed.
 
@@ -30,6 +33,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -121,6 +125,7 @@ class Demo:
     children: list[Child] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     control_url: str = ""
+    reviews_inbound: int = 0
 
     # ------------------------------------------------------------------ processes
 
@@ -212,6 +217,8 @@ class Demo:
                 "127.0.0.1:0",
                 "--instance-ttl",
                 "15s",
+                "--xds-listen",
+                "127.0.0.1:0",
             ],
         )
         deadline = time.monotonic() + 20
@@ -253,8 +260,9 @@ class Demo:
             "frontend": self.token("frontend"),
             "orders": self.token("orders"),
             "inventory": self.token("inventory", uses=2),
+            "reviews": self.token("reviews"),
         }
-        say("created join tokens for frontend, orders, inventory (2 uses)")
+        say("created join tokens for frontend, orders, inventory (2 uses), reviews")
         http = ["--port", "0", "--plaintext-port", "0"]
         plan = [
             ("frontend", "frontend", "version=v1", "HTTP", ["examples.services.frontend", *http]),
@@ -266,7 +274,8 @@ class Demo:
             env = self.workload_env(service, tokens[service], instance, labels)
             self.spawn(instance, [sys.executable, "-m", *args, "--port", "0"], env)
             say(f"started {instance:<13} ({protocol}, labels {labels})")
-        want = Counter({"frontend": 1, "orders": 1, "inventory": 2})
+        self.start_reviews(tokens["reviews"])
+        want = Counter({"frontend": 1, "orders": 1, "inventory": 2, "reviews": 1})
         deadline = time.monotonic() + REGISTER_TIMEOUT
         start = time.monotonic()
         while True:
@@ -278,9 +287,30 @@ class Demo:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {dict(seen)} registered after {REGISTER_TIMEOUT:g}s")
             time.sleep(0.25)
-        say(f"all 4 instances registered after {time.monotonic() - start:.1f}s:")
+        say(f"all 5 instances registered after {time.monotonic() - start:.1f}s:")
         for line in self.meshctl("get", "instances").splitlines():
             say(f"  {line}")
+
+    def start_reviews(self, token: str) -> None:
+        """reviews: a plain app (no meshlib) and ``meshctl sidecar`` running Envoy for it."""
+        app_port, self.reviews_inbound, outbound, admin = (_free_port() for _ in range(4))
+        self.spawn(
+            "reviews-app",
+            [sys.executable, "-m", "examples.services.reviews", "--port", str(app_port),
+             "--outbound-port", str(outbound)],
+        )  # fmt: skip
+        argv = [sys.executable, "-m", "meshlib_control.cli", "--control", self.control_url]
+        self.spawn(
+            "reviews-sidecar",
+            [*argv, "sidecar", "--service", "reviews", "--app-port", str(app_port),
+             "--inbound-port", str(self.reviews_inbound), "--outbound-port", str(outbound),
+             "--admin-port", str(admin), "--envoy-admin-port", str(_free_port()),
+             "--token", token, "--sidecar-data-dir", str(self.workdir / "workloads" / "reviews")],
+        )  # fmt: skip
+        say(
+            f"started reviews       (HTTP, a plain app on :{app_port}; `meshctl sidecar` runs "
+            f"Envoy: mTLS in on :{self.reviews_inbound}, out on 127.0.0.1:{outbound})"
+        )
 
     # ------------------------------------------------------------------ checks
 
@@ -431,6 +461,42 @@ class Demo:
         )
         _report(c3, polled_rpc)
 
+    def step_e(self, http: httpx.Client, plain: httpx.Client) -> None:
+        heading("e. sidecar mode: intruder -> reviews (plain app + Envoy) -> orders -> inventory")
+        c1 = self.check("e. intruder -> reviews -> orders (library <-> sidecar)", "200")
+        c2 = self.check(
+            "e. caller seen at each hop", "reviews<-intruder orders<-reviews inventory<-orders"
+        )
+        c3 = self.check("e. plaintext -> reviews' Envoy (STRICT)", "refused (no TLS)")
+        polled = _poll(
+            lambda: http.get("http://reviews/reviews/42"), lambda r: r.status_code == 200
+        )
+        status = polled.last.status_code if polled.last is not None else "no answer"
+        c1.ok = polled.ok
+        c1.observed = f"{status} (first answer after {polled.seconds:.2f}s)"
+        say(f"-> {status} after {polled.attempts} attempt(s)")
+        if polled.last is not None:
+            body = _json(polled.last)
+            for line in json.dumps(body, indent=2).splitlines()[:14]:
+                say(f"  {line}")
+            orders = body.get("upstream") or {}
+            inventory = orders.get("upstream") or {} if isinstance(orders, dict) else {}
+            seen = (body.get("caller"), orders.get("caller"), inventory.get("caller"))
+            c2.ok = seen == (spiffe("intruder"), spiffe("reviews"), spiffe("orders"))
+            c2.observed = "as expected" if c2.ok else repr(seen)
+            say(f"   answered by {polled.last.headers.get('server')}; callers seen: {seen}")
+        url = f"http://127.0.0.1:{self.reviews_inbound}/reviews/42"
+        try:
+            response = plain.get(url)
+            c3.observed = f"answered {response.status_code}"
+        except httpx.HTTPError as exc:
+            c3.observed = f"refused ({type(exc).__name__})"
+            c3.ok = True
+        say(f"GET {url} without TLS -> {c3.observed}")
+        say("$ meshctl get sidecars")
+        for line in self.meshctl("get", "sidecars").splitlines():
+            say(f"  {line}")
+
     # ------------------------------------------------------------------ driver
 
     def drive(self) -> None:
@@ -458,6 +524,7 @@ class Demo:
                 url = self.orders_plaintext_url()
                 self.step_c(plain, url)
                 self.step_d(inventory, plain, url)
+                self.step_e(http, plain)
         finally:
             mesh.close()  # deregisters and stops the agent before the control service goes
 
@@ -471,6 +538,12 @@ class Demo:
             if n == 0:
                 say("  ".join("-" * w for w in widths))
         return bool(self.checks) and all(c.ok for c in self.checks)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
