@@ -97,6 +97,7 @@ class Profile:
     scoped_dependencies: int = 3
     size_repeats: int = 5
     cache_keys_cap: int = 50
+    registry_sizes: tuple[int, ...] = (100, 1000)
 
     @classmethod
     def quick(cls) -> Profile:
@@ -113,6 +114,7 @@ class Profile:
             mesh_sizes=(10, 100),
             size_repeats=2,
             cache_keys_cap=5,
+            registry_sizes=(50,),
         )
 
 
@@ -820,6 +822,49 @@ async def measure_signing(profile: Profile, workdir: Path) -> dict[str, Any]:
     return result
 
 
+# --------------------------------------------------------------------- registration
+
+
+def measure_registration(profile: Profile, workdir: Path) -> list[dict[str, Any]]:
+    """In-process ``ControlPlane.register`` of new instances (no HTTP), against registry size.
+
+    Every new registration refreshes the snapshot cache, which re-reads the whole instance
+    table (``ControlPlane.state``); this shows how that grows with the registry.
+    """
+    from meshlib_control.plane import ControlPlane
+    from meshlib_control.settings import Settings
+
+    rows: list[dict[str, Any]] = []
+    for size in profile.registry_sizes:
+        plane = ControlPlane(
+            Settings(data_dir=workdir / f"plane-reg-{size}", instance_ttl=timedelta(hours=1))
+        )
+        try:
+            peer = SpiffeId.for_service(plane.trust_domain, "default", "watcher")
+            times: list[float] = []
+            for i in range(size):
+                started = time.perf_counter()
+                plane.register(f"{i:016x}", _registration(), peer)
+                times.append(time.perf_counter() - started)
+            tail = times[-max(1, size // 10) :]
+            state_s, _state = _median_time(plane.state, 3)
+            heartbeat_s, _ = _median_time(
+                lambda p=plane, who=peer: p.register(f"{0:016x}", _registration(), who), 5
+            )
+            rows.append(
+                {
+                    "instances": size,
+                    "register_all_seconds": round(sum(times), 2),
+                    "new_registration_ms_at_end": _ms(statistics.mean(tail)),
+                    "state_read_ms": _ms(state_s),
+                    "heartbeat_ms": _ms(heartbeat_s),
+                }
+            )
+        finally:
+            plane.store.close()
+    return rows
+
+
 # --------------------------------------------------------------------- snapshot size
 
 
@@ -1117,6 +1162,23 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"client {_fmt(s.get('client_csr_us'))} µs). Token bootstrap also checks and consumes "
         "the token in SQLite.",
         "",
+        "## Registration against registry size",
+        "",
+        "`ControlPlane.register` called in process (no HTTP, no TLS) for N new instances "
+        "(pure clients, port 0, as the agent's first registration). A new registration "
+        "refreshes the snapshot cache, which re-reads every live instance from SQLite "
+        "(`ControlPlane.state`); a heartbeat that changes nothing does not.",
+        "",
+        "| instances | all N registrations | one new registration at the end | "
+        "`state()` read | heartbeat |",
+        "|---:|---:|---:|---:|---:|",
+        *[
+            f"| {r['instances']:,} | {_fmt(r['register_all_seconds'])} s | "
+            f"{_fmt(r['new_registration_ms_at_end'])} ms | {_fmt(r['state_read_ms'])} ms | "
+            f"{_fmt(r['heartbeat_ms'])} ms |"
+            for r in result.get("registration", [])
+        ],
+        "",
         "## Snapshot size against mesh size",
         "",
         "Synthetic mesh: every service has "
@@ -1180,7 +1242,7 @@ async def run(
     heartbeats: bool = False,
     cli_round: bool = True,
     profile_dir: Path | None = None,
-    parts: Sequence[str] = ("propagation", "signing", "snapshots"),
+    parts: Sequence[str] = ("propagation", "signing", "registration", "snapshots"),
     clients: Sequence[str] = ("agent", "light"),
 ) -> dict[str, Any]:
     """Run every part; returns the result document."""
@@ -1213,6 +1275,8 @@ async def run(
         ]
         if "signing" in parts:
             result["signing"] = await measure_signing(profile, workdir)
+        if "registration" in parts:
+            result["registration"] = measure_registration(profile, workdir)
         if "snapshots" in parts:
             result["snapshots"] = measure_snapshots(profile)
         result["elapsed_seconds"] = round(time.perf_counter() - started, 1)
@@ -1229,11 +1293,44 @@ def _profile_dict(profile: Profile) -> dict[str, Any]:
     return out
 
 
+def plot(result: dict[str, Any], path: Path) -> bool:
+    """Propagation percentiles per client mode and watcher count as a PNG; False without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = result.get("propagation", [])
+    if not rows:
+        return False
+    keys = ("p50", "p90", "p99", "max")
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / len(keys)
+    for k, key in enumerate(keys):
+        values = [r["receive_ms"].get(key, 0.0) / 1000 for r in rows]
+        ax.bar([i + k * width for i in range(len(rows))], values, width, label=key)
+    ax.axhline(TARGET_P99_SECONDS, color="black", linestyle="--", linewidth=1)
+    ax.text(len(rows) - 0.5, TARGET_P99_SECONDS, " target p99", va="bottom", ha="right")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
+    ax.set_xticklabels([f"{r['client']}\n{r['watchers']:,} watchers" for r in rows])
+    ax.set_ylabel("apply → snapshot received (s)")
+    ax.set_title("Config propagation to N watching instances (one client process)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write_results(result: dict[str, Any], out_dir: Path, stem: str = "control_plane") -> None:
-    """Write ``<stem>.json`` and ``<stem>.md`` into *out_dir*."""
+    """Write ``<stem>.json``, ``<stem>.md`` and (with matplotlib) ``<stem>.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / f"{stem}.md").write_text(render_markdown(result))
+    plot(result, out_dir / f"{stem}.png")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1252,7 +1349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, help="applies per watcher count")
     parser.add_argument(
-        "--only", nargs="*", choices=("propagation", "signing", "snapshots"), help="parts to run"
+        "--only",
+        nargs="*",
+        choices=("propagation", "signing", "registration", "snapshots"),
+        help="parts to run",
     )
     parser.add_argument(
         "--profile-control",
@@ -1260,7 +1360,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="run the control service under cProfile, writing DIR/control-<N>.prof",
     )
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="only re-render .md/.png from a JSON result"
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        write_results(json.loads(args.render.read_text()), args.out)
+        return 0
     profile = Profile.quick() if args.quick else Profile()
     if args.watchers:
         profile = dataclasses.replace(profile, watcher_counts=tuple(args.watchers))
@@ -1275,7 +1381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeats=args.heartbeats,
             clients=args.clients or ("agent", "light"),
             profile_dir=args.profile_control,
-            parts=args.only or ("propagation", "signing", "snapshots"),
+            parts=args.only or ("propagation", "signing", "registration", "snapshots"),
         )
     )
     write_results(result, args.out)

@@ -533,13 +533,14 @@ def measure_layers(profile: Profile) -> list[dict[str, Any]]:
     add("admission", "pool admission + budget deposit", sync(admission), "ServiceRuntime.admit")
 
     call_ns = rows[3]["median_ns"]
+    choose_ns = rows[5]["median_ns"]
     add(
         "call",
         "build the attempt (headers copy, deadline header, trace context, request)",
         time_sync(
             lambda: _Call(service, runtime, plan, request, clock).prepare_attempt(),
             profile,
-            overhead=empty + call_ns,
+            overhead=empty + call_ns + choose_ns,  # it calls ServiceRuntime.choose
         ),
         "_Call.prepare_attempt",
     )
@@ -1024,11 +1025,12 @@ def render_markdown(result: dict[str, Any]) -> str:
     t = result["tls"]
     lines += [
         "",
-        "Notes: *build the attempt* and the *retry wrapper* rows exclude the per-call "
-        "bookkeeping they build on; the *telemetry* span rows are the transport's "
-        "`_start` + `_finish` with telemetry minus the same without it. The mesh transport "
-        "builds a tenacity retrier for every retry-safe request whose route allows retries "
-        "(the default route does: 2 attempts), even when the first try succeeds.",
+        "Notes: *build the attempt* excludes the per-call bookkeeping and the endpoint "
+        "choice it calls, the *retry wrapper* rows the bookkeeping; the *telemetry* span "
+        "rows are the transport's `_start` + `_finish` with telemetry minus the same "
+        "without it. The mesh transport builds a tenacity retrier for every retry-safe "
+        "request whose route allows retries (the default route does: 2 attempts), even "
+        "when the first try succeeds.",
         "",
         "## TLS on loopback sockets",
         "",
@@ -1140,11 +1142,47 @@ def run(profile: Profile, *, quick: bool) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def plot(result: dict[str, Any], path: Path) -> bool:
+    """Per-layer medians and whole-path p50s as a PNG; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    layers = result["layers"]
+    rows = result["path"]["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), width_ratios=(1.3, 1))
+    labels = [f"{r['layer']}: {r['what'][:48]}" for r in layers]
+    left.barh(labels, [r["median_ns"] / 1000 for r in layers], color="tab:blue")
+    left.invert_yaxis()
+    left.set_xlabel("µs per request (median)")
+    left.set_title("In-process cost of each mesh layer")
+    left.tick_params(axis="y", labelsize=7)
+    names = [r["client"] for r in rows]
+    ys = list(range(len(rows)))
+    right.barh([y - 0.2 for y in ys], [r["p50_us"] for r in rows], 0.4, label="p50")
+    right.barh([y + 0.2 for y in ys], [r["p99_us"] for r in rows], 0.4, label="p99")
+    right.set_yticks(ys)
+    right.set_yticklabels(names)
+    right.invert_yaxis()
+    right.legend()
+    right.set_xlabel("µs per request (sequential, keep-alive)")
+    right.set_title("Whole client path, local uvicorn server")
+    right.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write_results(result: dict[str, Any], out_dir: Path, stem: str = "micro") -> None:
-    """Write ``<stem>.json`` and ``<stem>.md`` into *out_dir*."""
+    """Write ``<stem>.json``, ``<stem>.md`` and (with matplotlib) ``<stem>.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / f"{stem}.md").write_text(render_markdown(result))
+    plot(result, out_dir / f"{stem}.png")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1153,7 +1191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the smoke-test profile (~10 s)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--serve-backend", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="only re-render .md/.png from a JSON result"
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        write_results(json.loads(args.render.read_text()), args.out)
+        return 0
     if args.serve_backend is not None:
         serve_backend(args.serve_backend)
         return 0

@@ -79,3 +79,13 @@ def test_snapshot_sizes_scoped_and_unscoped(result: tuple[dict[str, Any], Path])
         for key in ("build_ms", "encode_ms", "api_render_ms", "client_decode_compile_ms"):
             assert unscoped[key] > 0 and scoped[key] > 0
         assert unscoped["cache_rebuild"]["per_key_ms"] > 0
+
+
+def test_registration_rows(result: tuple[dict[str, Any], Path]) -> None:
+    """One registration row per registry size, every figure positive."""
+    doc, _ = result
+    rows = doc["registration"]
+    assert [r["instances"] for r in rows] == list(control_plane.Profile.quick().registry_sizes)
+    for row in rows:
+        for key in ("register_all_seconds", "new_registration_ms_at_end", "state_read_ms"):
+            assert row[key] > 0
