@@ -53,6 +53,7 @@ RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 CRASH_WINDOW = 60.0
 MAX_CRASHES = 5  # within CRASH_WINDOW: give up (the supervisor above us may know better)
 STOP_TIMEOUT = 5.0
+DRAIN_SECONDS = 1.0  # Envoy's --drain-time-s as the agent starts it
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,7 @@ class SidecarAgent:
         self._stop = threading.Event()
         self._envoy: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self._announced = False
         self.agent = Agent(
             self.config, on_identity=self._on_identity, on_engine=lambda _e: None, mode="sidecar"
         )
@@ -175,10 +177,11 @@ class SidecarAgent:
 
     # ---------------------------------------------------------------- admin port
 
-    def _envoy_get(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    def _envoy_get(self, path: str, timeout: float = 2.0, method: str = "GET") -> tuple[int, str]:
         url = f"http://127.0.0.1:{self.envoy_admin_port}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            request = urllib.request.Request(url, method=method)
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
                 return int(resp.status), resp.read().decode(errors="replace")
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read().decode(errors="replace")
@@ -296,10 +299,16 @@ class SidecarAgent:
             self._stop.wait(0.1)
         return False
 
-    def _stop_envoy(self) -> None:
+    def _stop_envoy(self, drain: bool) -> None:
         proc = self._envoy
         if proc is None or proc.poll() is not None:
             return
+        if drain:
+            # Callers have been told the endpoint is gone; let requests in flight finish
+            # (HTTP/1.1 answers get "connection: close", HTTP/2 a GOAWAY) before stopping.
+            status, _ = self._envoy_get("/drain_listeners?graceful", method="POST")
+            if status == 200:
+                self._stop_wait(DRAIN_SECONDS, proc)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(STOP_TIMEOUT)
@@ -308,6 +317,12 @@ class SidecarAgent:
             proc.wait(STOP_TIMEOUT)
 
     # ---------------------------------------------------------------- run
+
+    @staticmethod
+    def _stop_wait(seconds: float, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish (safe from a signal handler or another thread)."""
@@ -321,7 +336,7 @@ class SidecarAgent:
             return self._run(ready)
         finally:
             self.agent.withdraw()
-            self._stop_envoy()
+            self._stop_envoy(drain=self._announced)
             self.agent.stop()
             if self.admin is not None:
                 self.admin.close()
@@ -333,14 +348,13 @@ class SidecarAgent:
         self.agent.admin_port = self.admin.port
         bootstrap = self._write_bootstrap()
         crashes: list[float] = []
-        announced = False
         while not self._stop.is_set():
             self._envoy = proc = self._launch(bootstrap)
-            if self._wait_live(proc) and not announced:
+            if self._wait_live(proc) and not self._announced:
                 self.agent.set_endpoint(
                     {"address": self.options.address, "port": self.options.inbound_port}
                 )
-                announced = True
+                self._announced = True
                 if ready is not None:
                     ready(self)
             while not self._stop.is_set() and proc.poll() is None:

@@ -177,7 +177,7 @@ class _Stream:
         self.snapshot_version = ""
         self.nonce = 0
         self.status = NodeStatus(node_id, node.service, node.namespace)
-        plane.xds_status.nodes[node_id] = self.status
+        plane.xds_status.add(self.status)
 
     # ---------------------------------------------------------------- resources
 
@@ -287,9 +287,12 @@ class _Stream:
     def _maybe_applied(self) -> None:
         if self.status.applied_version == self.snapshot_version:
             return
-        for kind, sub in self.subs.items():
+        # Every type, requested and ACKed: Envoy asks for listeners only once its clusters
+        # have warmed, and a half-configured sidecar has not applied the snapshot.
+        for kind in _MESSAGES:
+            sub = self.subs[kind]
             if not sub.requested or kind not in self.encoded:
-                continue
+                return
             status = self.status.types.get(kind)
             if status is None or status.acked_version != self.encoded[kind].version:
                 return

@@ -74,6 +74,15 @@ class XdsStatus:
     def __init__(self) -> None:
         self.nodes: dict[str, NodeStatus] = {}
 
+    def add(self, node: NodeStatus, *, keep_disconnected: int = 100) -> None:
+        """Track *node* (replacing an earlier stream of the same node); forget the oldest
+        disconnected nodes beyond *keep_disconnected*."""
+        self.nodes.pop(node.node_id, None)
+        self.nodes[node.node_id] = node
+        gone = [n for n in self.nodes.values() if not n.connected]
+        for old in sorted(gone, key=lambda n: n.connected_at)[: -keep_disconnected or None]:
+            del self.nodes[old.node_id]
+
     def connected(self) -> list[NodeStatus]:
         """The sidecars with an open stream."""
         return [n for n in self.nodes.values() if n.connected]
