@@ -417,3 +417,41 @@ def test_ads_refuses_a_node_that_is_not_its_certificate(mesh: Mesh) -> None:
     assert incomplete.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "node.metadata.inboundPort" in incomplete.details()
     assert json.loads(mesh.control.ok("get", "sidecars", "-o", "json") or "[]") == []
+
+
+INBOUND_POLICY = """
+apiVersion: meshlib.io/v1
+kind: PeerAuthentication
+metadata: {name: side-permissive, namespace: default}
+spec: {service: side, mode: PERMISSIVE}
+---
+apiVersion: meshlib.io/v1
+kind: RateLimit
+metadata: {name: side-limit, namespace: default}
+spec: {service: side, requestsPerSecond: 1, burst: 3}
+"""
+
+
+def test_sidecar_inbound_permissive_and_rate_limit(mesh: Mesh) -> None:
+    """PERMISSIVE admits plaintext on the inbound port itself; the local rate limit answers
+    429 with Retry-After once the burst is spent — for mTLS and plaintext callers alike."""
+    side = mesh.sidecar("side")
+    plain = f"http://127.0.0.1:{side.sidecar.inbound_port}/hello"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(plain, timeout=3)  # STRICT by default
+    mesh.control.apply(INBOUND_POLICY)
+    first = wait_for(lambda: _plain_status(plain) == 200, 10, "plaintext admitted under PERMISSIVE")
+    assert first
+    answer = httpx.get(plain, timeout=5)
+    assert answer.json()["peer"] is None  # no XFCC for a plaintext caller
+    statuses = [httpx.get(plain, timeout=5) for _ in range(6)]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert limited, [r.status_code for r in statuses]
+    assert int(limited[0].headers["retry-after"]) >= 1
+
+
+def _plain_status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=3).status_code
+    except httpx.HTTPError:
+        return None
