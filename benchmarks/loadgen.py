@@ -49,7 +49,7 @@ __all__ = [
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 DEFAULT_MAX_CONNECTIONS = 256
-DEFAULT_GRACE = 5.0
+DEFAULT_GRACE = 2.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PR_SET_TIMERSLACK = 29
 
@@ -387,29 +387,67 @@ async def closed_loop(
 
 
 def sequential(
-    url: str, *, requests: int, warmup: int = 100, host: str | None = None
+    url: str,
+    *,
+    requests: int,
+    warmup: int = 100,
+    host: str | None = None,
+    tls_dir: str | None = None,
+    mesh: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One ``httpx.Client`` over one keep-alive connection, each request after the last.
 
-    This is how the issue's target figures were measured.
+    This is how the issue's target figures were measured. *host* sets the ``Host`` header
+    (a sidecar's outbound port routes on it); *tls_dir* makes it a client of mode (b)'s
+    certificates; *mesh* (``service``, ``control_url``, ``token``, ``data_dir``, ``traced``)
+    makes it a meshed workload calling through ``mesh.client()``.
     """
     import httpx
 
     latencies: list[int] = []
     errors = 0
-    headers = {"Host": host} if host else None
-    with httpx.Client(timeout=10.0, headers=headers) as client:
-        for i in range(warmup + requests):
-            start = time.perf_counter_ns()
-            try:
-                response = client.get(url)
-                ok = response.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            elapsed = time.perf_counter_ns() - start
-            if i >= warmup:
-                latencies.append(elapsed)
-                errors += 0 if ok else 1
+    joined: Any = None
+    if mesh is not None:
+        import meshlib
+
+        provider = None
+        if mesh.get("traced"):
+            from benchmarks.apps.common import make_tracer_provider
+
+            provider = make_tracer_provider()[0]
+        joined = meshlib.Mesh(
+            service=mesh["service"],
+            control_url=mesh["control_url"],
+            token=mesh["token"],
+            data_dir=mesh["data_dir"],
+            admin_port=None,
+            tracer_provider=provider,
+        ).start(30)
+        client = joined.client(timeout=10.0)
+    elif tls_dir is not None:
+        import ssl
+
+        context = ssl.create_default_context(cafile=f"{tls_dir}/ca.pem")
+        context.load_cert_chain(f"{tls_dir}/client.pem", f"{tls_dir}/client-key.pem")
+        client = httpx.Client(timeout=10.0, verify=context)
+    else:
+        client = httpx.Client(timeout=10.0, headers={"Host": host} if host else None)
+    try:
+        with client:
+            for i in range(warmup + requests):
+                start = time.perf_counter_ns()
+                try:
+                    response = client.get(url)
+                    ok = response.status_code == 200
+                except Exception:  # counted: a failed call is an error, not a crash
+                    ok = False
+                elapsed = time.perf_counter_ns() - start
+                if i >= warmup:
+                    latencies.append(elapsed)
+                    errors += 0 if ok else 1
+    finally:
+        if joined is not None:
+            joined.close()
     return {
         "kind": "sequential",
         "completed": len(latencies),

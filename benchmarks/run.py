@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -47,6 +47,7 @@ from benchmarks.topology import (
 __all__ = ["PROFILES", "Profile", "main", "run"]
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "docs" / "benchmarks.md"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +76,9 @@ PROFILES = {
         name="default",
         repeats=3,
         modes=ALL_MODES,
-        sequential=500,
+        sequential=400,
         sequential_warmup=100,
-        rates=(100.0, 200.0, 300.0),
+        rates=(50.0, 100.0, 200.0),
         duration=2.0,
         warmup=0.4,
         open_connections=32,
@@ -216,6 +217,8 @@ def measure_mode(
     run_dir: Path,
     log: Any,
     settle: Callable[[], None],
+    *,
+    first: bool = True,
 ) -> tuple[dict[str, Any], Callable[[], None]]:
     """Start *mode*'s processes, measure everything once, and begin stopping them.
 
@@ -243,6 +246,13 @@ def measure_mode(
             warmup=profile.sequential_warmup,
         )
         log(f"    sequential p50 {record['sequential']['latency_us']['p50']:.0f} µs")
+        if topology.direct is not None:
+            # The issue's own method: one caller straight through the hop under test.
+            record["sequential_direct"] = loadgen.ask(
+                kind="sequential", requests=profile.sequential,
+                warmup=profile.sequential_warmup, **topology.direct,
+            )  # fmt: skip
+            log(f"    one hop p50 {record['sequential_direct']['latency_us']['p50']:.0f} µs")
         # Fill the frontend's upstream pool to the concurrency the rates will use, so every
         # mode is measured warm (a cold pool's connection cost is reported apart).
         loadgen.ask(
@@ -271,7 +281,7 @@ def measure_mode(
         saturation["cpu"] = _by_instance(saturation.pop("cpu_s"), pids, sidecars)
         record["saturation"] = saturation
         log(f"    saturation {saturation['throughput']:.0f}/s")
-        if profile.wrk_check and mode.id == "http-a":
+        if profile.wrk_check and mode.id == "http-a" and first:
             record["generator_check"] = _generator_check(loadgen, topology, profile)
         if mode.meshed or mode.sidecar:
             record["frontend_calls"] = _frontend_stats(topology)
@@ -354,7 +364,7 @@ def machine_info() -> dict[str, Any]:
 def run(profile: Profile, out: Path, *, modes: tuple[str, ...] | None = None,
         log: Any = print) -> dict[str, Any]:  # fmt: skip
     """Run *profile*; write the outputs into *out*; return the JSON document."""
-    from benchmarks.report import write_outputs
+    from benchmarks.report import update_docs, write_outputs
 
     chosen = [MODES[m] for m in (modes or profile.modes)]
     if (
@@ -388,7 +398,7 @@ def run(profile: Profile, out: Path, *, modes: tuple[str, ...] | None = None,
                 try:
                     record, pending = measure_mode(
                         fleet, control, loadgen, mode, profile,
-                        workdir / f"{mode.id}-{repeat}", log, pending,
+                        workdir / f"{mode.id}-{repeat}", log, pending, first=repeat == 0,
                     )  # fmt: skip
                 except Exception as exc:  # recorded; the summary shows the gap
                     log(f"    FAILED: {exc}")
@@ -405,6 +415,9 @@ def run(profile: Profile, out: Path, *, modes: tuple[str, ...] | None = None,
         fleet.stop_all()
     document["elapsed_s"] = time.monotonic() - started
     write_outputs(document, out)
+    official = out.resolve() == DEFAULT_OUT.resolve() and profile.name == "default"
+    if official and update_docs(DOCS, document, "../benchmarks/results"):
+        log(f"updated the results section of {DOCS.relative_to(ROOT)}")
     if "KEEP_BENCH_WORKDIR" not in os.environ:
         shutil.rmtree(workdir, ignore_errors=True)
     log(f"done in {document['elapsed_s']:.0f} s; results in {out}")
@@ -425,10 +438,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--modes", help=f"comma-separated subset of {','.join(ALL_MODES)}")
     parser.add_argument("--repeats", type=int, help="override the profile's repeats")
+    parser.add_argument("--rates", help="override the open-loop rates, e.g. 100,300,600")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
     if args.repeats:
-        profile = Profile(**{**asdict(profile), "repeats": args.repeats})
+        profile = replace(profile, repeats=args.repeats)
+    if args.rates:
+        profile = replace(profile, rates=tuple(float(r) for r in args.rates.split(",")))
     signal.signal(signal.SIGTERM, _terminate)
     modes = tuple(args.modes.split(",")) if args.modes else None
     document = run(profile, args.out, modes=modes, log=lambda s: print(s, flush=True))

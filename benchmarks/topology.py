@@ -316,6 +316,7 @@ class Topology:
     backend_url: str | None
     instances: dict[str, list[Child]]  # "frontend"/"backend" -> app (+ sidecar agent)
     stats_files: dict[str, Path]
+    direct: dict[str, Any] | None = None  # the sequential caller's one-hop target (HTTP)
 
     def pids(self) -> dict[str, list[int]]:
         """Every pid of each instance, sidecar agents' Envoy children included."""
@@ -378,8 +379,8 @@ def start_topology(fleet: Fleet, control: Control | None, mode: Mode, run_dir: P
     back_env: dict[str, str] = {"BENCH_STATS_FILE": str(stats["backend"])}
     front_env: dict[str, str] = {"BENCH_STATS_FILE": str(stats["frontend"])}
     if mode.app_mode == "tls":
-        tls_dir = make_tls_files(run_dir / "tls")
-        common += ["--tls-dir", str(tls_dir.ca.parent)]
+        make_tls_files(run_dir / "tls")
+        common += ["--tls-dir", str(run_dir / "tls")]
     if mode.meshed:
         assert control is not None
         back_env |= control.mesh_env(back_service, run_dir / "backend-mesh")
@@ -429,7 +430,29 @@ def start_topology(fleet: Fleet, control: Control | None, mode: Mode, run_dir: P
         if mode.app_mode in ("plain", "app") and mode.protocol == "http"
         else None
     )
-    return Topology(mode, url, backend_url, instances, stats)
+    direct: dict[str, Any] | None = None
+    if mode.protocol == "http":
+        direct = {"url": f"http://127.0.0.1:{back_port}/work"}
+        if mode.app_mode == "tls":
+            direct = {
+                "url": f"https://127.0.0.1:{back_port}/work",
+                "tls_dir": str(run_dir / "tls"),
+            }
+        elif mode.meshed:
+            assert control is not None
+            direct = {
+                "url": f"http://{back_service}/work",
+                "mesh": {
+                    "service": front_service,
+                    "control_url": control.url,
+                    "token": control.tokens[front_service],
+                    "data_dir": str(run_dir / "direct-mesh"),
+                    "traced": mode.app_mode == "traced",
+                },
+            }
+        elif mode.sidecar:
+            direct = {"url": f"http://127.0.0.1:{upstream}/work", "host": back_service}
+    return Topology(mode, url, backend_url, instances, stats, direct)
 
 
 def c_name(child: Child) -> str:

@@ -104,6 +104,10 @@ def test_counts_add_up_and_percentiles_are_positive(
         seq = run["sequential"]
         assert seq["completed"] == QUICK.sequential and seq["errors"] == 0, mode
         _positive_percentiles(seq["latency_us"], f"{mode} sequential")
+        if mode.startswith("http"):  # the one-hop probe, the method
+            direct = run["sequential_direct"]
+            assert direct["completed"] == QUICK.sequential and direct["errors"] == 0, mode
+            _positive_percentiles(direct["latency_us"], f"{mode} one hop")
         assert len(run["rates"]) == len(QUICK.rates), mode
         for phase in run["rates"]:
             where = f"{mode} {phase['rate']}/s"
