@@ -69,7 +69,9 @@ class Profile:
     wrk_check: bool  # compare the generator with Debian's wrk on mode (a)
 
 
-ALL_MODES = ("http-a", "http-b", "http-c", "http-d", "http-e", "grpc-a", "grpc-c", "grpc-d")
+ALL_MODES = (
+    "http-a", "http-b", "http-c", "http-d", "http-e", "grpc-a", "grpc-b", "grpc-c", "grpc-d",
+)  # fmt: skip
 
 PROFILES = {
     "default": Profile(
@@ -82,9 +84,9 @@ PROFILES = {
         duration=2.0,
         warmup=0.4,
         open_connections=32,
-        prime=1.0,
+        prime=0.6,
         saturation_connections=32,
-        saturation_duration=1.5,
+        saturation_duration=1.2,
         wrk_check=True,
     ),
     "quick": Profile(
