@@ -554,15 +554,22 @@ async def measure_propagation(
             watchers.append(Watcher(i, uuid.uuid4().hex[:16], api))
 
         async def register_and_fetch(w: Watcher) -> None:
+            # As the agent boots: register, fetch the first snapshot, then start watching
+            # at once (a connection left idle while the others set up would be closed by
+            # the server's keep-alive timeout and re-dialled).
             await w.client.register(w.instance_id, _registration())
             body = await w.client.watch("", 0.0, None)
             if body is not None:
                 _apply_body(w, body, clock)
+            tasks.append(asyncio.create_task(_watch_loop(w, clock, stop)))
+            if heartbeats:
+                tasks.append(asyncio.create_task(_heartbeat_loop(w, stop, HEARTBEAT_INTERVAL)))
 
         async def light_fetch(w: Watcher, light: LightWatch) -> None:
             body = await light.watch("", 0.0)
             if body is not None:
                 w.version = str(body["version"])
+            tasks.append(asyncio.create_task(_light_watch_loop(w, light, clock, stop)))
 
         if client == "light":
             for i in range(len(watchers)):
@@ -575,14 +582,8 @@ async def measure_propagation(
                     for w, lw in zip(watchers, lights, strict=True)
                 ],
             )
-            for w, lw in zip(watchers, lights, strict=True):
-                tasks.append(asyncio.create_task(_light_watch_loop(w, lw, clock, stop)))
         else:
             await _bounded(SETUP_CONCURRENCY, [lambda w=w: register_and_fetch(w) for w in watchers])
-            for w in watchers:
-                tasks.append(asyncio.create_task(_watch_loop(w, clock, stop)))
-                if heartbeats:
-                    tasks.append(asyncio.create_task(_heartbeat_loop(w, stop, HEARTBEAT_INTERVAL)))
         setup_seconds = time.perf_counter() - setup_started
         # Let every long-poll reach the server and park there.
         await asyncio.sleep(profile.settle + count / 1000.0)
@@ -1046,7 +1047,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"Measured {result['timestamp']} on {m['cpus']} CPU(s) ({m['cpu']}), Python "
         f"{m['python']}, profile `{result['profile']}`; load average at start "
-        f"{', '.join(str(x) for x in m['loadavg_at_start'])}. Produced by "
+        f"{', '.join(str(x) for x in m['loadavg_at_start'])} (at end: "
+        f"{', '.join(str(x) for x in m.get('loadavg_at_end', ['?']))}; other work shared "
+        "the machine). Produced by "
         "`python -m benchmarks.control_plane`.",
         "",
         "## Propagation: `apply` → every watcher has the new snapshot",
@@ -1280,6 +1283,7 @@ async def run(
         if "snapshots" in parts:
             result["snapshots"] = measure_snapshots(profile)
         result["elapsed_seconds"] = round(time.perf_counter() - started, 1)
+        result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -990,7 +990,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"Measured {result['timestamp']} on {m['cpus']} CPU(s) ({m['cpu']}), Python "
         f"{m['python']}, {m['openssl']}, httpx {m['httpx']}, profile `{result['profile']}`; "
-        f"load average at start {', '.join(str(x) for x in m['loadavg_at_start'])}. Produced "
+        f"load average at start {', '.join(str(x) for x in m['loadavg_at_start'])} (at end: "
+        f"{', '.join(str(x) for x in m.get('loadavg_at_end', ['?']))}; other work shared "
+        "the machine). Produced "
         "by `python -m benchmarks.micro`.",
         "",
         "## Per-layer cost, in process",
@@ -1135,6 +1137,7 @@ def run(profile: Profile, *, quick: bool) -> dict[str, Any]:
         result["tls"] = measure_tls(profile, backend, ids)
         result["path"] = measure_path(profile, backend, ids)
         result["elapsed_seconds"] = round(time.perf_counter() - started, 1)
+        result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         return result
     finally:
         if backend is not None:
