@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ __all__ = ["TARGETS", "summarise", "update_docs", "write_outputs"]
 PKEYS = ("p50", "p90", "p99", "p99.9")
 MIB = 1024.0
 
-TARGETS = {
+TARGETS: dict[str, Any] = {
     "issue_sequential_us": {
         "plain": {"p50": 343, "p99": 781},
         "direct mTLS": {"p50": 399, "p99": 808},
@@ -96,6 +98,9 @@ def _mode_summary(runs: list[dict[str, Any]], rates: list[float]) -> dict[str, A
             "sidecar_cpu_ms_per_1k": stat(
                 _per_1k_ms(p["cpu"]["sidecars"], p["completed"]) for p in phases
             ),
+            "envoy_cpu_ms_per_1k": stat(
+                _per_1k_ms(p["cpu"].get("envoys", 0.0), p["completed"]) for p in phases
+            ),
             "frontend_cpu_ms_per_1k": stat(
                 _per_1k_ms(p["cpu"]["frontend"], p["completed"]) for p in phases
             ),
@@ -158,6 +163,18 @@ def _paired(
     return stat(diffs)
 
 
+def _sequential(run: dict[str, Any], key: str) -> float | None:
+    return float(run["sequential"]["latency_us"][key])
+
+
+def _rate_latency(run: dict[str, Any], i: int, key: str) -> float | None:
+    return float(run["rates"][i]["latency_us"][key]) if len(run["rates"]) > i else None
+
+
+def _rss_mib(run: dict[str, Any], instance: str) -> float | None:
+    return float(run["memory"][instance]["rss_kib"]) / MIB
+
+
 def _direct(run: dict[str, Any], key: str) -> float | None:
     direct = run.get("sequential_direct")
     return None if direct is None else float(direct["latency_us"][key])
@@ -182,32 +199,27 @@ def _added(
                 continue
             entry: dict[str, Any] = {
                 "sequential_us": {
-                    k: _paired(by_mode, mode, base, lambda r, k=k: r["sequential"]["latency_us"][k])
+                    k: _paired(by_mode, mode, base, partial(_sequential, key=k))
                     for k in ("p50", "p99")
                 },
                 "direct_us": {
-                    k: _paired(by_mode, mode, base, lambda r, k=k: _direct(r, k))
-                    for k in ("p50", "p99")
+                    k: _paired(by_mode, mode, base, partial(_direct, key=k)) for k in ("p50", "p99")
                 },
                 "rates_us": {},
                 "cpu_ms_per_1k": {},
                 "rss_mib": {},
             }
             for i, rate in enumerate(rates):
-
-                def lat(r: dict[str, Any], k: str, i: int = i) -> float | None:
-                    return r["rates"][i]["latency_us"][k] if len(r["rates"]) > i else None
-
                 entry["rates_us"][f"{rate:g}"] = {
-                    k: _paired(by_mode, mode, base, lambda r, k=k: lat(r, k))
+                    k: _paired(by_mode, mode, base, partial(_rate_latency, i=i, key=k))
                     for k in ("p50", "p99")
                 }
                 entry["cpu_ms_per_1k"][f"{rate:g}"] = _paired(
-                    by_mode, mode, base, lambda r, i=i: _phase_cpu(r, i)
+                    by_mode, mode, base, partial(_phase_cpu, i=i)
                 )
             for instance in ("frontend", "backend"):
                 entry["rss_mib"][instance] = _paired(
-                    by_mode, mode, base, lambda r, n=instance: r["memory"][n]["rss_kib"] / MIB
+                    by_mode, mode, base, partial(_rss_mib, instance=instance)
                 )
             added.setdefault(mode, {})[f"over_{base_key}"] = entry
     return added
@@ -278,6 +290,9 @@ def _targets(summary: dict[str, Any], protocol: str) -> dict[str, Any]:
         if pair in modes:
             pair_cpu = _median(modes[pair]["rates"][f"{rate:g}"]["sidecar_cpu_ms_per_1k"])
             out["pair_sidecar_cpu_ms_per_1k"] = pair_cpu
+            out["pair_envoy_cpu_ms_per_1k"] = _median(
+                modes[pair]["rates"][f"{rate:g}"]["envoy_cpu_ms_per_1k"]
+            )
             out["pair_extra_cpu_ms_per_1k"] = _median(
                 added[pair]["over_a"]["cpu_ms_per_1k"][f"{rate:g}"]
             )
@@ -377,6 +392,14 @@ def _factor(value: float | None) -> str:
     return "n/a (pair adds ≤ 0)" if value is None else _num(value, 1, "x")
 
 
+def _why_not(rate: dict[str, Any]) -> str:
+    achieved = _median(rate["throughput"])
+    return (
+        f"no (achieved {_num(achieved)}/s; {rate['errors']} errors, "
+        f"{rate['incomplete']} unfinished)"
+    )
+
+
 def _all_at_least(values: Iterable[float | None], floor: float) -> bool | None:
     known = list(values)
     if any(v is None for v in known):
@@ -413,19 +436,7 @@ def markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
         lines += [f"- {f['mode']} repeat {f['repeat'] + 1}: {f['error'][:300]}" for f in
                   document["failures"]]  # fmt: skip
         lines.append("")
-    lines += [
-        "## Sequential keep-alive httpx caller (closed loop, one request at a time)",
-        "",
-        "| mode | p50 | p90 | p99 | p99.9 | errors |",
-        "|---|---|---|---|---|---|",
-    ]
-    for mode, m in modes.items():
-        seq = m["sequential"]
-        lines.append(
-            f"| {mode} {m['label']} | "
-            + " | ".join(fmt(seq[k]) for k in PKEYS)
-            + f" | {m['sequential_errors']} |"
-        )
+    lines += [*targets_markdown(summary)]
     issue = TARGETS["issue_sequential_us"]
     issue_by_key = {"a": issue["plain"], "b": issue["direct mTLS"], "d": issue["Envoy pair"]}
     if any("direct" in m for m in modes.values()):
@@ -452,27 +463,41 @@ def markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
             )
     lines += [
         "",
+        "## Via the frontend, sequential keep-alive httpx caller (both hops)",
+        "",
+        "| mode | p50 | p90 | p99 | p99.9 | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode, m in modes.items():
+        seq = m["sequential"]
+        lines.append(
+            f"| {mode} {m['label']} | "
+            + " | ".join(fmt(seq[k]) for k in PKEYS)
+            + f" | {m['sequential_errors']} |"
+        )
+    lines += [
+        "",
         "## Open loop at fixed rates (latency from the intended send time)",
         "",
         "CPU: seconds of CPU per 1,000 requests, in ms, summed over every process of both "
         "instances (apps, sidecar agents, Envoys); *sidecars* is the sidecars' share.",
         "",
         "| mode | rate/s | p50 | p90 | p99 | p99.9 | achieved/s | CPU ms/1k | sidecars ms/1k "
-        "| sustained |",
+        "(Envoys) | sustained |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, m in modes.items():
         for rate, r in m["rates"].items():
-            sidecar = fmt(r["sidecar_cpu_ms_per_1k"]) if m["key"] == "d" else "-"
+            sidecar = (
+                f"{fmt(r['sidecar_cpu_ms_per_1k'])} ({fmt(r['envoy_cpu_ms_per_1k'])})"
+                if m["key"] == "d"
+                else "-"
+            )
             lines.append(
                 f"| {mode} {m['label']} | {rate} | "
                 + " | ".join(fmt(r["latency_us"][k]) for k in PKEYS)
                 + f" | {fmt(r['throughput'])} | {fmt(r['cpu_ms_per_1k'])} | {sidecar} | "
-                + (
-                    "yes"
-                    if r["sustained"]
-                    else f"no ({r['errors']} err, {r['incomplete']} unfinished)"
-                )
+                + ("yes" if r["sustained"] else _why_not(r))
                 + " |"
             )
     lines += [
@@ -515,8 +540,7 @@ def markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
             lines.append(
                 f"| {mode} {modes[mode]['label']} | {over[-1]} | " + " | ".join(cells) + " |"
             )
-    lines += ["", *targets_markdown(summary), ""]
-    lines += generator_markdown(summary)
+    lines += ["", *generator_markdown(summary)]
     lines += ["", *projection_markdown(summary)]
     return "\n".join(lines) + "\n"
 
@@ -566,8 +590,10 @@ def targets_markdown(summary: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| library's extra CPU/1k ≤ ¼ of the pair's | library "
                 f"{_num(t['library_extra_cpu_ms_per_1k'], 0)} ms vs sidecars "
-                f"{_num(t['pair_sidecar_cpu_ms_per_1k'], 0)} ms per 1k: {_num(frac, 2)} | "
-                f"{_verdict(None if frac is None else frac <= 0.25)} |"
+                f"{_num(t['pair_sidecar_cpu_ms_per_1k'], 0)} ms per 1k (of which the two "
+                f"Envoys {_num(t.get('pair_envoy_cpu_ms_per_1k'), 0)} ms; the pair's total "
+                f"extra over (a) {_num(t.get('pair_extra_cpu_ms_per_1k'), 0)} ms): "
+                f"{_num(frac, 2)} | {_verdict(None if frac is None else frac <= 0.25)} |"
             )
         if "library_extra_rss_mib" in t:
             rss = t["library_extra_rss_mib"]
@@ -707,10 +733,10 @@ def plots(document: dict[str, Any], summary: dict[str, Any], out: Path) -> list[
     xs = range(len(names))
     for offset, instance in ((-width / 2, "frontend"), (width / 2, "backend")):
         app = [_median(modes[m]["memory"][instance]["app_rss_mib"]) or 0.0 for m in names]
-        side = [_median(modes[m]["memory"][instance]["sidecar_rss_mib"]) or 0.0 for m in names]
+        side_rss = [_median(modes[m]["memory"][instance]["sidecar_rss_mib"]) or 0.0 for m in names]
         pos = [x + offset for x in xs]
         mem_ax.bar(pos, app, width, label=f"{instance} app")
-        mem_ax.bar(pos, side, width, bottom=app, label=f"{instance} sidecar", hatch="//")
+        mem_ax.bar(pos, side_rss, width, bottom=app, label=f"{instance} sidecar", hatch="//")
     mem_ax.set_xticks(list(xs), names, rotation=45)
     mem_ax.set_ylabel("RSS (MiB)")
     mem_ax.set_title("RSS per service instance (app + its sidecar)")
@@ -736,12 +762,12 @@ def update_docs(docs: Path, document: dict[str, Any], results_link: str) -> bool
     if DOCS_BEGIN not in text or DOCS_END not in text:
         return False
     body = markdown(document, document["summary"]).split("\n", 2)[2]  # drop the title
-    body = body.replace("\n## ", "\n### ")
+    body = re.sub(r"^(#+) ", r"#\1 ", body, flags=re.MULTILINE)  # one level down
     images = "\n".join(f"![{name}]({results_link}/{name})" for name in document.get("plots", []))
     section = (
         f"{DOCS_BEGIN}\n\nFull tables: [data_plane.md]({results_link}/data_plane.md); raw "
         f"runs and summary: [data_plane.json]({results_link}/data_plane.json)."
-        f"\n\n{images}\n{body}\n{DOCS_END}"
+        f"\n\n{images}\n\n{body}\n{DOCS_END}"
     )
     head, rest = text.split(DOCS_BEGIN, 1)
     tail = rest.split(DOCS_END, 1)[1]

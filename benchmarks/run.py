@@ -146,10 +146,12 @@ class LoadGen:
 
 
 def _by_instance(
-    cpu: dict[str, float], pids: dict[str, list[int]], sidecars: list[int]
+    cpu: dict[str, float], pids: dict[str, list[int]], sidecars: list[int], envoys: list[int]
 ) -> dict[str, float]:
+    """CPU seconds per instance, of the sidecars (agents + Envoys), of the Envoys alone."""
     out = {name: 0.0 for name in pids}
     out["sidecars"] = 0.0
+    out["envoys"] = 0.0
     for pid_text, seconds in cpu.items():
         pid = int(pid_text)
         for name, members in pids.items():
@@ -157,6 +159,8 @@ def _by_instance(
                 out[name] += seconds
         if pid in sidecars:
             out["sidecars"] += seconds
+        if pid in envoys:
+            out["envoys"] += seconds
     out["total"] = sum(out[name] for name in pids)
     return out
 
@@ -219,8 +223,6 @@ def measure_mode(
     run_dir: Path,
     log: Any,
     settle: Callable[[], None],
-    *,
-    first: bool = True,
 ) -> tuple[dict[str, Any], Callable[[], None]]:
     """Start *mode*'s processes, measure everything once, and begin stopping them.
 
@@ -239,6 +241,8 @@ def measure_mode(
         record["startup_s"] = time.monotonic() - started
         pids = topology.pids()
         sidecars = topology.sidecar_pids()
+        record["comm"] = {str(pid): _comm(pid) for members in pids.values() for pid in members}
+        envoys = [pid for pid in sidecars if record["comm"].get(str(pid)) == "envoy"]
         every_pid = sorted({pid for members in pids.values() for pid in members})
         record["pids"] = pids
         record["sequential"] = loadgen.ask(
@@ -267,7 +271,8 @@ def measure_mode(
                 kind="open", url=topology.url, rate=rate, duration=profile.duration,
                 warmup=profile.warmup, pids=every_pid, max_connections=profile.open_connections,
             )  # fmt: skip
-            result["cpu"] = _by_instance(result.pop("cpu_s"), pids, sidecars)
+            result["cpu_by_pid"] = result.pop("cpu_s")
+            result["cpu"] = _by_instance(result["cpu_by_pid"], pids, sidecars, envoys)
             rates.append(result)
             log(
                 f"    {rate:g}/s: p50 {result['latency_us']['p50']:.0f} µs p99 "
@@ -280,10 +285,11 @@ def measure_mode(
             kind="closed", url=topology.url, connections=profile.saturation_connections,
             duration=profile.saturation_duration, warmup=profile.warmup, pids=every_pid,
         )  # fmt: skip
-        saturation["cpu"] = _by_instance(saturation.pop("cpu_s"), pids, sidecars)
+        saturation["cpu_by_pid"] = saturation.pop("cpu_s")
+        saturation["cpu"] = _by_instance(saturation["cpu_by_pid"], pids, sidecars, envoys)
         record["saturation"] = saturation
         log(f"    saturation {saturation['throughput']:.0f}/s")
-        if profile.wrk_check and mode.id == "http-a" and first:
+        if profile.wrk_check and mode.id == "http-a":
             record["generator_check"] = _generator_check(loadgen, topology, profile)
         if mode.meshed or mode.sidecar:
             record["frontend_calls"] = _frontend_stats(topology)
@@ -322,6 +328,7 @@ def _generator_check(loadgen: LoadGen, topology: Topology, profile: Profile) -> 
     for name, url in targets.items():
         if url is None:
             continue
+        wrk = _wrk(url, profile.saturation_connections, profile.saturation_duration)
         ours = loadgen.ask(
             kind="closed", url=url, connections=profile.saturation_connections,
             duration=profile.saturation_duration, warmup=profile.warmup, pids=[],
@@ -330,7 +337,7 @@ def _generator_check(loadgen: LoadGen, topology: Topology, profile: Profile) -> 
             "loadgen_throughput": ours["throughput"],
             "loadgen_cpu_per_request_us": ours["loadgen_cpu_s"] / max(ours["completed"], 1) * 1e6,
             "loadgen_cpu_utilisation": ours["loadgen_cpu_s"] / ours["window_s"],
-            "wrk": _wrk(url, profile.saturation_connections, profile.saturation_duration),
+            "wrk": wrk,
         }
     return check
 
@@ -400,7 +407,7 @@ def run(profile: Profile, out: Path, *, modes: tuple[str, ...] | None = None,
                 try:
                     record, pending = measure_mode(
                         fleet, control, loadgen, mode, profile,
-                        workdir / f"{mode.id}-{repeat}", log, pending, first=repeat == 0,
+                        workdir / f"{mode.id}-{repeat}", log, pending,
                     )  # fmt: skip
                 except Exception as exc:  # recorded; the summary shows the gap
                     log(f"    FAILED: {exc}")

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -338,6 +339,10 @@ class Topology:
         return [child for children in self.instances.values() for child in children]
 
 
+def _says_ready(child: Child) -> bool:
+    return "sidecar ready" in child.output()
+
+
 def _frontend_ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2.0).status_code == 200
@@ -370,7 +375,19 @@ def launch_sidecar(
 
 
 def start_topology(fleet: Fleet, control: Control | None, mode: Mode, run_dir: Path) -> Topology:
-    """Start backend, frontend (and sidecars) for *mode*; return once ``/call`` answers."""
+    """Start backend, frontend (and sidecars) for *mode*; return once ``/call`` answers.
+
+    On any failure the processes started so far are stopped before the error propagates.
+    """
+    before = list(fleet.children)
+    try:
+        return _start_topology(fleet, control, mode, run_dir)
+    except BaseException:
+        fleet.stop([child for child in fleet.children if child not in before])
+        raise
+
+
+def _start_topology(fleet: Fleet, control: Control | None, mode: Mode, run_dir: Path) -> Topology:
     run_dir.mkdir(parents=True, exist_ok=True)
     front_service, back_service = mode.services
     front_port, back_port = free_port(), free_port()
@@ -420,7 +437,7 @@ def start_topology(fleet: Fleet, control: Control | None, mode: Mode, run_dir: P
     }
     everyone = [c for cs in instances.values() for c in cs]
     for child in sidecars.values():
-        _wait(lambda c=child: "sidecar ready" in c.output(), READY_TIMEOUT, c_name(child), everyone)
+        _wait(partial(_says_ready, child), READY_TIMEOUT, f"{child.name} ready", everyone)
     url = f"http://127.0.0.1:{front_port}/call"
     _wait(lambda: _frontend_ok(url), READY_TIMEOUT, f"{mode.id}: {url} answering 200", everyone)
     for _ in range(3):  # every connection and snapshot in place, not just the first
@@ -453,7 +470,3 @@ def start_topology(fleet: Fleet, control: Control | None, mode: Mode, run_dir: P
         elif mode.sidecar:
             direct = {"url": f"http://127.0.0.1:{upstream}/work", "host": back_service}
     return Topology(mode, url, backend_url, instances, stats, direct)
-
-
-def c_name(child: Child) -> str:
-    return f"{child.name} ready"

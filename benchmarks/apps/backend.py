@@ -71,7 +71,7 @@ async def serve_grpc(mode: str, port: int, tls_dir: Path | None) -> None:
     from examples.generated import inventory_pb2 as pb
     from examples.generated import inventory_pb2_grpc as pb_grpc
 
-    class Inventory(pb_grpc.InventoryServicer):  # type: ignore[misc]
+    class Inventory(pb_grpc.InventoryServicer):
         async def GetItem(self, request: Any, context: Any) -> Any:
             return pb.Item(item=request.item, stock=7, service="backend", version="v1")
 
@@ -101,7 +101,7 @@ async def serve_grpc(mode: str, port: int, tls_dir: Path | None) -> None:
             server.add_secure_port(address, credentials)
         else:
             server.add_insecure_port(address)
-    pb_grpc.add_InventoryServicer_to_server(Inventory(), server)
+    pb_grpc.add_InventoryServicer_to_server(Inventory(), server)  # type: ignore[no-untyped-call]
     await server.start()
     if mesh is not None:
         await asyncio.to_thread(mesh.set_endpoint, "127.0.0.1", port)

@@ -100,7 +100,7 @@ async def grpc_caller(args: argparse.Namespace, mesh: Any) -> AsyncIterator[Call
         )
     else:
         channel = grpc.aio.insecure_channel(target)
-    stub = pb_grpc.InventoryStub(channel)
+    stub = pb_grpc.InventoryStub(channel)  # type: ignore[no-untyped-call]
     request = pb.ItemRequest(item="apple")
 
     async def call() -> tuple[int, Any]:
