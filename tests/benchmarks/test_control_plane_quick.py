@@ -41,13 +41,15 @@ def test_every_watcher_received_every_applied_version(
     doc, _ = result
     profile = control_plane.Profile.quick()
     counts = list(profile.watcher_counts)
-    assert [(p["client"], p["watchers"]) for p in doc["propagation"]] == [
-        (client, n) for client in ("agent", "light") for n in counts
-    ]
+    assert [(p["client"], p["watchers"], p["mesh_services"]) for p in doc["propagation"]] == [
+        (client, n, 1) for client in ("agent", "light") for n in counts
+    ] + [("light", n, profile.big_mesh_services + 1) for n in profile.big_mesh_watchers]
     for p in doc["propagation"]:
+        rounds = profile.rounds if p["mesh_services"] == 1 else profile.big_mesh_rounds
+        cli_rounds = 1 if p["mesh_services"] == 1 else 0  # one round through meshctl
         assert p["all_received"], p
-        assert p["deliveries"] == p["expected_deliveries"] == p["watchers"] * profile.rounds
-        assert len(p["per_round"]) == profile.rounds + 1  # + one round through meshctl
+        assert p["deliveries"] == p["expected_deliveries"] == p["watchers"] * rounds
+        assert len(p["per_round"]) == rounds + cli_rounds
         for r in p["per_round"]:
             assert r["received"] == p["watchers"], r
         for key in ("p50", "p90", "p99", "max"):
