@@ -64,6 +64,11 @@ class Process:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (see :func:`stop_all`)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -201,6 +206,14 @@ class Service:
 
     def plain_get(self, path: str) -> httpx.Response:
         return httpx.get(f"http://127.0.0.1:{self.plaintext_port}{path}", timeout=5)
+
+
+def stop_all(processes: list[Process], timeout: float = 10.0) -> None:
+    """SIGTERM every process at once, then wait for each (kill after *timeout*)."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.stop(timeout)
 
 
 def wait_endpoints(mesh: Any, service: str, count: int = 1, timeout: float = 15) -> None:

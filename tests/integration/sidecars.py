@@ -14,7 +14,15 @@ from typing import Any
 
 import httpx
 
-from tests.integration.harness import MESHCTL, Control, Process, Service, free_port, wait_for
+from tests.integration.harness import (
+    MESHCTL,
+    Control,
+    Process,
+    Service,
+    free_port,
+    stop_all,
+    wait_for,
+)
 
 APP = "tests.integration.fault_app"
 
@@ -155,8 +163,11 @@ class SidecarService:
         return self
 
     def stop(self) -> None:
-        self.sidecar.stop()
-        self.app.stop()
+        stop_all([self.sidecar.process, self.app.process])
+
+    @property
+    def processes(self) -> list[Process]:
+        return [self.sidecar.process, self.app.process]
 
 
 def sidecars_status(control: Control) -> list[dict[str, Any]]:

@@ -26,7 +26,14 @@ import pytest
 
 import meshlib
 from meshlib.errors import DeadlineExceeded, MeshError
-from tests.integration.harness import Control, Service, free_port, wait_endpoints, wait_for
+from tests.integration.harness import (
+    Control,
+    Service,
+    free_port,
+    stop_all,
+    wait_endpoints,
+    wait_for,
+)
 from tests.integration.sidecars import APP, Sidecar, SidecarService, envoy_available, xds_control
 
 pytestmark = [
@@ -188,11 +195,17 @@ class Deployment:
         return caller
 
     def close(self) -> None:
+        processes = [c.sidecar.process for c in self.callers if c.sidecar is not None]
+        for server in self.servers:
+            processes += (
+                server.processes if isinstance(server, SidecarService) else [server.process]
+            )
+        for process in processes:
+            process.terminate()  # everything stops at once; each is waited for below
         for caller in self.callers:
             with contextlib.suppress(Exception):
                 caller.close()
-        for server in self.servers:
-            server.stop()
+        stop_all(processes)
 
 
 @contextlib.contextmanager
