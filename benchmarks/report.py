@@ -674,9 +674,15 @@ def plots(document: dict[str, Any], summary: dict[str, Any], out: Path) -> list[
             continue
         panels = [*(["direct"] if any("direct" in m for m in chosen.values()) else []),
                   "sequential", *rates]  # fmt: skip
-        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), sharey=True)
-        axes_list = list(axes) if len(panels) > 1 else [axes]
-        for ax, panel in zip(axes_list, panels, strict=True):
+        cols = min(3, len(panels))
+        rows = math.ceil(len(panels) / cols)
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(4.5 * cols, 3.8 * rows), sharey=True, squeeze=False
+        )
+        axes_list = [ax for row in axes for ax in row]
+        for ax in axes_list[len(panels) :]:
+            ax.set_visible(False)
+        for ax, panel in zip(axes_list, panels, strict=False):
             for m in chosen.values():
                 if panel == "direct" and "direct" not in m:
                     continue
@@ -701,8 +707,9 @@ def plots(document: dict[str, Any], summary: dict[str, Any], out: Path) -> list[
             ax.set_title(titles.get(panel, f"open loop {panel}/s"))
             ax.set_xlabel("percentile")
             ax.grid(True, which="both", alpha=0.3)
-        axes_list[0].set_ylabel("latency (µs, log)")
-        axes_list[-1].legend(fontsize=8)
+        for row in axes:
+            row[0].set_ylabel("latency (µs, log)")
+        axes_list[0].legend(fontsize=8)
         fig.suptitle(f"{protocol.upper()}: latency per mode (median of repeats, min-max bars)")
         fig.tight_layout()
         path = out / f"data_plane_latency_{protocol}.png"
