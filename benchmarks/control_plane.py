@@ -1358,7 +1358,13 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     ax.axhline(TARGET_P99_SECONDS, color="black", linestyle="--", linewidth=1)
     ax.text(len(rows) - 0.5, TARGET_P99_SECONDS, " target p99", va="bottom", ha="right")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
-    ax.set_xticklabels([f"{r['client']}\n{r['watchers']:,} watchers" for r in rows])
+    ax.set_xticklabels(
+        [
+            f"{r['client']}\n{r['watchers']:,} watchers"
+            + (f"\n{r['mesh_services']} services" if r.get("mesh_services", 1) > 1 else "")
+            for r in rows
+        ]
+    )
     ax.set_ylabel("apply → snapshot received (s)")
     ax.set_title("Config propagation to N watching instances (one client process)")
     ax.legend()
