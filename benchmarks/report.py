@@ -431,6 +431,8 @@ def markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
         "method.",
         "",
     ]
+    if document.get("skipped"):
+        lines += [f"**Skipped** (no Envoy binary): {', '.join(document['skipped'])}.", ""]
     if document["failures"]:
         lines += ["**Failed runs:**", ""]
         lines += [f"- {f['mode']} repeat {f['repeat'] + 1}: {f['error'][:300]}" for f in

