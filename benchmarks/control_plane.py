@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -588,12 +589,14 @@ async def measure_propagation(
             await _bounded(
                 SETUP_CONCURRENCY,
                 [
-                    lambda w=w, lw=lw: light_fetch(w, lw)
+                    functools.partial(light_fetch, w, lw)
                     for w, lw in zip(watchers, lights, strict=True)
                 ],
             )
         else:
-            await _bounded(SETUP_CONCURRENCY, [lambda w=w: register_and_fetch(w) for w in watchers])
+            await _bounded(
+                SETUP_CONCURRENCY, [functools.partial(register_and_fetch, w) for w in watchers]
+            )
         setup_seconds = time.perf_counter() - setup_started
         # Let every long-poll reach the server and park there.
         await asyncio.sleep(profile.settle + count / 1000.0)
@@ -861,7 +864,7 @@ def measure_registration(profile: Profile, workdir: Path) -> list[dict[str, Any]
             tail = times[-max(1, size // 10) :]
             state_s, _state = _median_time(plane.state, 3)
             heartbeat_s, _ = _median_time(
-                lambda p=plane, who=peer: p.register(f"{0:016x}", _registration(), who), 5
+                functools.partial(plane.register, f"{0:016x}", _registration(), peer), 5
             )
             rows.append(
                 {
@@ -996,14 +999,14 @@ def measure_snapshots(profile: Profile) -> list[dict[str, Any]]:
 
             build_s, snap = _median_time(build, repeats)
             assert isinstance(snap, Snapshot)
-            encode_s, body = _median_time(lambda s=snap: _body_bytes(s), repeats)
+            encode_s, body = _median_time(functools.partial(_body_bytes, snap), repeats)
             assert isinstance(body, bytes)
 
             def client_side(raw: bytes = body) -> PolicyEngine:
                 return PolicyEngine.compile(decode_snapshot(json.loads(raw)))
 
             client_s, _engine = _median_time(client_side, repeats)
-            render_s, _rendered = _median_time(lambda s=snap: _api_render(s), repeats)
+            render_s, _rendered = _median_time(functools.partial(_api_render, snap), repeats)
             rows.append(
                 {
                     "services": size,

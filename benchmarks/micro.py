@@ -700,6 +700,7 @@ def measure_tls(profile: Profile, backend: Backend, ids: Identities) -> dict[str
         deadline = time.perf_counter() + profile.item_time_cap * 3
         for _ in range(profile.handshakes):
             start = time.perf_counter_ns()
+            sock: socket.socket
             if tls:
                 raw = connect(backend.echo_tls)
                 sock = ctx.wrap_socket(raw, server_hostname="backend.default.svc.mesh.local")
@@ -716,6 +717,7 @@ def measure_tls(profile: Profile, backend: Backend, ids: Identities) -> dict[str
     mtls = timed_connects(True)
 
     def round_trips(tls: bool) -> list[float]:
+        sock: socket.socket
         if tls:
             sock = ctx.wrap_socket(connect(backend.echo_tls), server_hostname="backend")
         else:
@@ -860,7 +862,7 @@ def measure_path(profile: Profile, backend: Backend, ids: Identities) -> dict[st
                 series = (_async_series if is_async else _sync_series)(url, make, profile)
                 samples[name].extend(series)
                 means[name].append(statistics.fmean(series))
-        rows = []
+        rows: list[dict[str, Any]] = []
         for name in clients:
             lat = _lat_us(samples[name])
             spread = [m / 1000 for m in means[name]]
