@@ -245,6 +245,8 @@ def measure_mode(
         envoys = [pid for pid in sidecars if record["comm"].get(str(pid)) == "envoy"]
         every_pid = sorted({pid for members in pids.values() for pid in members})
         record["pids"] = pids
+        # The frontend's own call counters; "failed" before this point were readiness probes.
+        record["frontend_calls_at_ready"] = _frontend_stats(topology)
         record["sequential"] = loadgen.ask(
             kind="sequential",
             url=topology.url,
@@ -291,8 +293,7 @@ def measure_mode(
         log(f"    saturation {saturation['throughput']:.0f}/s")
         if profile.wrk_check and mode.id == "http-a":
             record["generator_check"] = _generator_check(loadgen, topology, profile)
-        if mode.meshed or mode.sidecar:
-            record["frontend_calls"] = _frontend_stats(topology)
+        record["frontend_calls"] = _frontend_stats(topology)
         measured = True
     finally:
         children = topology.children()
