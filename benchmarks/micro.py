@@ -1072,8 +1072,13 @@ def render_markdown(result: dict[str, Any]) -> str:
         "(child process), with plaintext and mTLS listeners. The series run interleaved, "
         f"{result['profile_settings']['path_repeats']} times each "
         f"({result['path']['requests_per_series']:,} requests per run); the percentiles are "
-        "over every request. *Telemetry on* is an SDK TracerProvider with a batch processor "
-        "(spans dropped by the exporter) plus meshlib's metrics.",
+        "over every request. The meshlib clients are `httpx.Client`/`AsyncClient` over "
+        "`MeshTransport`/`AsyncMeshTransport` (what `mesh.client()` builds) with a compiled "
+        "snapshot naming the server as the one endpoint of `backend`, with no TrafficPolicy: "
+        "the implicit default route (least-request, up to 2 retries, so a retrier is built "
+        "per request). *Telemetry on* is an SDK TracerProvider with a batch processor "
+        "(spans dropped by the exporter) plus meshlib's metrics; *off* passes no "
+        "`MeshTelemetry` at all (a `Mesh` always passes one, so its clients record metrics).",
         "",
         "| client | p50 | p99 | mean | over plaintext p50 | over mTLS p50 | over mTLS p99 "
         "| mean of each run |",
