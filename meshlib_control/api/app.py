@@ -15,7 +15,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from meshlib.errors import IdentityError
 from meshlib.identity.spiffe import SpiffeId
-from meshlib.policy.snapshot import encode_snapshot
 from meshlib_control.errors import ApiError
 from meshlib_control.observe.checks import explain, run_checks
 from meshlib_control.plane import ControlPlane
@@ -131,10 +130,11 @@ def create_app(plane: ControlPlane) -> FastAPI:
         if not 0 <= wait <= MAX_WAIT:
             raise ApiError(400, "invalid", f"wait: must be 0..{MAX_WAIT:g} seconds", path="wait")
         dependencies = tuple(sorted({d for d in deps.split(",") if d})) if deps else None
-        found = await plane.cache.watch((peer.service, peer.namespace, dependencies), version, wait)
+        key = (peer.service, peer.namespace, dependencies)
+        found = await plane.cache.watch(key, version, wait)
         if found is None:
             return Response(status_code=304)
-        return encode_snapshot(found)
+        return Response(plane.cache.body(key, found), media_type="application/json")
 
     # -------------------------------------------------------------- admin API
 

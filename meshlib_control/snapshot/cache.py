@@ -8,15 +8,24 @@ only those whose version differs.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 
-from meshlib.policy.snapshot import Snapshot
+from meshlib.policy.snapshot import Snapshot, encode_snapshot
 from meshlib_control.snapshot.builder import MeshState, build_snapshot
 
-__all__ = ["SnapshotCache", "WatchKey"]
+__all__ = ["SnapshotCache", "WatchKey", "render"]
 
 IDLE_EVICT_SECONDS = 300.0
+
+
+def render(snapshot: Snapshot) -> bytes:
+    """The snapshot's JSON body (what FastAPI's JSONResponse would write for its encoding)."""
+    return json.dumps(
+        encode_snapshot(snapshot), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    ).encode()
+
 
 WatchKey = tuple[str, str, tuple[str, ...] | None]  # service, namespace, dependencies
 
@@ -24,6 +33,7 @@ WatchKey = tuple[str, str, tuple[str, ...] | None]  # service, namespace, depend
 @dataclass(slots=True)
 class _Entry:
     snapshot: Snapshot
+    body: bytes | None = None  # the snapshot's JSON, rendered once for all its watchers
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     watchers: int = 0
     last_used: float = field(default_factory=time.monotonic)
@@ -65,10 +75,24 @@ class SnapshotCache:
             snapshot = self._build(key)
             if snapshot.version != entry.snapshot.version:
                 entry.snapshot = snapshot
+                entry.body = None
                 entry.changed.set()
                 entry.changed = asyncio.Event()
                 woken += 1
         return woken
+
+    def body(self, key: WatchKey, snapshot: Snapshot) -> bytes:
+        """*snapshot* (the current one for *key*) as the watch API's JSON body.
+
+        Rendered once per version and shared by every watcher of *key*: with many watchers,
+        encoding each response anew would cost the control service more than the watch.
+        """
+        entry = self._entries.get(key)
+        if entry is None or entry.snapshot is not snapshot:
+            return render(snapshot)
+        if entry.body is None:
+            entry.body = render(snapshot)
+        return entry.body
 
     def release_all(self) -> None:
         """Answer every pending watch now (with "unchanged"): the service is shutting down."""

@@ -143,3 +143,25 @@ def test_stale_version_answers_at_once():
     cache = SnapshotCache(STATE)
     found = asyncio.run(cache.watch(("orders", "default", None), "old", 5))
     assert found is not None
+
+
+def test_watch_body_is_rendered_once_per_version():
+    """Every watcher of a key shares one rendered body until the snapshot changes."""
+    import json
+
+    from meshlib.policy.snapshot import decode_snapshot, encode_snapshot
+
+    cache = SnapshotCache(STATE)
+    key = ("inventory", "default", None)
+    snapshot = cache.get(key)
+    body = cache.body(key, snapshot)
+    assert cache.body(key, snapshot) is body  # the same bytes, not rendered again
+    assert json.loads(body) == encode_snapshot(snapshot)
+    assert decode_snapshot(json.loads(body)).version == snapshot.version
+    moved = MeshState(
+        "mesh.local", POLICIES, (*STATE.instances, instance("d", "inventory", port=9000))
+    )
+    cache.set_state(moved)
+    fresh = cache.get(key)
+    assert fresh.version != snapshot.version
+    assert json.loads(cache.body(key, fresh))["version"] == fresh.version
