@@ -423,7 +423,9 @@ def markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
         f"{document['timestamp']} in {document.get('elapsed_s', 0):.0f} s; "
         f"{machine['cpus']} x {machine['cpu_model']}, Linux {machine['kernel']}, "
         f"Python {machine['python']}, Envoy {machine['envoy']}; load average at start "
-        f"{', '.join(f'{x:.2f}' for x in machine['loadavg_at_start'])}.",
+        f"{', '.join(f'{x:.2f}' for x in machine['loadavg_at_start'])}; "
+        + _source_line(document)
+        + ".",
         "",
         f"{profile['repeats']} repeats, modes interleaved; every cell is the median over the "
         "repeats with (min-max). Latencies in µs; topology: load generator → frontend → "
@@ -545,6 +547,20 @@ def markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
     lines += ["", *generator_markdown(summary)]
     lines += ["", *projection_markdown(summary)]
     return "\n".join(lines) + "\n"
+
+
+def _source_line(document: dict[str, Any]) -> str:
+    start, end = document.get("source_at_start"), document.get("source_at_end")
+    if not start:
+        return "commit not recorded"
+    line = f"commit {start['commit'][:10]}"
+    if start["library_changes"]:
+        line += " with uncommitted library changes"
+    if end and (
+        end["commit"] != start["commit"] or end["library_changes"] != start["library_changes"]
+    ):
+        line += f" (**the library changed during the run**: {end['commit'][:10]} at the end)"
+    return line
 
 
 def targets_markdown(summary: dict[str, Any]) -> list[str]:

@@ -343,6 +343,22 @@ def _generator_check(loadgen: LoadGen, topology: Topology, profile: Profile) -> 
     return check
 
 
+def source_state() -> dict[str, Any]:
+    """The commit measured, and whether the library's files differ from it (provenance)."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=30
+        )
+        return result.stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "library_changes": git("status", "--porcelain", "--", "meshlib", "meshlib_control"),
+        "at": datetime.now(UTC).isoformat(),
+    }
+
+
 def machine_info() -> dict[str, Any]:
     model = "?"
     try:
@@ -396,6 +412,7 @@ def run(profile: Profile, out: Path, *, modes: tuple[str, ...] | None = None,
         "profile": asdict(profile),
         "timestamp": datetime.now(UTC).isoformat(),
         "machine": machine_info(),
+        "source_at_start": source_state(),
         "modes": {m.id: {"key": m.key, "label": m.label, "protocol": m.protocol} for m in chosen},
         "runs": [],
         "failures": [],
@@ -432,6 +449,7 @@ def run(profile: Profile, out: Path, *, modes: tuple[str, ...] | None = None,
             loadgen.close()
         fleet.stop_all()
     document["elapsed_s"] = time.monotonic() - started
+    document["source_at_end"] = source_state()
     write_outputs(document, out)
     official = out.resolve() == DEFAULT_OUT.resolve() and profile.name == "default"
     if official and update_docs(DOCS, document, "../benchmarks/results"):
