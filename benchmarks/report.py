@@ -556,9 +556,15 @@ def _source_line(document: dict[str, Any]) -> str:
     line = f"commit {start['commit'][:10]}"
     if start["library_changes"]:
         line += " with uncommitted library changes"
-    if end and (
-        end["commit"] != start["commit"] or end["library_changes"] != start["library_changes"]
-    ):
+    if end is None:
+        return line
+    # Other commits may land meanwhile; only the library's own files matter here.
+    same_tree = (
+        end.get("library_tree") == start.get("library_tree")
+        if "library_tree" in start
+        else end["commit"] == start["commit"]
+    )
+    if not same_tree or end["library_changes"] != start["library_changes"]:
         line += f" (**the library changed during the run**: {end['commit'][:10]} at the end)"
     return line
 

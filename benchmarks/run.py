@@ -354,6 +354,7 @@ def source_state() -> dict[str, Any]:
 
     return {
         "commit": git("rev-parse", "HEAD"),
+        "library_tree": git("rev-parse", "HEAD:meshlib", "HEAD:meshlib_control"),
         "library_changes": git("status", "--porcelain", "--", "meshlib", "meshlib_control"),
         "at": datetime.now(UTC).isoformat(),
     }
