@@ -976,11 +976,10 @@ def _body_bytes(snapshot: Snapshot) -> bytes:
 
 
 def _api_render(snapshot: Snapshot) -> bytes:
-    """What the watch handler does per response: encode, FastAPI's encoder, JSONResponse."""
-    from fastapi.encoders import jsonable_encoder
-    from fastapi.responses import JSONResponse
+    """What the watch handler renders: once per snapshot version, shared by its watchers."""
+    from meshlib_control.snapshot.cache import render
 
-    return bytes(JSONResponse(jsonable_encoder(encode_snapshot(snapshot))).body)
+    return render(snapshot)
 
 
 def measure_snapshots(profile: Profile) -> list[dict[str, Any]]:
@@ -1220,12 +1219,12 @@ def render_markdown(result: dict[str, Any]) -> str:
         "service; *scoped* means it declared 3 dependencies (`MESH_DEPENDENCIES`). Bytes are "
         "the JSON body `GET /v1/snapshot` returns; times are medians of a few runs of the "
         "pure builder (`build_snapshot`), the encoder (`encode_snapshot` + `json.dumps`), "
-        "what the watch handler does for every response it sends (`encode_snapshot`, "
-        "FastAPI's `jsonable_encoder`, `JSONResponse`; done again for each watcher, even "
-        "when they share one snapshot), and the client's decode + compile.",
+        "what the watch handler renders for a new snapshot version (`encode_snapshot` + "
+        "`json.dumps`, once per version and key: every watcher of that snapshot is sent the "
+        "same bytes), and the client's decode + compile.",
         "",
         "| services | endpoints | snapshot | services listed | body | build | encode "
-        "| API render per response | client decode + compile |",
+        "| API render per version | client decode + compile |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result.get("snapshots", []):
