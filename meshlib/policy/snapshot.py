@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +25,11 @@ __all__ = [
     "Snapshot",
     "compute_version",
     "decode_snapshot",
+    "encode_service_entry",
     "encode_snapshot",
+    "entry_digest",
     "snapshot_version",
+    "version_from_parts",
 ]
 
 ENDPOINT_MODES = ("library", "sidecar")
@@ -122,30 +125,52 @@ def encode_snapshot(s: Snapshot) -> dict[str, Any]:
             if s.inbound.rate_limit is None
             else encode_resource(s.inbound.rate_limit),
         },
-        "services": [
-            {
-                "name": e.name,
-                "namespace": e.namespace,
-                "spiffeId": e.spiffe_id,
-                "endpoints": [_encode_endpoint(x) for x in e.endpoints],
-                "trafficPolicy": None
-                if e.traffic_policy is None
-                else encode_resource(e.traffic_policy),
-            }
-            for e in s.services
-        ],
+        "services": [encode_service_entry(e) for e in s.services],
     }
 
 
+def encode_service_entry(e: ServiceEntry) -> dict[str, Any]:
+    """One ``services[]`` item of :func:`encode_snapshot`."""
+    return {
+        "name": e.name,
+        "namespace": e.namespace,
+        "spiffeId": e.spiffe_id,
+        "endpoints": [_encode_endpoint(x) for x in e.endpoints],
+        "trafficPolicy": None if e.traffic_policy is None else encode_resource(e.traffic_policy),
+    }
+
+
+def _canonical(value: Any) -> bytes:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8")
+
+
+def entry_digest(encoded_entry: Mapping[str, Any]) -> str:
+    """sha256 of one encoded service entry's canonical JSON (a part of the version)."""
+    return hashlib.sha256(_canonical(encoded_entry)).hexdigest()
+
+
+def version_from_parts(head: Mapping[str, Any], entry_digests: Sequence[str]) -> str:
+    """The version from the snapshot's other fields and its service entries' digests.
+
+    A builder serving many callers digests each service entry once per mesh state and
+    combines them here per caller, instead of re-encoding the whole mesh for every caller.
+    """
+    content = {k: v for k, v in head.items() if k not in ("version", "services")}
+    content["services"] = list(entry_digests)
+    return hashlib.sha256(_canonical(content)).hexdigest()[:16]
+
+
 def snapshot_version(body: Mapping[str, Any]) -> str:
-    """The version of an encoded snapshot: sha256 of its canonical JSON without ``version``.
+    """The version of an encoded snapshot: a content hash, ``version`` itself left out.
+
+    sha256 over the canonical JSON of every field but ``services``, with ``services``
+    replaced by the sha256 of each entry's canonical JSON (:func:`version_from_parts`).
 
     Returns:
         The first 16 hex digits.
     """
-    content = {k: v for k, v in body.items() if k != "version"}
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+    return version_from_parts(body, [entry_digest(e) for e in body.get("services", [])])
 
 
 def compute_version(s: Snapshot) -> str:

@@ -21,8 +21,10 @@ from meshlib.policy.snapshot import (
     InboundPolicy,
     ServiceEntry,
     Snapshot,
+    encode_service_entry,
     encode_snapshot,
-    snapshot_version,
+    entry_digest,
+    version_from_parts,
 )
 from meshlib_control.store.sqlite import InstanceRecord
 
@@ -98,6 +100,47 @@ def _endpoint(record: InstanceRecord) -> Endpoint:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """What every caller's snapshot shares, computed once per mesh state."""
+
+    services: tuple[tuple[tuple[str, str], ServiceEntry, str], ...]  # key, entry, digest
+
+
+_last_index: tuple[MeshState, _Index] | None = None
+
+
+def _index(state: MeshState) -> _Index:
+    """The service entries of *state* with their digests; reused while *state* is the same
+    object (a state change rebuilds every watched key's snapshot from one state)."""
+    global _last_index
+    cached = _last_index
+    if cached is not None and cached[0] is state:
+        return cached[1]
+    traffic = {
+        (r.metadata.namespace, r.spec.service): r
+        for r in reversed(_by_name(state.resources))
+        if isinstance(r.spec, TrafficPolicySpec)
+    }
+    endpoints: dict[tuple[str, str], list[Endpoint]] = {}
+    for i in state.instances:
+        if i.port > 0:
+            endpoints.setdefault((i.namespace, i.service), []).append(_endpoint(i))
+    services = []
+    for ns, name in mesh_services(state):
+        entry = ServiceEntry(
+            name=name,
+            namespace=ns,
+            spiffe_id=f"spiffe://{state.trust_domain}/ns/{ns}/sa/{name}",
+            endpoints=tuple(sorted(endpoints.get((ns, name), ()), key=lambda e: e.id)),
+            traffic_policy=traffic.get((ns, name)),
+        )
+        services.append(((ns, name), entry, entry_digest(encode_service_entry(entry))))
+    index = _Index(tuple(services))
+    _last_index = (state, index)
+    return index
+
+
 def build_snapshot(
     state: MeshState,
     *,
@@ -114,43 +157,27 @@ def build_snapshot(
             None includes every service of the mesh.
     """
     wanted = _wanted(dependencies, namespace)
-    traffic = {
-        (r.metadata.namespace, r.spec.service): r
-        for r in reversed(_by_name(state.resources))
-        if isinstance(r.spec, TrafficPolicySpec)
-    }
-    entries = []
-    for ns, name in mesh_services(state):
-        if wanted is not None and (ns, name) not in wanted:
-            continue
-        endpoints = tuple(
-            _endpoint(i)
-            for i in state.instances
-            if i.namespace == ns and i.service == name and i.port > 0
+    chosen = [
+        (entry, digest)
+        for key, entry, digest in _index(state).services
+        if wanted is None or key in wanted
+    ]
+    inbound = _inbound(state, service, namespace)
+    head = encode_snapshot(
+        Snapshot(
+            version="",
+            trust_domain=state.trust_domain,
+            service=service,
+            namespace=namespace,
+            inbound=inbound,
+            services=(),
         )
-        entries.append(
-            ServiceEntry(
-                name=name,
-                namespace=ns,
-                spiffe_id=f"spiffe://{state.trust_domain}/ns/{ns}/sa/{name}",
-                endpoints=tuple(sorted(endpoints, key=lambda e: e.id)),
-                traffic_policy=traffic.get((ns, name)),
-            )
-        )
-    draft = Snapshot(
-        version="",
+    )
+    return Snapshot(
+        version=version_from_parts(head, [digest for _, digest in chosen]),
         trust_domain=state.trust_domain,
         service=service,
         namespace=namespace,
-        inbound=_inbound(state, service, namespace),
-        services=tuple(entries),
-    )
-    version = snapshot_version(encode_snapshot(draft))
-    return Snapshot(
-        version=version,
-        trust_domain=draft.trust_domain,
-        service=service,
-        namespace=namespace,
-        inbound=draft.inbound,
-        services=draft.services,
+        inbound=inbound,
+        services=tuple(entry for entry, _ in chosen),
     )

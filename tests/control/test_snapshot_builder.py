@@ -165,3 +165,19 @@ def test_watch_body_is_rendered_once_per_version():
     fresh = cache.get(key)
     assert fresh.version != snapshot.version
     assert json.loads(cache.body(key, fresh))["version"] == fresh.version
+
+
+def test_built_version_is_the_content_hash_of_what_is_sent():
+    """The builder's shortcut (entry digests once per state) gives compute_version's value,
+    for scoped and unscoped callers, and a fresh state gives the same snapshots."""
+    from dataclasses import replace
+
+    from meshlib.policy.snapshot import compute_version
+
+    for deps in (None, ("orders",), ("inventory", "orders")):
+        built = build_snapshot(STATE, service="client", namespace="default", dependencies=deps)
+        assert built.version == compute_version(built)
+        again = build_snapshot(
+            replace(STATE), service="client", namespace="default", dependencies=deps
+        )
+        assert again == built
