@@ -1075,8 +1075,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "over every request. The meshlib clients are `httpx.Client`/`AsyncClient` over "
         "`MeshTransport`/`AsyncMeshTransport` (what `mesh.client()` builds) with a compiled "
         "snapshot naming the server as the one endpoint of `backend`, with no TrafficPolicy: "
-        "the implicit default route (least-request, up to 2 retries, so a retrier is built "
-        "per request). *Telemetry on* is an SDK TracerProvider with a batch processor "
+        "the implicit default route (least-request, up to 2 retries; no retrier is built "
+        "unless a try fails). *Telemetry on* is an SDK TracerProvider with a batch processor "
         "(spans dropped by the exporter) plus meshlib's metrics; *off* passes no "
         "`MeshTelemetry` at all (a `Mesh` always passes one, so its clients record metrics).",
         "",
