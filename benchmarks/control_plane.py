@@ -50,6 +50,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from benchmarks import document
 from meshlib.errors import ControlPlaneError
 from meshlib.identity.keys import build_csr, generate_private_key, private_key_pem
 from meshlib.identity.spiffe import SpiffeId
@@ -69,7 +70,6 @@ from meshlib_control.store.sqlite import InstanceRecord
 __all__ = ["Profile", "main", "run"]
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 MESHCTL = [sys.executable, "-m", "meshlib_control.cli"]
 TRUST_DOMAIN = "mesh.local"
 TARGET_SERVICE = "bench-target"
@@ -148,21 +148,13 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
 
 
 def machine_info() -> dict[str, Any]:
-    """What the figures were measured on."""
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    """What the figures were measured on, with the Python implementation second."""
+    info = document.machine_info()
+    # Kept second, as in every control_plane.json so far, so the key order stays put.
     return {
-        "python": platform.python_version(),
+        "python": info.pop("python"),
         "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "loadavg_at_start": [round(x, 2) for x in load],
+        **info,
     }
 
 
@@ -1068,16 +1060,10 @@ def _fmt(value: Any) -> str:
 
 def render_markdown(result: dict[str, Any]) -> str:
     """The results as Markdown, readable on its own (docs/benchmarks.md includes it)."""
-    m = result["machine"]
     lines = [
         "# Control-plane benchmarks",
         "",
-        f"Measured {result['timestamp']} on {m['cpus']} CPU(s) ({m['cpu']}), Python "
-        f"{m['python']}, profile `{result['profile']}`; load average at start "
-        f"{', '.join(str(x) for x in m['loadavg_at_start'])} (at end: "
-        f"{', '.join(str(x) for x in m.get('loadavg_at_end', ['?']))}; other work shared "
-        "the machine). Produced by "
-        "`python -m benchmarks.control_plane`.",
+        document.measured_line(result, command="python -m benchmarks.control_plane"),
         "",
         "## Propagation: `apply` → every watcher has the new snapshot",
         "",
@@ -1292,11 +1278,7 @@ async def run(
     started = time.perf_counter()
     try:
         result: dict[str, Any] = {
-            "benchmark": "control_plane",
-            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-            "profile": "quick" if quick else "default",
-            "profile_settings": _profile_dict(profile),
-            "machine": machine_info(),
+            **document.new_document("control_plane", profile, quick=quick, machine=machine_info()),
             "target_p99_seconds": TARGET_P99_SECONDS,
             "snapshot_endpoints_per_service": profile.endpoints_per_service,
         }
@@ -1333,30 +1315,17 @@ async def run(
             result["registration"] = measure_registration(profile, workdir)
         if "snapshots" in parts:
             result["snapshots"] = measure_snapshots(profile)
-        result["elapsed_seconds"] = round(time.perf_counter() - started, 1)
-        result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        document.finish_document(result, started)
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _profile_dict(profile: Profile) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in profile.__slots__:
-        value = getattr(profile, name)
-        out[name] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
 def plot(result: dict[str, Any], path: Path) -> bool:
     """Propagation percentiles per client mode and watcher count as a PNG; False without
     matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = document.pyplot()
+    if plt is None:
         return False
     rows = result.get("propagation", [])
     if not rows:
@@ -1380,25 +1349,29 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("apply → snapshot received (s)")
     ax.set_title("Config propagation to N watching instances (one client process)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    document.save_figure(plt, fig, path)
     return True
 
 
 def write_results(result: dict[str, Any], out_dir: Path, stem: str = "control_plane") -> None:
     """Write ``<stem>.json``, ``<stem>.md`` and (with matplotlib) ``<stem>.png``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / f"{stem}.md").write_text(render_markdown(result))
-    plot(result, out_dir / f"{stem}.png")
+    document.write_files(result, out_dir, stem, render=render_markdown, plot=plot)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.control_plane [--quick] [--out DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.control_plane")
-    parser.add_argument("--quick", action="store_true", help="the smoke-test profile (~15 s)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    return document.main(
+        argv,
+        prog="python -m benchmarks.control_plane",
+        quick_help="the smoke-test profile (~15 s)",
+        options=_options,
+        execute=_execute,
+        write=write_results,
+        render=render_markdown,
+    )
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watchers", type=int, nargs="*", help="watcher counts (default 100 1000)")
     parser.add_argument(
         "--heartbeats",
@@ -1421,13 +1394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="run the control service under cProfile, writing DIR/control-<N>.prof",
     )
-    parser.add_argument(
-        "--render", type=Path, metavar="JSON", help="only re-render .md/.png from a JSON result"
-    )
-    args = parser.parse_args(argv)
-    if args.render is not None:
-        write_results(json.loads(args.render.read_text()), args.out)
-        return 0
+
+
+def _execute(args: argparse.Namespace) -> dict[str, Any]:
     profile = Profile.quick() if args.quick else Profile()
     if args.watchers:
         profile = dataclasses.replace(profile, watcher_counts=tuple(args.watchers))
@@ -1435,7 +1404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile = dataclasses.replace(profile, rounds=args.rounds)
     if args.profile_control is not None:
         args.profile_control.mkdir(parents=True, exist_ok=True)
-    result = asyncio.run(
+    return asyncio.run(
         run(
             profile,
             quick=args.quick,
@@ -1445,9 +1414,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             parts=args.only or ("propagation", "signing", "registration", "snapshots"),
         )
     )
-    write_results(result, args.out)
-    print(render_markdown(result))
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,9 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import json
 import os
-import platform
 import pstats
 import select
 import shutil
@@ -40,14 +38,15 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from benchmarks import document
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 TRUST_DOMAIN = "mesh.local"
 REQUEST_BYTES = 300
 RESPONSE_BYTES = 1024
@@ -88,23 +87,8 @@ class Profile:
 
 
 def machine_info() -> dict[str, Any]:
-    """What the figures were measured on."""
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "openssl": ssl.OPENSSL_VERSION,
-        "httpx": httpx.__version__,
-        "loadavg_at_start": [round(x, 2) for x in load],
-    }
+    """What the figures were measured on, with the TLS and HTTP libraries' versions."""
+    return document.machine_info(openssl=ssl.OPENSSL_VERSION, httpx=httpx.__version__)
 
 
 # --------------------------------------------------------------------- timing
@@ -990,12 +974,11 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Micro-benchmark: where library mode spends its time per request",
         "",
-        f"Measured {result['timestamp']} on {m['cpus']} CPU(s) ({m['cpu']}), Python "
-        f"{m['python']}, {m['openssl']}, httpx {m['httpx']}, profile `{result['profile']}`; "
-        f"load average at start {', '.join(str(x) for x in m['loadavg_at_start'])} (at end: "
-        f"{', '.join(str(x) for x in m.get('loadavg_at_end', ['?']))}; other work shared "
-        "the machine). Produced "
-        "by `python -m benchmarks.micro`.",
+        document.measured_line(
+            result,
+            command="python -m benchmarks.micro",
+            software=f"{m['openssl']}, httpx {m['httpx']}",
+        ),
         "",
         "## Per-layer cost, in process",
         "",
@@ -1120,10 +1103,6 @@ def render_markdown(result: dict[str, Any]) -> str:
 # --------------------------------------------------------------------- entry point
 
 
-def _profile_dict(profile: Profile) -> dict[str, Any]:
-    return {name: getattr(profile, name) for name in profile.__slots__}
-
-
 def run(profile: Profile, *, quick: bool) -> dict[str, Any]:
     """Run every part; returns the result document."""
     workdir = Path(tempfile.mkdtemp(prefix="meshlib-micro-"))
@@ -1131,20 +1110,13 @@ def run(profile: Profile, *, quick: bool) -> dict[str, Any]:
     backend: Backend | None = None
     started = time.perf_counter()
     try:
-        result: dict[str, Any] = {
-            "benchmark": "micro",
-            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-            "profile": "quick" if quick else "default",
-            "profile_settings": _profile_dict(profile),
-            "machine": machine_info(),
-        }
+        result = document.new_document("micro", profile, quick=quick, machine=machine_info())
         result["layers"] = measure_layers(profile)
         ids = make_identities(workdir)
         backend = Backend(workdir / "tls")
         result["tls"] = measure_tls(profile, backend, ids)
         result["path"] = measure_path(profile, backend, ids)
-        result["elapsed_seconds"] = round(time.perf_counter() - started, 1)
-        result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        document.finish_document(result, started)
         return result
     finally:
         if backend is not None:
@@ -1154,12 +1126,8 @@ def run(profile: Profile, *, quick: bool) -> dict[str, Any]:
 
 def plot(result: dict[str, Any], path: Path) -> bool:
     """Per-layer medians and whole-path p50s as a PNG; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = document.pyplot()
+    if plt is None:
         return False
     layers = result["layers"]
     rows = result["path"]["rows"]
@@ -1181,41 +1149,37 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     right.set_xlabel("µs per request (sequential, keep-alive)")
     right.set_title("Whole client path, local uvicorn server")
     right.tick_params(axis="y", labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    document.save_figure(plt, fig, path)
     return True
 
 
 def write_results(result: dict[str, Any], out_dir: Path, stem: str = "micro") -> None:
     """Write ``<stem>.json``, ``<stem>.md`` and (with matplotlib) ``<stem>.png``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / f"{stem}.md").write_text(render_markdown(result))
-    plot(result, out_dir / f"{stem}.png")
+    document.write_files(result, out_dir, stem, render=render_markdown, plot=plot)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.micro [--quick] [--out DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.micro")
-    parser.add_argument("--quick", action="store_true", help="the smoke-test profile (~10 s)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
-    parser.add_argument("--serve-backend", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--render", type=Path, metavar="JSON", help="only re-render .md/.png from a JSON result"
+    return document.main(
+        argv,
+        prog="python -m benchmarks.micro",
+        quick_help="the smoke-test profile (~10 s)",
+        options=_options,
+        execute=_execute,
+        write=write_results,
+        render=render_markdown,
     )
-    args = parser.parse_args(argv)
-    if args.render is not None:
-        write_results(json.loads(args.render.read_text()), args.out)
-        return 0
-    if args.serve_backend is not None:
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--serve-backend", type=Path, help=argparse.SUPPRESS)
+
+
+def _execute(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.serve_backend is not None:  # the child process Backend starts: no results
         serve_backend(args.serve_backend)
-        return 0
-    profile = Profile.quick() if args.quick else Profile()
-    result = run(profile, quick=args.quick)
-    write_results(result, args.out)
-    print(render_markdown(result))
-    return 0
+        return None
+    return run(Profile.quick() if args.quick else Profile(), quick=args.quick)
 
 
 if __name__ == "__main__":
