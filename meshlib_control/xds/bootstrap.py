@@ -26,6 +26,7 @@ __all__ = ["XDS_CLUSTER", "secret_files", "sidecar_bootstrap"]
 Json = dict[str, Any]
 
 XDS_CLUSTER = "xds_cluster"
+STATS_FLUSH_INTERVAL = "1s"
 _UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -86,6 +87,9 @@ def sidecar_bootstrap(
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
         },
+        # Envoy publishes histogram values at each flush (default 5 s): flush more often than
+        # the control service scrapes (5 s by default) so every scrape window sees its traffic.
+        "stats_flush_interval": STATS_FLUSH_INTERVAL,
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",

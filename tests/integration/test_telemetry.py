@@ -201,6 +201,8 @@ def test_access_log_lines(traced):
     try:
         with client.client() as http:
             assert http.get("http://orders/hop").status_code == 200
+        # The server logs once its response is sent, which may be after the client has it.
+        wait_for(lambda: any(line["side"] == "server" for line in handler.lines), 5, "server line")
     finally:
         logger.removeHandler(handler)
     lines = handler.lines
