@@ -206,6 +206,16 @@ class _Call:
             return None
         return outcome if is_retryable(self.plan.retries, outcome) else None
 
+    def retry_args(self, clock: Callable[[], float]) -> dict[str, Any]:
+        """:func:`build_retrying`'s arguments for this call, but the policy and ``async_``."""
+        return {
+            "budget": self.runtime.budget,
+            "should_retry": self.retry_outcome,
+            "deadline": self.deadline,
+            "clock": clock,
+            "on_budget_exhausted": self.on_budget_exhausted,
+        }
+
     def on_budget_exhausted(self, *_: object) -> None:
         self.budget_exhausted = True
 
@@ -490,13 +500,7 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
                         response = _result(first)
                     else:
                         retrying = build_retrying(
-                            call.plan.retries,
-                            budget=runtime.budget,
-                            should_retry=call.retry_outcome,
-                            deadline=call.deadline,
-                            clock=self._clock,
-                            on_budget_exhausted=call.on_budget_exhausted,
-                            async_=True,
+                            call.plan.retries, async_=True, **call.retry_args(self._clock)
                         )
                         replay = [first]
 
@@ -648,13 +652,7 @@ class MeshTransport(_Base, httpx.BaseTransport):
                         response = _result(first)
                     else:
                         retrying = build_retrying(
-                            call.plan.retries,
-                            budget=runtime.budget,
-                            should_retry=call.retry_outcome,
-                            deadline=call.deadline,
-                            clock=self._clock,
-                            on_budget_exhausted=call.on_budget_exhausted,
-                            async_=False,
+                            call.plan.retries, async_=False, **call.retry_args(self._clock)
                         )
                         replay = [first]
 

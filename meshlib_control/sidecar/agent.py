@@ -18,13 +18,11 @@ heartbeats — plus what a proxy needs:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
@@ -35,6 +33,7 @@ from typing import Any
 
 from meshlib.config import MeshConfig
 from meshlib.errors import ConfigError, MeshError
+from meshlib.identity.keys import write_private_file
 from meshlib.identity.svid import SVID
 from meshlib.runtime.admin import AdminServer, json_page
 from meshlib.runtime.agent import Agent
@@ -42,7 +41,7 @@ from meshlib.runtime.control_client import fetch_bundle_unverified
 from meshlib_control.settings import split_hostport
 from meshlib_control.xds.bootstrap import secret_files, sidecar_bootstrap
 from meshlib_control.xds.static import envoy_binary
-from meshlib_control.xds.translate import SidecarNode
+from meshlib_control.xds.translate import BUNDLE_SECRET_FILE, SidecarNode
 
 __all__ = ["SidecarAgent", "SidecarOptions"]
 
@@ -81,20 +80,6 @@ class SidecarOptions:
 def _check_port(value: int, flag: str) -> None:
     if not 0 < value < 65536:
         raise ConfigError(f"{flag}: {value} is not a port number (1-65535)")
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write *text* to *path* as 0600 by an atomic rename (what Envoy's watch sees)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class SidecarAgent:
@@ -171,8 +156,9 @@ class SidecarAgent:
                 trust_bundle=svid.bundle_pem.decode(),
             )
             # The bundle first: a new certificate may chain to a root only it holds.
-            for name in sorted(files, key=lambda n: n != "bundle.yaml"):
-                _write_private(self.secrets_dir / name, json.dumps(files[name], indent=1))
+            for name in sorted(files, key=lambda n: n != BUNDLE_SECRET_FILE):
+                text = json.dumps(files[name], indent=1)
+                write_private_file(self.secrets_dir / name, text.encode())
         log.warning("SVID %s serial %x installed for Envoy", svid.spiffe_id, svid.serial)
 
     # ---------------------------------------------------------------- admin port
@@ -259,7 +245,7 @@ class SidecarAgent:
             control_spiffe_id=f"spiffe://{svid.spiffe_id.trust_domain}/control",
         )
         path = self.dir / "envoy-bootstrap.json"
-        _write_private(path, json.dumps(bootstrap, indent=1))
+        write_private_file(path, json.dumps(bootstrap, indent=1).encode())
         return path
 
     def _launch(self, bootstrap: Path) -> subprocess.Popen[bytes]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshlib_control.xds.outbound import is_ip
 from meshlib_control.xds.translate import (
     BUNDLE_SECRET_FILE,
     SVID_SECRET_FILE,
@@ -104,7 +105,7 @@ def sidecar_bootstrap(
             "clusters": [
                 {
                     "name": XDS_CLUSTER,
-                    "type": "STRICT_DNS" if not _is_ip(xds_host) else "STATIC",
+                    "type": "STATIC" if is_ip(xds_host) else "STRICT_DNS",
                     "connect_timeout": "1s",
                     # gRPC needs HTTP/2; without it nothing reaches the ADS server (notes §2).
                     "typed_extension_protocol_options": {
@@ -140,11 +141,6 @@ def sidecar_bootstrap(
             ]
         },
     }
-
-
-def _is_ip(host: str) -> bool:
-    parts = host.split(".")
-    return (len(parts) == 4 and all(p.isdigit() for p in parts)) or ":" in host
 
 
 def secret_files(

@@ -51,6 +51,7 @@ from meshlib_control.xds.common import (
 __all__ = [
     "IDEMPOTENCY_KEY_HEADER",
     "IDEMPOTENT_METHODS",
+    "is_ip",
     "outbound_clusters",
     "outbound_listener",
     "outbound_routes",
@@ -414,7 +415,8 @@ def _cluster(
     return cluster
 
 
-def _is_ip(address: str) -> bool:
+def is_ip(address: str) -> bool:
+    """True for an IPv4 or IPv6 address (EDS endpoints and STATIC clusters need one)."""
     try:
         ipaddress.ip_address(address)
     except ValueError:
@@ -428,7 +430,7 @@ def _load_assignment(
     groups: dict[tuple[int, str], list[Json]] = {}
     local_zone = node.zone if any(e.zone == node.zone for e in endpoints) else None
     for e in endpoints:
-        if not _is_ip(e.address):
+        if not is_ip(e.address):
             notes.add(
                 f"{where}.endpoints[{e.id}]",
                 "ignored",

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 
 from meshlib.policy.decode import decode_documents
 from meshlib_control.snapshot.builder import MeshState, build_snapshot
 from meshlib_control.snapshot.cache import SnapshotCache
 from meshlib_control.store.sqlite import InstanceRecord
-
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
+from tests.records import instance_record
 
 POLICIES = decode_documents(
     """
@@ -40,21 +38,7 @@ spec: {service: inventory, subsets: [{name: v1, labels: {version: v1}}]}
 
 
 def instance(iid: str, service: str, port: int = 8443, ns: str = "default") -> InstanceRecord:
-    return InstanceRecord(
-        id=iid,
-        spiffe_id=f"spiffe://mesh.local/ns/{ns}/sa/{service}",
-        service=service,
-        namespace=ns,
-        address="127.0.0.1",
-        port=port,
-        plaintext_port=None,
-        admin_port=None,
-        labels=(("version", "v1"),),
-        mode="library",
-        registered_at=NOW,
-        last_seen=NOW,
-        expires_at=NOW + timedelta(seconds=15),
-    )
+    return instance_record(iid, service, port=port, ns=ns, labels={"version": "v1"})
 
 
 STATE = MeshState(

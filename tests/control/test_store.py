@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 from meshlib.policy.decode import decode_documents
 from meshlib_control.ca.tokens import new_token
 from meshlib_control.store.sqlite import SQLiteStore
-from tests.control.test_snapshot_builder import NOW, instance
+from tests.control.test_snapshot_builder import instance
+from tests.records import NOW
 
 DOCS = decode_documents(
     """

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ from meshlib.policy.authz import peer_namespace
 from meshlib.policy.decode import decode_documents
 from meshlib.resilience.retry import IDEMPOTENT_METHODS as LIBRARY_IDEMPOTENT
 from meshlib_control.snapshot.builder import MeshState, build_snapshot
-from meshlib_control.store.sqlite import InstanceRecord
 from meshlib_control.xds.static import StaticSecrets, render_static_bootstrap
 from meshlib_control.xds.translate import (
     IDEMPOTENT_METHODS,
@@ -25,9 +23,7 @@ from meshlib_control.xds.translate import (
     glob_to_re2,
     translate,
 )
-
-TD = "mesh.local"
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
+from tests.records import TD, instance_record
 
 POLICIES = """
 apiVersion: meshlib.io/v1
@@ -114,21 +110,7 @@ spec: {service: inventory, requestsPerSecond: 5, burst: 10, perCaller: true}
 
 
 def instance(iid: str, service: str, address: str, *, ns: str = "default", **labels: str):
-    return InstanceRecord(
-        id=iid,
-        spiffe_id=f"spiffe://{TD}/ns/{ns}/sa/{service}",
-        service=service,
-        namespace=ns,
-        address=address,
-        port=8443,
-        plaintext_port=None,
-        admin_port=None,
-        labels=tuple(sorted(labels.items())),
-        mode="library",
-        registered_at=NOW,
-        last_seen=NOW,
-        expires_at=NOW + timedelta(seconds=15),
-    )
+    return instance_record(iid, service, address=address, ns=ns, labels=labels)
 
 
 INSTANCES = (

@@ -25,6 +25,12 @@ from tests.integration.harness import (
 )
 
 APP = "tests.integration.fault_app"
+TD = "mesh.local"
+
+
+def sid(service: str, namespace: str = "default") -> str:
+    """The SPIFFE ID of *service* in the test meshes' trust domain."""
+    return f"spiffe://{TD}/ns/{namespace}/sa/{service}"
 
 
 def xds_control(data_dir: Path, *extra: str) -> Control:

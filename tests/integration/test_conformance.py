@@ -34,19 +34,21 @@ from tests.integration.harness import (
     wait_endpoints,
     wait_for,
 )
-from tests.integration.sidecars import APP, Sidecar, SidecarService, envoy_available, xds_control
+from tests.integration.sidecars import (
+    APP,
+    Sidecar,
+    SidecarService,
+    envoy_available,
+    sid,
+    xds_control,
+)
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not envoy_available(), reason="envoy binary not installed ([sidecar])"),
 ]
 
-TD = "mesh.local"
 MODES = ["library", "sidecar"]
-
-
-def sid(service: str) -> str:
-    return f"spiffe://{TD}/ns/default/sa/{service}"
 
 
 @dataclass

