@@ -53,8 +53,6 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
-from meshlib.errors import MeshError
-from meshlib.identity.spiffe import SpiffeId
 from meshlib.identity.tls import TLSContexts
 from meshlib.integrations.grpc_server import server_credentials
 from meshlib_control.xds.status import NodeStatus, TypeStatus
@@ -352,10 +350,6 @@ class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 f"node.cluster: {node.service} in {node.namespace} is {node.spiffe_id}, "
                 f"but the client certificate is {peer or 'not a single SPIFFE ID'}",
             )
-        try:
-            SpiffeId.parse(node.spiffe_id)
-        except MeshError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"node.cluster: {exc}")
         log.info("sidecar %s (%s) connected", node_id, node.spiffe_id)
         return _Stream(self.plane, node_id, node)
 
