@@ -12,7 +12,9 @@ from meshlib.identity.keys import (
 from meshlib.identity.spiffe import SpiffeId, trust_domain_id
 from meshlib.identity.svid import (
     SVID,
+    PeerSVIDValidator,
     certificate_fingerprint,
+    check_svid_leaf,
     load_pem_certificates,
     spiffe_id_from_certificate,
     spiffe_id_from_peercert,
@@ -20,9 +22,11 @@ from meshlib.identity.svid import (
 
 __all__ = [
     "SVID",
+    "PeerSVIDValidator",
     "SpiffeId",
     "build_csr",
     "certificate_fingerprint",
+    "check_svid_leaf",
     "generate_private_key",
     "load_pem_certificates",
     "private_key_pem",

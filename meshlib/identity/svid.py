@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +28,9 @@ from meshlib.identity.spiffe import SpiffeId
 __all__ = [
     "DEFAULT_RENEWAL_JITTER",
     "SVID",
+    "PeerSVIDValidator",
     "certificate_fingerprint",
+    "check_svid_leaf",
     "load_pem_certificates",
     "spiffe_id_from_certificate",
     "spiffe_id_from_peercert",
@@ -112,6 +116,111 @@ def spiffe_id_from_peercert(peercert: Mapping[str, Any] | None) -> str:
     if not uri.startswith("spiffe://") or len(uri) <= len("spiffe://"):
         raise IdentityError(f"the peer certificate's URI SAN {uri!r} is not a SPIFFE ID")
     return uri
+
+
+def check_svid_leaf(cert: x509.Certificate, *, trust_domains: Collection[str]) -> SpiffeId:
+    """Validate *cert* as a peer's X.509-SVID leaf and return its SPIFFE ID.
+
+    The checks are those the X.509-SVID standard says a validator MUST make on a leaf,
+    beyond the chain to a trusted root that TLS has already verified:
+
+    * exactly one URI SAN holding a valid SPIFFE ID with a non-empty path (the bare
+      trust-domain ID ``spiffe://td`` names no workload);
+    * the ID's trust domain is one of *trust_domains* (this mesh's own, or a federated
+      one): a root trusted by the mesh must not vouch for another trust domain's names;
+    * the leaf is not a CA (``basicConstraints`` absent or ``cA=false``) and its key usage,
+      when present, includes neither ``keyCertSign`` nor ``cRLSign``.
+
+    Raises:
+        IdentityError: naming the first rule the certificate breaks.
+    """
+    spiffe_id = spiffe_id_from_certificate(cert)
+    if not spiffe_id.path:
+        raise IdentityError(
+            f"certificate's SPIFFE ID {spiffe_id} is a trust domain's own ID, not a workload's: "
+            "an X.509-SVID leaf must have a non-empty path"
+        )
+    if spiffe_id.trust_domain not in trust_domains:
+        allowed = ", ".join(sorted(trust_domains)) or "none"
+        raise IdentityError(
+            f"certificate's SPIFFE ID {spiffe_id} is in trust domain "
+            f"{spiffe_id.trust_domain!r}, which this mesh does not trust (trusted: {allowed})"
+        )
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and constraints.ca:
+        raise IdentityError(
+            f"certificate of {spiffe_id} is a CA certificate (basicConstraints cA=true); "
+            "an X.509-SVID leaf must not be"
+        )
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and (usage.key_cert_sign or usage.crl_sign):
+        which = "keyCertSign" if usage.key_cert_sign else "cRLSign"
+        raise IdentityError(
+            f"certificate of {spiffe_id} has key usage {which}; an X.509-SVID leaf must not"
+        )
+    return spiffe_id
+
+
+class PeerSVIDValidator:
+    """:func:`check_svid_leaf` over DER leaves, remembering recent verdicts.
+
+    Servers see the same peer leaf on every connection (and gRPC on every call) until it
+    rotates; parsing it once and keeping the verdict for the last *capacity* distinct leaves
+    makes the check a dict lookup on the hot path. Verdicts never go stale: a certificate's
+    content, and so its verdict, cannot change for a given DER, and expiry is TLS's check.
+
+    Args:
+        trust_domains: the trust domains whose IDs peers may carry.
+        capacity: how many distinct leaves to remember.
+    """
+
+    def __init__(self, trust_domains: Collection[str], *, capacity: int = 1024) -> None:
+        self.trust_domains = frozenset(trust_domains)
+        self._capacity = capacity
+        self._verdicts: OrderedDict[bytes, SpiffeId | IdentityError] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def validate_der(self, der: bytes) -> SpiffeId:
+        """The SPIFFE ID of the DER leaf *der*, or raise why it is no valid SVID.
+
+        Raises:
+            IdentityError: the leaf does not parse or breaks a rule of :func:`check_svid_leaf`.
+        """
+        verdict = self._verdicts.get(der)
+        if verdict is None:
+            verdict = self._judge(der)
+            with self._lock:
+                self._verdicts[der] = verdict
+                while len(self._verdicts) > self._capacity:
+                    self._verdicts.popitem(last=False)
+        if isinstance(verdict, IdentityError):
+            raise IdentityError(str(verdict))
+        return verdict
+
+    def validate_pem(self, pem: bytes | str) -> SpiffeId:
+        """:meth:`validate_der` for the first certificate of a PEM text."""
+        data = pem.encode("ascii") if isinstance(pem, str) else pem
+        try:
+            der = x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)
+        except ValueError as exc:
+            raise IdentityError(f"the peer certificate does not parse: {exc}") from exc
+        return self.validate_der(der)
+
+    def _judge(self, der: bytes) -> SpiffeId | IdentityError:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError as exc:
+            return IdentityError(f"the peer certificate does not parse: {exc}")
+        try:
+            return check_svid_leaf(cert, trust_domains=self.trust_domains)
+        except IdentityError as exc:
+            return exc
 
 
 def _public_der(key: CertificatePublicKeyTypes | PublicKeyTypes) -> bytes:
