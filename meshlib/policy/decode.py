@@ -3,13 +3,19 @@
 Decoding is strict: unknown fields are rejected (typo protection), every value is checked,
 and the first problem raises :class:`~meshlib.errors.PolicyError` whose ``path`` names the
 field relative to the document, e.g. ``spec.routes[2].retries.perTryTimeout``.
+
+Every number has a lower and an upper bound (the ranges are in :mod:`meshlib.policy.model`
+and docs/policy-reference.md) and every regex is checked by :mod:`meshlib.policy.regex`, so
+whatever decodes can be built into the data plane's runtime objects without raising.
+Decoding never raises anything but :class:`~meshlib.errors.PolicyError`, whatever the input
+(huge integers, deep nesting, odd key types): error messages show values only in short form.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import yaml
@@ -17,6 +23,7 @@ import yaml
 from meshlib.errors import PolicyError
 from meshlib.policy import model as m
 from meshlib.policy.durations import format_duration, parse_duration
+from meshlib.policy.regex import check_regex
 
 __all__ = [
     "decode_documents",
@@ -63,14 +70,32 @@ def _kind_of(value: Any) -> str:
     return type(value).__name__
 
 
+def _show(value: Any) -> str:
+    """A short, always printable form of *value* for an error message.
+
+    ``repr`` of an integer of more than 4300 digits raises ValueError and that of a deeply
+    nested list RecursionError; a long string would flood the message.
+    """
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if -(10**18) < value < 10**18 else "a very large integer"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 64 else repr(value[:61] + "...")
+    return _kind_of(value)
+
+
 def _mapping(value: Any, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise PolicyError(path, f"must be a mapping, got {_kind_of(value)}")
     for key in value:
         if not isinstance(key, str):
-            raise PolicyError(path, f"field names must be strings, got {key!r}")
+            raise PolicyError(path, f"field names must be strings, got {_show(key)}")
         if key not in allowed:
-            raise PolicyError(_at(path, key), f"unknown field (allowed: {', '.join(allowed)})")
+            raise PolicyError(
+                _at(path, key if len(key) <= 64 else key[:61] + "..."),
+                f"unknown field (allowed: {', '.join(allowed)})",
+            )
     return value
 
 
@@ -109,14 +134,14 @@ def _dns_label(value: Any, path: str) -> str:
     text = _string(value, path)
     if not is_dns_label(text):
         raise PolicyError(
-            path, f"must be a DNS label (lower-case letters, digits and '-'), got {text!r}"
+            path, f"must be a DNS label (lower-case letters, digits and '-'), got {_show(text)}"
         )
     return text
 
 
 def _enum(value: Any, path: str, choices: tuple[str, ...]) -> str:
-    if value not in choices or not isinstance(value, str):
-        raise PolicyError(path, f"must be one of {', '.join(choices)}, got {value!r}")
+    if not isinstance(value, str) or value not in choices:
+        raise PolicyError(path, f"must be one of {', '.join(choices)}, got {_show(value)}")
     return value
 
 
@@ -126,28 +151,32 @@ def _bool(value: Any, path: str) -> bool:
     return value
 
 
-def _int(value: Any, path: str, lo: int, hi: int | None = None) -> int:
+def _int(value: Any, path: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise PolicyError(path, f"must be an integer, got {_kind_of(value)}")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise PolicyError(path, f"must be {bound}, got {value}")
+    if value < lo:
+        raise PolicyError(path, f"must be >= {lo}, got {_show(value)}")
+    if value > hi:
+        raise PolicyError(path, f"must be <= {hi}, got {_show(value)}")
     return value
 
 
-def _number(
-    value: Any, path: str, lo: float, hi: float | None = None, *, above: bool = False
-) -> float:
+def _number(value: Any, path: str, lo: float, hi: float, *, above: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PolicyError(path, f"must be a number, got {_kind_of(value)}")
+    # Compare integers before converting them: float(10**400) raises OverflowError.
+    if isinstance(value, int) and not -(2**53) <= value <= 2**53:
+        bound = f">= {lo:g}" if value < 0 else f"<= {hi:g}"
+        raise PolicyError(path, f"must be {bound}, got {_show(value)}")
     number = float(value)
     if not math.isfinite(number):
-        raise PolicyError(path, "must be finite")
+        raise PolicyError(path, f"must be finite, got {_show(value)}")
     if above and number <= lo:
-        raise PolicyError(path, f"must be > {lo:g}, got {value}")
-    if number < lo or (hi is not None and number > hi):
-        bound = f"between {lo:g} and {hi:g}" if hi is not None else f">= {lo:g}"
-        raise PolicyError(path, f"must be {bound}, got {value}")
+        raise PolicyError(path, f"must be > {lo:g}, got {_show(value)}")
+    if number < lo:
+        raise PolicyError(path, f"must be >= {lo:g}, got {_show(value)}")
+    if number > hi:
+        raise PolicyError(path, f"must be <= {hi:g}, got {_show(value)}")
     return number
 
 
@@ -155,6 +184,10 @@ def _duration(value: Any, path: str) -> float:
     seconds = parse_duration(value, path)
     if seconds <= 0:
         raise PolicyError(path, "must be > 0")
+    if seconds < m.MIN_DURATION:
+        raise PolicyError(path, f"must be >= {format_duration(m.MIN_DURATION)}")
+    if seconds > m.MAX_DURATION:
+        raise PolicyError(path, f"must be <= {format_duration(m.MAX_DURATION)}")
     return seconds
 
 
@@ -168,16 +201,13 @@ def _unique(names: Sequence[str], path: str, what: str) -> None:
     seen: set[str] = set()
     for i, name in enumerate(names):
         if name in seen:
-            raise PolicyError(f"{path}[{i}].name", f"duplicate {what} name {name!r}")
+            raise PolicyError(f"{path}[{i}].name", f"duplicate {what} name {_show(name)}")
         seen.add(name)
 
 
 def _compile_regex(value: Any, path: str) -> str:
     text = _string(value, path)
-    try:
-        re.compile(text)
-    except re.error as exc:
-        raise PolicyError(path, f"invalid regex {text!r}: {exc}") from exc
+    check_regex(text, path)
     return text
 
 
@@ -192,7 +222,7 @@ def _labels(value: Any, path: str) -> tuple[tuple[str, str], ...]:
     pairs: list[tuple[str, str]] = []
     for key, label in value.items():
         if not isinstance(key, str) or not key:
-            raise PolicyError(path, f"label names must be non-empty strings, got {key!r}")
+            raise PolicyError(path, f"label names must be non-empty strings, got {_show(key)}")
         if not isinstance(label, str):
             raise PolicyError(_at(path, key), f"must be a string, got {_kind_of(label)}")
         pairs.append((key, label))
@@ -215,7 +245,7 @@ def _path_match(value: Any, path: str) -> m.PathMatch:
         return m.PathMatch("regex", _compile_regex(raw, where))
     text = _string(raw, where)
     if not text.startswith("/"):
-        raise PolicyError(where, f"must start with '/', got {text!r}")
+        raise PolicyError(where, f"must start with '/', got {_show(text)}")
     return m.PathMatch("exact" if kind == "exact" else "prefix", text)
 
 
@@ -223,7 +253,7 @@ def _header_match(value: Any, path: str) -> m.HeaderMatch:
     mp = _mapping(value, path, ("name", "exact", "regex", "present"))
     name = _string(_required(mp, "name", path), _at(path, "name")).lower()
     if not _HEADER_NAME.fullmatch(name):
-        raise PolicyError(_at(path, "name"), f"invalid header name {name!r}")
+        raise PolicyError(_at(path, "name"), f"invalid header name {_show(name)}")
     kinds = [k for k in ("exact", "regex", "present") if k in mp]
     if len(kinds) != 1:
         raise PolicyError(path, "must set exactly one of exact, regex, present")
@@ -243,7 +273,9 @@ def _header_match(value: Any, path: str) -> m.HeaderMatch:
 def _method(value: Any, path: str) -> str:
     text = _string(value, path)
     if not _METHOD.fullmatch(text):
-        raise PolicyError(path, f"must be an upper-case HTTP method such as 'GET', got {text!r}")
+        raise PolicyError(
+            path, f"must be an upper-case HTTP method such as 'GET', got {_show(text)}"
+        )
     return text
 
 
@@ -260,7 +292,7 @@ def _subset_ref(value: Any, path: str, subsets: frozenset[str]) -> str:
     name = _string(value, path)
     if name not in subsets:
         known = ", ".join(sorted(subsets)) or "none"
-        raise PolicyError(path, f"unknown subset {name!r} (defined: {known})")
+        raise PolicyError(path, f"unknown subset {_show(name)} (defined: {known})")
     return name
 
 
@@ -420,15 +452,15 @@ def _retry_budget(value: Any, path: str) -> m.RetryBudget:
             mp,
             "minRetriesPerSecond",
             path,
-            lambda v, p: _number(v, p, 0.0),
+            lambda v, p: _number(v, p, 0.0, m.MAX_BUDGET_MIN_RETRIES_PER_SECOND),
             m.DEFAULT_BUDGET_MIN_RETRIES_PER_SECOND,
         ),
         ttl=_opt(mp, "ttl", path, _duration, m.DEFAULT_BUDGET_TTL),
     )
 
 
-def _at_least_one(value: Any, path: str) -> int:
-    return _int(value, path, 1)
+def _consecutive(value: Any, path: str) -> int:
+    return _int(value, path, 1, m.MAX_CONSECUTIVE_ERRORS)
 
 
 def _outlier(value: Any, path: str) -> m.OutlierDetection:
@@ -445,13 +477,13 @@ def _outlier(value: Any, path: str) -> m.OutlierDetection:
     )
     return m.OutlierDetection(
         consecutive_5xx=_opt(
-            mp, "consecutive5xx", path, _at_least_one, m.DEFAULT_OUTLIER_CONSECUTIVE_5XX
+            mp, "consecutive5xx", path, _consecutive, m.DEFAULT_OUTLIER_CONSECUTIVE_5XX
         ),
         consecutive_gateway_errors=_opt(
             mp,
             "consecutiveGatewayErrors",
             path,
-            _at_least_one,
+            _consecutive,
             m.DEFAULT_OUTLIER_CONSECUTIVE_GATEWAY_ERRORS,
         ),
         interval=_opt(mp, "interval", path, _duration, m.DEFAULT_OUTLIER_INTERVAL),
@@ -472,7 +504,7 @@ def _breaker(value: Any, path: str) -> m.CircuitBreakerPolicy:
     mp = _mapping(value, path, ("consecutiveFailures", "resetTimeout"))
     return m.CircuitBreakerPolicy(
         consecutive_failures=_opt(
-            mp, "consecutiveFailures", path, _at_least_one, m.DEFAULT_BREAKER_CONSECUTIVE_FAILURES
+            mp, "consecutiveFailures", path, _consecutive, m.DEFAULT_BREAKER_CONSECUTIVE_FAILURES
         ),
         reset_timeout=_opt(mp, "resetTimeout", path, _duration, m.DEFAULT_BREAKER_RESET_TIMEOUT),
     )
@@ -481,8 +513,20 @@ def _breaker(value: Any, path: str) -> m.CircuitBreakerPolicy:
 def _pool(value: Any, path: str) -> m.ConnectionPool:
     mp = _mapping(value, path, ("maxConnections", "maxPending"))
     return m.ConnectionPool(
-        max_connections=_opt(mp, "maxConnections", path, _at_least_one, m.DEFAULT_MAX_CONNECTIONS),
-        max_pending=_opt(mp, "maxPending", path, lambda v, p: _int(v, p, 0), m.DEFAULT_MAX_PENDING),
+        max_connections=_opt(
+            mp,
+            "maxConnections",
+            path,
+            lambda v, p: _int(v, p, 1, m.MAX_CONNECTIONS_LIMIT),
+            m.DEFAULT_MAX_CONNECTIONS,
+        ),
+        max_pending=_opt(
+            mp,
+            "maxPending",
+            path,
+            lambda v, p: _int(v, p, 0, m.MAX_PENDING_LIMIT),
+            m.DEFAULT_MAX_PENDING,
+        ),
     )
 
 
@@ -533,24 +577,33 @@ def _traffic_policy(value: Any, path: str) -> m.TrafficPolicySpec:
 # --- AuthorizationPolicy, PeerAuthentication, RateLimit ------------------------------------
 
 
-def _principal(value: Any, path: str) -> str:
+def _glob(value: Any, path: str) -> str:
     text = _string(value, path)
+    if len(text) > m.MAX_GLOB_LENGTH:
+        raise PolicyError(path, f"must be at most {m.MAX_GLOB_LENGTH} characters")
+    return text
+
+
+def _principal(value: Any, path: str) -> str:
+    text = _glob(value, path)
     if text != "*" and not text.startswith("spiffe://"):
-        raise PolicyError(path, f"must start with 'spiffe://' or be '*', got {text!r}")
+        raise PolicyError(path, f"must start with 'spiffe://' or be '*', got {_show(text)}")
     return text
 
 
 def _namespace_glob(value: Any, path: str) -> str:
-    text = _string(value, path)
+    text = _glob(value, path)
     if not _NAMESPACE_GLOB.fullmatch(text):
-        raise PolicyError(path, f"must be a namespace or a glob of one ('*', '?'), got {text!r}")
+        raise PolicyError(
+            path, f"must be a namespace or a glob of one ('*', '?'), got {_show(text)}"
+        )
     return text
 
 
 def _path_glob(value: Any, path: str) -> str:
-    text = _string(value, path)
+    text = _glob(value, path)
     if text != "*" and not text.startswith("/"):
-        raise PolicyError(path, f"must start with '/' or be '*', got {text!r}")
+        raise PolicyError(path, f"must start with '/' or be '*', got {_show(text)}")
     return text
 
 
@@ -600,11 +653,18 @@ def _rate_limit(value: Any, path: str) -> m.RateLimitSpec:
     mp = _mapping(value, path, ("service", "requestsPerSecond", "burst", "perCaller"))
     service = _dns_label(_required(mp, "service", path), _at(path, "service"))
     rps_path = _at(path, "requestsPerSecond")
-    rps = _number(_required(mp, "requestsPerSecond", path), rps_path, 0.0, above=True)
+    rps = _number(
+        _required(mp, "requestsPerSecond", path),
+        rps_path,
+        m.MIN_REQUESTS_PER_SECOND,
+        m.MAX_REQUESTS_PER_SECOND,
+    )
     return m.RateLimitSpec(
         service=service,
         requests_per_second=rps,
-        burst=_opt(mp, "burst", path, _at_least_one, math.ceil(rps)),
+        burst=_opt(
+            mp, "burst", path, lambda v, p: _int(v, p, 1, m.MAX_BURST), max(1, math.ceil(rps))
+        ),
         per_caller=_opt(mp, "perCaller", path, _bool, False),
     )
 
@@ -628,7 +688,7 @@ def decode_resource(doc: Mapping[str, Any]) -> m.Resource:
     mp = _mapping(doc, "", ("apiVersion", "kind", "metadata", "spec", "status"))
     api = _required(mp, "apiVersion", "")
     if api != m.API_VERSION:
-        raise PolicyError("apiVersion", f"must be {m.API_VERSION!r}, got {api!r}")
+        raise PolicyError("apiVersion", f"must be {m.API_VERSION!r}, got {_show(api)}")
     kind = _enum(_required(mp, "kind", ""), "kind", m.KINDS)
     meta = _mapping(_required(mp, "metadata", ""), "metadata", ("name", "namespace"))
     metadata = m.Metadata(
@@ -801,7 +861,7 @@ def load_documents(text: str) -> list[dict[str, Any]]:
     """
     docs: list[dict[str, Any]] = []
     try:
-        for raw in yaml.safe_load_all(text):
+        for raw in _safe_load_all(text):
             if raw is None:
                 continue
             if not isinstance(raw, Mapping):
@@ -814,7 +874,17 @@ def load_documents(text: str) -> list[dict[str, Any]]:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise PolicyError(f"documents[{len(docs)}]", f"invalid YAML: {where}{problem}") from exc
+    except RecursionError as exc:
+        raise PolicyError(f"documents[{len(docs)}]", "invalid YAML: nested too deeply") from exc
+    except ValueError as exc:  # an integer of more than 4300 digits (int's conversion limit)
+        raise PolicyError(f"documents[{len(docs)}]", f"invalid YAML: {exc}") from exc
     return docs
+
+
+def _safe_load_all(text: str) -> Iterator[Any]:
+    # The C loader when PyYAML has it: faster, and it recurses in C, not in Python frames.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return iter(yaml.load_all(text, Loader=loader))
 
 
 def decode_documents(text: str) -> tuple[m.Resource, ...]:

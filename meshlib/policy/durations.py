@@ -2,18 +2,24 @@
 
 A duration is one or more ``<number><unit>`` terms (units ``h``, ``m``, ``s``, ``ms``), summed,
 as in Go's ``time.ParseDuration`` without signs. Numbers are plain decimals. Internally a
-duration is a float number of seconds.
+duration is a float number of seconds. The text is at most :data:`MAX_DURATION_TEXT`
+characters and its value finite (``"1e400s"`` is not a duration; a 400-digit number of hours
+would overflow to infinity and is refused); callers check their own bounds.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 from typing import Any
 
 from meshlib.errors import PolicyError
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["MAX_DURATION_TEXT", "format_duration", "parse_duration"]
+
+MAX_DURATION_TEXT = 64
+"""Longest duration string accepted, in characters."""
 
 _UNITS: dict[str, float] = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _TERM = r"(\d+(?:\.\d+)?)(ms|h|m|s)"
@@ -32,10 +38,15 @@ def parse_duration(value: Any, path: str) -> float:
         The duration in seconds (``>= 0``; callers check their own lower bounds).
 
     Raises:
-        PolicyError: the value is not a string or not a valid duration.
+        PolicyError: the value is not a string, not a valid duration, longer than
+            :data:`MAX_DURATION_TEXT` or not finite.
     """
     if not isinstance(value, str):
-        raise PolicyError(path, f"must be a duration string like '250ms' or '2s', got {value!r}")
+        raise PolicyError(
+            path, f"must be a duration string like '250ms' or '2s', got {_kind(value)}"
+        )
+    if len(value) > MAX_DURATION_TEXT:
+        raise PolicyError(path, f"must be at most {MAX_DURATION_TEXT} characters")
     if _WHOLE.fullmatch(value) is None:
         raise PolicyError(
             path, f"invalid duration {value!r}: use a number and a unit (ms, s, m, h), e.g. '250ms'"
@@ -44,7 +55,18 @@ def parse_duration(value: Any, path: str) -> float:
     for number, unit in _TERMS.findall(value):
         # Divide for ms so that "25ms" gives exactly the float nearest to 0.025.
         total += float(number) / 1000 if unit == "ms" else float(number) * _UNITS[unit]
+    if not math.isfinite(total):
+        raise PolicyError(path, f"duration {value!r} is too large")
     return total
+
+
+def _kind(value: Any) -> str:
+    """A short, always printable description of a wrong value (never a huge repr)."""
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if -(10**18) < value < 10**18 else "a very large integer"
+    return type(value).__name__
 
 
 def format_duration(seconds: float) -> str:

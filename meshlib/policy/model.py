@@ -43,8 +43,18 @@ __all__ = [
     "KINDS",
     "LOAD_BALANCERS",
     "MAX_BACKEND_WEIGHT",
+    "MAX_BUDGET_MIN_RETRIES_PER_SECOND",
+    "MAX_BURST",
+    "MAX_CONNECTIONS_LIMIT",
+    "MAX_CONSECUTIVE_ERRORS",
+    "MAX_DURATION",
+    "MAX_GLOB_LENGTH",
+    "MAX_PENDING_LIMIT",
     "MAX_REPLAY_BYTES_LIMIT",
+    "MAX_REQUESTS_PER_SECOND",
     "MAX_RETRY_ATTEMPTS",
+    "MIN_DURATION",
+    "MIN_REQUESTS_PER_SECOND",
     "PEER_MODES",
     "RETRY_ON_CONDITIONS",
     "AbortFault",
@@ -76,6 +86,17 @@ __all__ = [
 API_VERSION = "meshlib.io/v1"
 KINDS = ("TrafficPolicy", "AuthorizationPolicy", "PeerAuthentication", "RateLimit")
 DEFAULT_NAMESPACE = "default"
+
+# --- ranges ----------------------------------------------------------------------------------
+# Every numeric field has an upper bound: a value the data plane cannot represent (a float
+# that overflows, a count Envoy stores in 32 bits, a timer of centuries) is refused when
+# decoded, so any snapshot a workload accepts also builds its runtime objects.
+MIN_DURATION = 0.001
+"""Shortest duration accepted anywhere, in seconds (1 ms; Envoy would round less to 0s)."""
+MAX_DURATION = 24 * 3600.0
+"""Longest duration accepted anywhere, in seconds (24 h, as the deadline header's cap)."""
+MAX_GLOB_LENGTH = 1024
+"""Longest AuthorizationPolicy glob (principal, namespace, path), in characters."""
 
 # --- TrafficPolicy -------------------------------------------------------------------------
 LOAD_BALANCERS = ("ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "P2C_EWMA")
@@ -115,13 +136,25 @@ DEFAULT_OUTLIER_MAX_EJECTION_PERCENT = 50
 DEFAULT_BREAKER_CONSECUTIVE_FAILURES = 5
 DEFAULT_BREAKER_RESET_TIMEOUT = 30.0
 
+MAX_CONSECUTIVE_ERRORS = 10_000
+"""Upper bound of consecutive5xx, consecutiveGatewayErrors and consecutiveFailures."""
+MAX_BUDGET_MIN_RETRIES_PER_SECOND = 10_000.0
+
 DEFAULT_MAX_CONNECTIONS = 100
 DEFAULT_MAX_PENDING = 100
+MAX_CONNECTIONS_LIMIT = 100_000
+MAX_PENDING_LIMIT = 100_000
 
 # --- AuthorizationPolicy / PeerAuthentication ------------------------------------------------
 AUTHZ_ACTIONS = ("ALLOW", "DENY")
 DEFAULT_AUTHZ_ACTION = "ALLOW"
 PEER_MODES = ("STRICT", "PERMISSIVE")
+
+# --- RateLimit -------------------------------------------------------------------------------
+MIN_REQUESTS_PER_SECOND = 0.001
+MAX_REQUESTS_PER_SECOND = 1_000_000.0
+MAX_BURST = 1_000_000
+"""Largest bucket; Envoy's ``max_tokens`` is 32-bit and the library's bucket a float."""
 
 
 @dataclass(frozen=True, slots=True)

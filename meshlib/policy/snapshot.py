@@ -181,12 +181,24 @@ def compute_version(s: Snapshot) -> str:
 # --- decoding ------------------------------------------------------------------------------
 
 
+def _show(value: Any) -> str:
+    """A short, always printable form of *value* (``repr`` of a huge int raises ValueError)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 64 else repr(value[:61] + "...")
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if -(10**18) < value < 10**18 else "a very large integer"
+    return type(value).__name__
+
+
 def _fields(value: Any, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise PolicyError(path, "must be a mapping")
     for key in value:
         if key not in allowed:
-            raise PolicyError(f"{path}.{key}" if path else str(key), "unknown field")
+            name = key if isinstance(key, str) and len(key) <= 64 else _show(key)
+            raise PolicyError(f"{path}.{name}" if path else name, "unknown field")
     for key in allowed:
         if key not in value:
             raise PolicyError(f"{path}.{key}" if path else key, "required")
@@ -201,14 +213,14 @@ def _str(value: Any, path: str) -> str:
 
 def _label(value: Any, path: str) -> str:
     if not isinstance(value, str) or not is_dns_label(value):
-        raise PolicyError(path, f"must be a DNS label, got {value!r}")
+        raise PolicyError(path, f"must be a DNS label, got {_show(value)}")
     return value
 
 
 def _spiffe(value: Any, path: str) -> str:
     text = _str(value, path)
     if not text.startswith("spiffe://"):
-        raise PolicyError(path, f"must be a spiffe:// ID, got {text!r}")
+        raise PolicyError(path, f"must be a spiffe:// ID, got {_show(text)}")
     return text
 
 
@@ -232,14 +244,16 @@ def _endpoint(value: Any, path: str) -> Endpoint:
     mp = _fields(value, path, ("id", "address", "port", "labels", "mode", "spiffeId"))
     port = mp["port"]
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise PolicyError(f"{path}.port", f"must be an integer between 1 and 65535, got {port!r}")
+        raise PolicyError(
+            f"{path}.port", f"must be an integer between 1 and 65535, got {_show(port)}"
+        )
     labels = mp["labels"]
     if not isinstance(labels, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
     ):
         raise PolicyError(f"{path}.labels", "must be a mapping of strings to strings")
     mode = mp["mode"]
-    if mode not in ENDPOINT_MODES:
+    if not isinstance(mode, str) or mode not in ENDPOINT_MODES:
         raise PolicyError(f"{path}.mode", f"must be one of {', '.join(ENDPOINT_MODES)}")
     return Endpoint(
         id=_str(mp["id"], f"{path}.id"),
@@ -287,7 +301,7 @@ def decode_snapshot(d: Mapping[str, Any]) -> Snapshot:
     """
     mp = _fields(d, "", ("version", "trustDomain", "service", "namespace", "inbound", "services"))
     inbound = _fields(mp["inbound"], "inbound", ("peerMode", "authorization", "rateLimit"))
-    if inbound["peerMode"] not in PEER_MODES:
+    if not isinstance(inbound["peerMode"], str) or inbound["peerMode"] not in PEER_MODES:
         raise PolicyError("inbound.peerMode", f"must be one of {', '.join(PEER_MODES)}")
     authz = tuple(
         _resource(r, f"inbound.authorization[{i}]", "AuthorizationPolicy")
