@@ -26,6 +26,13 @@ from meshlib.identity.svid import SVID
 from meshlib.policy.decode import decode_documents, encode_resource
 from meshlib.policy.model import KINDS
 from meshlib_control.ca.authority import CertificateAuthority, CSRRejected
+from meshlib_control.ca.rebootstrap import (
+    RebootstrapError,
+    check_credential,
+    new_credential,
+    parse_credential,
+    requested_spiffe_id,
+)
 from meshlib_control.ca.tokens import TokenError, check_token, new_token, parse_token, parse_ttl
 from meshlib_control.errors import ApiError
 from meshlib_control.observe.scraper import Observer
@@ -180,20 +187,42 @@ class ControlPlane:
         }
 
     def sign(self, body: dict[str, Any], peer: SpiffeId | None) -> dict[str, Any]:
-        """Sign a CSR for a token holder, or renew for a workload presenting its SVID."""
+        """Sign a CSR and hand out the next re-bootstrap credential.
+
+        The caller is entitled by a join token (``token``), by its current SVID over mTLS
+        (renewal), or by the re-bootstrap credential of its last sign (``rebootstrap``:
+        for a workload whose SVID expired, over server-authenticated TLS). A credential is
+        spent in the same transaction that stores its successor; a refusal spends nothing.
+        """
         csr = body.get("csr")
         if not isinstance(csr, str) or not csr.strip():
             raise ApiError(400, "invalid", "csr: required, a PEM certificate request", path="csr")
+        instance_id = body.get("instanceId", "")
+        if (
+            not isinstance(instance_id, str)
+            or len(instance_id) > 64
+            or not (instance_id == "" or instance_id.isalnum())
+        ):
+            raise ApiError(400, "invalid", "instanceId: 1-64 letters and digits", path="instanceId")
         token_text = body.get("token")
-        if peer is not None and peer.is_workload and token_text is None:
+        credential_text = body.get("rebootstrap")
+        consume: str | None = None
+        spend: str | None = None
+        if credential_text is not None:
+            if token_text is not None:
+                raise ApiError(
+                    400, "invalid", "token, rebootstrap: give one or the other", path="rebootstrap"
+                )
+            entitled, spend = self._rebootstrap_entitlement(credential_text, csr)
+        elif peer is not None and peer.is_workload and token_text is None:
             entitled = peer
-            consume: str | None = None
         else:
             if not isinstance(token_text, str) or not token_text:
                 raise ApiError(
                     401,
                     "unauthenticated",
-                    "token: required (a join token, or renew over mTLS with a current SVID)",
+                    "token: required (a join token, or renew over mTLS with a current SVID, "
+                    "or rebootstrap: the credential of the last sign)",
                     path="token",
                 )
             try:
@@ -213,13 +242,62 @@ class ControlPlane:
             raise ApiError(
                 401, "token-used-up", f"join token {consume} has no uses left", path="token"
             )
+        now = _now()
+        credential, next_record = new_credential(
+            spiffe_id=issued.spiffe_id,
+            instance_id=instance_id,
+            ttl=self.settings.rebootstrap_ttl,
+            now=now,
+        )
+        if not self.store.issue_rebootstrap(next_record, spend=spend, now=now):
+            raise ApiError(
+                401,
+                "rebootstrap-spent",
+                f"re-bootstrap credential {spend} was already used",
+                path="rebootstrap",
+            )
+        if spend is not None:
+            log.warning("%s rejoined with re-bootstrap credential %s", issued.spiffe_id, spend)
         self._record(issued.serial, issued.spiffe_id, issued.not_before, issued.not_after)
         return {
             "certificate": issued.cert_pem.decode(),
             "bundle": self.ca.bundle_pem.decode(),
             "spiffeId": issued.spiffe_id,
             "notAfter": issued.not_after.isoformat(),
+            "rebootstrap": {
+                "credential": credential,
+                "id": next_record.credential_id,
+                "expiresAt": next_record.expires_at.isoformat(),
+            },
         }
+
+    def _rebootstrap_entitlement(self, text: object, csr: str) -> tuple[SpiffeId, str]:
+        """The identity a re-bootstrap credential entitles to, and its id; or ApiError."""
+        try:
+            parsed = parse_credential(text)
+            record = self.store.rebootstrap_credential(parsed.credential_id)
+            wanted = requested_spiffe_id(csr.encode())
+            if wanted is None and record is not None:
+                wanted = record.spiffe_id  # the CA refuses the CSR itself, with its reason
+            check_credential(parsed, record, wanted=wanted or "", now=_now())
+        except RebootstrapError as exc:
+            status = 403 if exc.code == "foreign" else 401
+            raise ApiError(status, f"rebootstrap-{exc.code}", str(exc), path="rebootstrap") from exc
+        assert record is not None
+        return SpiffeId.parse(record.spiffe_id), parsed.credential_id
+
+    def revoke_rebootstrap(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Revoke the unspent re-bootstrap credentials of one identity (token revoke)."""
+        service = body.get("service")
+        namespace = body.get("namespace", "default")
+        try:
+            if not isinstance(service, str) or not isinstance(namespace, str):
+                raise IdentityError("service and namespace must be strings")
+            spiffe_id = SpiffeId.for_service(self.trust_domain, namespace, service)
+        except IdentityError as exc:
+            raise ApiError(400, "invalid", f"service: {exc}", path="service") from exc
+        revoked = self.store.revoke_rebootstrap(str(spiffe_id))
+        return {"spiffeId": str(spiffe_id), "revokedRebootstrapCredentials": revoked}
 
     def register(self, instance_id: str, body: dict[str, Any], peer: SpiffeId) -> dict[str, Any]:
         """Create or refresh an instance's registration (the heartbeat)."""

@@ -21,6 +21,7 @@ DEFAULT_XDS_LISTEN = "127.0.0.1:18000"
 DEFAULT_TRUST_DOMAIN = "mesh.local"
 DEFAULT_SVID_TTL = timedelta(hours=24)
 DEFAULT_INSTANCE_TTL = timedelta(seconds=15)
+DEFAULT_REBOOTSTRAP_TTL = timedelta(days=7)
 CONTROL_CERT_TTL = timedelta(days=30)
 ADMIN_CERT_TTL = timedelta(days=365)
 
@@ -45,6 +46,7 @@ class Settings:
     ca_key: Path | None = None
     svid_ttl: timedelta = DEFAULT_SVID_TTL
     instance_ttl: timedelta = DEFAULT_INSTANCE_TTL
+    rebootstrap_ttl: timedelta = DEFAULT_REBOOTSTRAP_TTL
 
     def __post_init__(self) -> None:
         split_hostport(self.listen, "--listen")
@@ -56,3 +58,5 @@ class Settings:
             raise ConfigError("--svid-ttl: must be > 0")
         if self.instance_ttl <= timedelta(0):
             raise ConfigError("--instance-ttl: must be > 0")
+        if self.rebootstrap_ttl <= timedelta(0):
+            raise ConfigError("--rebootstrap-ttl: must be > 0")

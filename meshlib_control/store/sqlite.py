@@ -19,6 +19,7 @@ from typing import Any
 
 from meshlib.policy.decode import decode_resource, encode_resource
 from meshlib.policy.model import Resource
+from meshlib_control.ca.rebootstrap import RebootstrapRecord
 from meshlib_control.ca.tokens import TokenRecord
 
 __all__ = ["CertificateRecord", "InstanceRecord", "SQLiteStore"]
@@ -40,6 +41,11 @@ CREATE TABLE IF NOT EXISTS certificates (
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, spiffe_id TEXT NOT NULL,
     expires_at TEXT NOT NULL, uses_left INTEGER NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rebootstrap (
+    id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, spiffe_id TEXT NOT NULL,
+    instance_id TEXT NOT NULL, expires_at TEXT NOT NULL, created_at TEXT NOT NULL,
+    spent_at TEXT);
+CREATE INDEX IF NOT EXISTS rebootstrap_owner ON rebootstrap (spiffe_id, instance_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -342,6 +348,73 @@ class SQLiteStore:
                 (token_id,),
             )
             return cur.rowcount == 1
+
+    # ------------------------------------------------------------------ re-bootstrap
+
+    @staticmethod
+    def _rebootstrap(row: Sequence[Any]) -> RebootstrapRecord:
+        return RebootstrapRecord(
+            credential_id=row[0],
+            secret_hash=row[1],
+            spiffe_id=row[2],
+            instance_id=row[3],
+            expires_at=_dt(row[4]),
+            created_at=_dt(row[5]),
+            spent_at=_dt(row[6]) if row[6] is not None else None,
+        )
+
+    def rebootstrap_credential(self, credential_id: str) -> RebootstrapRecord | None:
+        """One re-bootstrap credential record by id (its hash, never the secret)."""
+        rows = self._rows("SELECT * FROM rebootstrap WHERE id=?", (credential_id,))
+        return self._rebootstrap(rows[0]) if rows else None
+
+    def rebootstrap_credentials(self) -> tuple[RebootstrapRecord, ...]:
+        """Every stored re-bootstrap credential record, oldest first."""
+        rows = self._rows("SELECT * FROM rebootstrap ORDER BY created_at")
+        return tuple(self._rebootstrap(r) for r in rows)
+
+    def issue_rebootstrap(
+        self, record: RebootstrapRecord, *, spend: str | None, now: datetime
+    ) -> bool:
+        """Store *record*, replacing its instance's previous one; spend *spend* first.
+
+        All in one transaction: when *spend* names a credential that is already spent
+        (or gone), nothing changes and the answer is False.
+        """
+        with self._tx() as db:
+            if spend is not None:
+                cur = db.execute(
+                    "UPDATE rebootstrap SET spent_at=? WHERE id=? AND spent_at IS NULL",
+                    (_ts(now), spend),
+                )
+                if cur.rowcount != 1:
+                    return False
+            db.execute(
+                "DELETE FROM rebootstrap WHERE spiffe_id=? AND instance_id=? AND spent_at IS NULL",
+                (record.spiffe_id, record.instance_id),
+            )
+            # Spent records stay until they expire, so a replay is told "already used".
+            db.execute("DELETE FROM rebootstrap WHERE expires_at < ?", (_ts(now),))
+            db.execute(
+                "INSERT INTO rebootstrap VALUES (?,?,?,?,?,?,NULL)",
+                (
+                    record.credential_id,
+                    record.secret_hash,
+                    record.spiffe_id,
+                    record.instance_id,
+                    _ts(record.expires_at),
+                    _ts(record.created_at),
+                ),
+            )
+            return True
+
+    def revoke_rebootstrap(self, spiffe_id: str) -> int:
+        """Delete every unspent re-bootstrap credential of *spiffe_id*; how many went."""
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM rebootstrap WHERE spiffe_id=? AND spent_at IS NULL", (spiffe_id,)
+            )
+            return int(cur.rowcount)
 
     # ------------------------------------------------------------------ meta
 
