@@ -181,6 +181,17 @@ def _cmd_delete(client: AdminClient, args: argparse.Namespace) -> None:
 
 
 def _cmd_token(client: AdminClient, args: argparse.Namespace) -> None:
+    if args.token_command == "revoke":
+        revoked = client.call(
+            "POST",
+            "/v1/admin/tokens/revoke",
+            json={"service": args.service, "namespace": args.namespace},
+        )
+        print(
+            f"{revoked['spiffeId']}: {revoked['revokedRebootstrapCredentials']} "
+            "re-bootstrap credential(s) revoked"
+        )
+        return
     answer = client.call(
         "POST",
         "/v1/admin/tokens",
@@ -308,6 +319,7 @@ def _cmd_control_serve(args: argparse.Namespace) -> None:
         ca_key=Path(args.ca_key) if args.ca_key else None,
         svid_ttl=ttl("--svid-ttl", args.svid_ttl, defaults.svid_ttl),
         instance_ttl=ttl("--instance-ttl", args.instance_ttl, defaults.instance_ttl),
+        rebootstrap_ttl=ttl("--rebootstrap-ttl", args.rebootstrap_ttl, defaults.rebootstrap_ttl),
     )
     run(settings, scrape_interval=args.scrape_interval)
 
@@ -381,6 +393,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--svid-ttl", help="workload certificate lifetime (24h)")
     serve.add_argument("--instance-ttl", help="registration lease without heartbeat (15s)")
     serve.add_argument(
+        "--rebootstrap-ttl",
+        help="lifetime of the one-use credential that lets a workload whose SVID expired "
+        "rejoin (7d)",
+    )
+    serve.add_argument(
         "--scrape-interval",
         type=float,
         help="seconds between scrapes of the instances' admin ports (5)",
@@ -393,6 +410,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--namespace", default="default")
     create.add_argument("--ttl", default="1h")
     create.add_argument("--uses", type=int, default=1)
+    revoke = token_sub.add_parser(
+        "revoke",
+        help="revoke an identity's re-bootstrap credentials (an expired SVID cannot rejoin)",
+    )
+    revoke.add_argument("--service", required=True)
+    revoke.add_argument("--namespace", default="default")
 
     apply = sub.add_parser("apply", help="create or update resources from YAML")
     apply.add_argument("-f", "--file", required=True, help="file, or - for stdin")

@@ -168,6 +168,11 @@ def create_app(plane: ControlPlane) -> FastAPI:
         admin(request)
         return plane.create_token(await _json_body(request))
 
+    @app.post("/v1/admin/tokens/revoke")
+    async def revoke_rebootstrap(request: Request) -> dict[str, Any]:
+        admin(request)
+        return plane.revoke_rebootstrap(await _json_body(request))
+
     def dashboard_reader(request: Request) -> None:
         """Read-only dashboard data: the dashboard bearer token, or the admin SVID."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
