@@ -1,11 +1,11 @@
 """The result document of a stand-alone benchmark script, from its header to its files.
 
-``benchmarks.control_plane`` and ``benchmarks.micro`` each measure different things but
-record them the same way: a JSON document that opens with the machine and profile and
-closes with the elapsed time and the load average at the end, written next to a Markdown
-rendering and (when matplotlib is installed) a PNG plot, by a command line that takes
-``--quick``, ``--out DIR`` and ``--render JSON``. That shared shape lives here; what each
-script measures, renders and plots stays in the script.
+The packages ``benchmarks.control_plane`` and ``benchmarks.micro`` each measure different
+things but record them the same way: a JSON document that opens with the machine and
+profile and closes with the elapsed time and the load average at the end, written next to
+a Markdown rendering and (when matplotlib is installed) a PNG plot, by a command line
+that takes ``--quick``, ``--out DIR`` and ``--render JSON``. That shared shape lives
+here; what each benchmark measures, renders and plots stays in its package.
 """
 
 from __future__ import annotations

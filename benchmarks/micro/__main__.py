@@ -1,0 +1,5 @@
+"""``python -m benchmarks.micro [--quick]``."""
+
+from benchmarks.micro.cli import main
+
+raise SystemExit(main())
