@@ -3,7 +3,8 @@
 Header and path regexes run on every request, in the library with Python's backtracking
 ``re`` and in the sidecar with Envoy's RE2. A regex is accepted only when it
 
-* is at most :data:`MAX_REGEX_LENGTH` characters and compiles with ``re``;
+* is at most :data:`MAX_REGEX_LENGTH` characters, nests at most :data:`MAX_REGEX_NESTING`
+  deep and compiles with ``re``;
 * uses RE2 syntax only: no backreferences, lookaround, conditionals, atomic groups or
   possessive quantifiers (Envoy would refuse them: one policy, two data planes);
 * repeats at most :data:`MAX_REGEX_REPEAT` times, counting nested counts multiplied
@@ -25,7 +26,7 @@ from typing import Any
 
 from meshlib.errors import PolicyError
 
-__all__ = ["MAX_REGEX_LENGTH", "MAX_REGEX_REPEAT", "check_regex"]
+__all__ = ["MAX_REGEX_LENGTH", "MAX_REGEX_NESTING", "MAX_REGEX_REPEAT", "check_regex"]
 
 MAX_REGEX_LENGTH = 1024
 """Longest regex accepted, in characters."""
@@ -36,6 +37,9 @@ MAX_REGEX_REPEAT = 1000
 # The parser behind re.compile; typeshed has no stubs for it (sre_parse is deprecated).
 _parser: Any = importlib.import_module("re._parser")
 _c: Any = importlib.import_module("re._constants")
+
+MAX_REGEX_NESTING = 32
+"""Deepest nesting of groups, alternatives and repetitions."""
 
 _UNSUPPORTED = {
     _c.GROUPREF: "backreferences",
@@ -55,8 +59,10 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def _walk(items: Any, budget: int, in_repeat: bool) -> None:
+def _walk(items: Any, budget: int, in_repeat: bool, depth: int = 0) -> None:
     """Check one parsed subpattern; *budget* is the repetition count still allowed."""
+    if depth > MAX_REGEX_NESTING:
+        raise _Refused(f"groups and repetitions nest at most {MAX_REGEX_NESTING} deep")
     for op, av in items:
         if op in _UNSUPPORTED:
             raise _Refused(f"{_UNSUPPORTED[op]} are not supported (RE2 syntax only)")
@@ -75,9 +81,9 @@ def _walk(items: Any, budget: int, in_repeat: bool) -> None:
                         "a repeated group must match a fixed-width string (nested or "
                         "alternative-length repetition can take exponential time)"
                     )
-            _walk(body, budget // max(bounded, 1), in_repeat or repeats)
+            _walk(body, budget // max(bounded, 1), in_repeat or repeats, depth + 1)
         elif op is _c.SUBPATTERN:
-            _walk(av[-1], budget, in_repeat)
+            _walk(av[-1], budget, in_repeat, depth + 1)
         elif op is _c.BRANCH:
             branches = av[1]
             if in_repeat:
@@ -93,7 +99,7 @@ def _walk(items: Any, budget: int, in_repeat: bool) -> None:
                         "characters (overlapping alternatives can take exponential time)"
                     )
             for branch in branches:
-                _walk(branch, budget, in_repeat)
+                _walk(branch, budget, in_repeat, depth + 1)
 
 
 def check_regex(text: str, path: str) -> re.Pattern[str]:

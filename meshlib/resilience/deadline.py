@@ -93,8 +93,13 @@ def effective_deadline(
             ``current_deadline.get()``. Pass None explicitly to ignore it.
 
     Returns:
-        The absolute deadline, or None when neither sets one.
+        The absolute deadline, or None when neither sets one. A route timeout above
+        :data:`MAX_DEADLINE` (or not a number) counts as :data:`MAX_DEADLINE`; the policy
+        decoder refuses those, this only keeps hand-built plans from making ``inf``/NaN
+        deadlines.
     """
+    if route_timeout is not None and not route_timeout <= MAX_DEADLINE:  # also NaN
+        route_timeout = MAX_DEADLINE
     if isinstance(inherited, _Inherit):
         inherited = current_deadline.get()
     own = None if route_timeout is None else now + route_timeout

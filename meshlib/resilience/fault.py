@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meshlib.policy.model import FaultPolicy
+from meshlib.policy.model import MAX_DURATION, FaultPolicy
 
 __all__ = ["NO_FAULT", "FaultDecision", "decide_fault", "grpc_status_for_http"]
 
@@ -72,7 +72,10 @@ def decide_fault(
         return NO_FAULT
     delay = 0.0
     if fault.delay is not None and rand() * 100.0 < fault.delay.percent:
-        delay = fault.delay.fixed_delay
+        # The decoder bounds fixedDelay to MAX_DURATION; clamping here too keeps a
+        # hand-built policy from handing asyncio.sleep an overflowing (or NaN) delay.
+        fixed = fault.delay.fixed_delay
+        delay = fixed if 0.0 <= fixed <= MAX_DURATION else (MAX_DURATION if fixed > 0 else 0.0)
     abort = fault.abort
     if abort is not None and rand() * 100.0 < abort.percent:
         grpc = abort.grpc_status

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from meshlib.policy.model import RateLimitSpec
+from meshlib.policy.model import MAX_BURST, RateLimitSpec
 
 __all__ = ["DEFAULT_MAX_CALLERS", "RateLimiter", "TokenBucket", "retry_after_header"]
 
@@ -42,12 +42,15 @@ class TokenBucket:
             clock: monotonic seconds; injectable for tests.
 
         Raises:
-            ValueError: a value is out of range.
+            ValueError: a value is out of range: ``rate`` not finite or ``<= 0``, ``burst``
+                not an integer in ``1..MAX_BURST`` (a larger one would overflow the float
+                the bucket counts in). The policy decoder refuses the same values.
         """
-        if not rate > 0.0:
-            raise ValueError(f"rate must be > 0, not {rate!r}")
-        if burst < 1:
-            raise ValueError(f"burst must be >= 1, not {burst!r}")
+        if not 0.0 < rate < math.inf:  # also NaN
+            raise ValueError(f"rate must be finite and > 0, not {rate!r}")
+        if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= MAX_BURST:
+            shown = burst if not isinstance(burst, int) or burst < 10**18 else "a huge integer"
+            raise ValueError(f"burst must be an integer in 1..{MAX_BURST}, not {shown!r}")
         self.rate = rate
         self.burst = burst
         self._clock = clock

@@ -113,3 +113,9 @@ def test_remaining() -> None:
     assert remaining(105.0, 100.0) == 5.0
     assert remaining(95.0, 100.0) == 0.0
     assert remaining(None, 100.0) == math.inf
+
+
+def test_effective_deadline_clamps_an_unrepresentable_route_timeout() -> None:
+    """An infinite or NaN route timeout becomes the 24 h maximum, not an inf/NaN deadline."""
+    assert effective_deadline(float("inf"), 10.0, None) == 10.0 + MAX_DEADLINE
+    assert effective_deadline(float("nan"), 10.0, None) == 10.0 + MAX_DEADLINE

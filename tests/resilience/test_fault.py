@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from meshlib.policy.model import AbortFault, DelayFault, FaultPolicy
+import pytest
+
+from meshlib.policy.model import MAX_DURATION, AbortFault, DelayFault, FaultPolicy
 from meshlib.resilience.fault import NO_FAULT, FaultDecision, decide_fault, grpc_status_for_http
 
 
@@ -58,3 +60,10 @@ def test_only_configured_kinds_draw() -> None:
     """A policy with only an abort draws once (rand is not consumed for the delay)."""
     fault = FaultPolicy(abort=AbortFault(100, 429))
     assert decide_fault(fault, draws(0.5)) == FaultDecision(0.0, 429, 14)
+
+
+@pytest.mark.parametrize("delay", [float("inf"), float("nan"), 1e300, -1.0])
+def test_unrepresentable_delay_is_clamped(delay: float) -> None:
+    """A hand-built delay that asyncio could not sleep becomes a finite one within 0..24 h."""
+    decision = decide_fault(FaultPolicy(delay=DelayFault(100.0, delay)), rand=lambda: 0.0)
+    assert 0.0 <= decision.delay <= MAX_DURATION

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshlib.policy.model import RateLimitSpec
+from meshlib.policy.model import MAX_BURST, RateLimitSpec
 from meshlib.resilience.ratelimit import RateLimiter, TokenBucket, retry_after_header
 
 
@@ -98,3 +98,20 @@ def test_caller_buckets_are_bounded_lru() -> None:
 def test_retry_after_is_whole_seconds_rounded_up_at_least_one(seconds: float, header: str) -> None:
     """Retry-After is the wait rounded up to whole seconds, never below 1."""
     assert retry_after_header(seconds) == header
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst"),
+    [(float("inf"), 1), (float("nan"), 1), (1.0, 10**400), (1.0, MAX_BURST + 1), (1.0, True)],
+    ids=["inf-rate", "nan-rate", "huge-burst", "burst-over-max", "bool-burst"],
+)
+def test_unrepresentable_bucket_is_refused_with_value_error(rate: float, burst: int) -> None:
+    """Values the decoder refuses also make TokenBucket raise ValueError, not OverflowError."""
+    with pytest.raises(ValueError, match=r"rate|burst"):
+        TokenBucket(rate, burst)
+
+
+def test_largest_accepted_bucket_works() -> None:
+    """A bucket of MAX_BURST at the highest accepted rate admits and refills."""
+    bucket = TokenBucket(1_000_000.0, MAX_BURST, clock=Clock())
+    assert bucket.try_acquire() == 0.0
