@@ -6,7 +6,9 @@ It runs its own asyncio loop with three tasks once bootstrapped:
   new one and publishes it with one reference swap; a snapshot that does not decode or
   compile is rejected whole and reported, and the last good one stays active;
 * **heartbeat** — registers the instance and refreshes the registration;
-* **renew** — re-keys and renews the SVID at half its lifetime (with jitter).
+* **renew** — re-keys and renews the SVID at half its lifetime (with jitter); one that
+  expired anyway (the control service was down) is never presented: the agent rejoins
+  with its re-bootstrap credential (:mod:`meshlib.runtime.renewal`).
 
 With the control service unreachable, everything already installed keeps working, and
 the loops retry with capped backoff. The SVID and the last good snapshot are cached on
@@ -25,16 +27,27 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from meshlib.config import MeshConfig
-from meshlib.errors import ConfigError, ControlPlaneError, IdentityError, MeshError, PolicyError
+from meshlib.errors import ControlPlaneError, IdentityError, MeshError, PolicyError
 from meshlib.identity.keys import build_csr, generate_private_key, private_key_pem
 from meshlib.identity.spiffe import SpiffeId
-from meshlib.identity.svid import SVID, certificate_fingerprint, load_pem_certificates
+from meshlib.identity.svid import SVID
 from meshlib.identity.tls import build_client_context
 from meshlib.policy.engine import PolicyEngine
 from meshlib.policy.snapshot import decode_snapshot
 from meshlib.runtime.cache import WorkloadCache
-from meshlib.runtime.control_client import ControlClient, fetch_bundle_unverified
+from meshlib.runtime.control_client import ControlClient
+from meshlib.runtime.renewal import (
+    RebootstrapCredential,
+    is_refusal,
+    is_unusable,
+    parse_token_fingerprint,
+    rejoin,
+    renewal_backoff,
+    sign_with_token,
+)
 
 __all__ = ["Agent", "parse_token_fingerprint"]
 
@@ -45,16 +58,6 @@ BACKOFF_MAX = 5.0
 FIRST_CONTACT_TIMEOUT = 3.0
 STOP_GRACE = 1.0
 WATCH_STOP_GRACE = 0.1
-
-
-def parse_token_fingerprint(token: str) -> str:
-    """The CA fingerprint a join token pins (``mesh1.<id>.<secret>.<fingerprint>``)."""
-    parts = token.split(".")
-    if len(parts) != 4 or parts[0] != "mesh1":
-        raise ConfigError(
-            "MESH_TOKEN: not a meshlib join token (expected mesh1.<id>.<secret>.<ca>)"
-        )
-    return "sha256:" + parts[3]
 
 
 def _backoff(attempt: int) -> float:
@@ -102,6 +105,7 @@ class Agent:
         self._client: ControlClient | None = None
         self._svid_received_at = datetime.now(UTC)
         self._ctx_cache: tuple[SVID, Any] | None = None
+        self._renewal_error: str | None = None
 
     # ------------------------------------------------------------------ thread control
 
@@ -188,15 +192,21 @@ class Agent:
     async def _boot(self) -> None:
         """Get an identity (cache or token) and a first snapshot (control or cache)."""
         assert self._stop is not None
-        cached = self.cache.load_svid()
+        cached = self.cache.load_svid(allow_expired=True)
         if cached is not None and cached.spiffe_id.service != self.config.service:
             cached = None
-        if cached is not None:
+        expired: SVID | None = None
+        if cached is not None and is_unusable(cached, datetime.now(UTC)):
+            expired = cached  # not installed: only its identity and bundle are of use
+        elif cached is not None:
             self._install_svid(cached, save=False)
         attempt = 0
         while self.svid is None and not self._stop.is_set():
             try:
-                await self._bootstrap_with_token()
+                if expired is not None:
+                    await self._rejoin(expired)
+                else:
+                    await self._bootstrap_with_token()
             except ControlPlaneError as exc:
                 self.last_error = str(exc)
                 if exc.status is not None and 400 <= exc.status < 500:
@@ -257,6 +267,10 @@ class Agent:
         return ctx[1]
 
     async def _bootstrap_with_token(self) -> None:
+        key = generate_private_key()
+        self._accept(await self._sign_with_token(key), key)
+
+    async def _sign_with_token(self, key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
         token = self.config.token
         url = self.config.control_url
         if token is None or url is None:
@@ -265,35 +279,50 @@ class Agent:
                 "(from `meshctl token create --service "
                 f"{self.config.service} --namespace {self.config.namespace}`) and MESH_CONTROL_URL"
             )
-        pinned = parse_token_fingerprint(token)
-        bundle = await fetch_bundle_unverified(url)
-        roots = [
-            c
-            for c in load_pem_certificates(bundle["bundle"].encode())
-            if certificate_fingerprint(c) == pinned
-        ]
-        if not roots:
-            raise ControlPlaneError(
-                f"the control service at {url} does not hold the CA pinned by the join token "
-                f"({pinned[:19]}…); refusing to trust it",
-                status=495,
-            )
-        from cryptography.hazmat.primitives.serialization import Encoding
+        return await sign_with_token(
+            url=url,
+            token=token,
+            namespace=self.config.namespace,
+            service=self.config.service,
+            key=key,
+            instance_id=self.instance_id,
+            files_dir=self.cache.directory,
+        )
 
-        pinned_pem = roots[0].public_bytes(Encoding.PEM)
-        td = bundle["trustDomain"]
-        ctx = build_client_context(None, pinned_pem, self.cache.directory)
-        client = ControlClient(url, expected=f"spiffe://{td}/control", tls=lambda: ctx)
-        try:
-            key = generate_private_key()
-            spiffe_id = SpiffeId.for_service(td, self.config.namespace, self.config.service)
-            answer = await client.sign(build_csr(key, spiffe_id), token=token)
-        finally:
-            await client.aclose()
+    async def _rejoin(self, svid: SVID) -> None:
+        """New SVID for one that expired (or is about to): see :mod:`meshlib.runtime.renewal`."""
+        url = self.config.control_url
+        if url is None:
+            raise ControlPlaneError("MESH_CONTROL_URL: not set")
+        key = generate_private_key()
+
+        async def with_token() -> dict[str, Any]:
+            return await self._sign_with_token(key)
+
+        answer = await rejoin(
+            url=url,
+            svid=svid,
+            credential=self.cache.load_rebootstrap(),
+            csr_pem=build_csr(key, svid.spiffe_id),
+            instance_id=self.instance_id,
+            files_dir=self.cache.directory,
+            now=datetime.now(UTC),
+            with_token=with_token if self.config.token else None,
+        )
+        self._accept(answer, key)
+        log.warning("rejoined as %s after the SVID expired", svid.spiffe_id)
+        if self._wake_heartbeat is not None:
+            self._wake_heartbeat.set()  # re-register now: the lease may have lapsed
+
+    def _accept(self, answer: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> None:
+        """Install the SVID of a ``/v1/sign`` answer and keep its re-bootstrap credential."""
         svid = SVID.from_pem(
             answer["certificate"].encode(), private_key_pem(key), answer["bundle"].encode()
         )
         self._install_svid(svid, save=True)
+        credential = RebootstrapCredential.from_answer(answer)
+        if credential is not None:
+            self.cache.save_rebootstrap(credential)
 
     # ------------------------------------------------------------------ installing
 
@@ -364,9 +393,21 @@ class Agent:
                 )
                 attempt = 0
             except (ControlPlaneError, TimeoutError) as exc:
-                self.last_error = str(exc)
+                self.last_error = self._describe(exc)
                 await self._sleep(_backoff(attempt))
                 attempt += 1
+
+    def _describe(self, exc: Exception) -> str:
+        """*exc*, prefixed with the real cause when the SVID has expired."""
+        svid = self.svid
+        if svid is not None and is_unusable(svid, datetime.now(UTC)):
+            if self._renewal_error is not None:
+                return self._renewal_error  # the renew loop knows more than "unreachable"
+            return (
+                f"SVID expired at {svid.not_after.isoformat()} (rejoining with the "
+                f"re-bootstrap credential): {exc}"
+            )
+        return str(exc) or repr(exc)
 
     def _registration(self) -> dict[str, Any]:
         endpoint = self._endpoint or {}
@@ -392,7 +433,7 @@ class Agent:
                     # Three heartbeats per lease, so one lost beat never expires a live instance.
                     interval = min(interval, ttl / 3)
             except ControlPlaneError as exc:
-                self.last_error = str(exc)
+                self.last_error = self._describe(exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_heartbeat.wait(), interval)
 
@@ -406,23 +447,33 @@ class Agent:
 
     async def _renew_loop(self) -> None:
         assert self._client is not None
-        attempt = 0
+        attempt, refused = 0, False
         while not self._stopping():
-            await self._sleep(self.renew_delay() if attempt == 0 else _backoff(attempt))
+            delay = (
+                self.renew_delay() if attempt == 0 else renewal_backoff(attempt, refused=refused)
+            )
+            await self._sleep(delay)
             if self._stopping():
                 return
-            assert self.svid is not None
             try:
-                key = generate_private_key()
-                answer = await self._client.sign(build_csr(key, self.svid.spiffe_id))
-                svid = SVID.from_pem(
-                    answer["certificate"].encode(),
-                    private_key_pem(key),
-                    answer["bundle"].encode(),
-                )
-                self._install_svid(svid, save=True)
-                attempt = 0
+                await self._renew_once()
+                attempt, refused = 0, False
+                self._renewal_error = None
             except (ControlPlaneError, IdentityError) as exc:
-                self.last_error = f"renewal failed: {exc}"
+                refused = isinstance(exc, ControlPlaneError) and is_refusal(exc)
+                self.last_error = self._renewal_error = f"renewal failed: {exc}"
                 log.warning("SVID renewal failed, retrying: %s", exc)
                 attempt += 1
+
+    async def _renew_once(self) -> None:
+        """Renew over mTLS while the SVID is valid; rejoin without it once it is not."""
+        assert self._client is not None and self.svid is not None
+        svid = self.svid
+        if is_unusable(svid, datetime.now(UTC)):
+            await self._rejoin(svid)
+            return
+        key = generate_private_key()
+        answer = await self._client.sign(
+            build_csr(key, svid.spiffe_id), instance_id=self.instance_id
+        )
+        self._accept(answer, key)

@@ -13,14 +13,20 @@ from meshlib.errors import IdentityError, PolicyError
 from meshlib.identity.keys import write_private_file
 from meshlib.identity.svid import SVID
 from meshlib.policy.snapshot import Snapshot, decode_snapshot, encode_snapshot
+from meshlib.runtime.renewal import RebootstrapCredential
 
 __all__ = ["WorkloadCache"]
 
 log = logging.getLogger("meshlib.cache")
 
+REBOOTSTRAP_FILE = "rebootstrap.json"
+
 
 class WorkloadCache:
-    """Files of one workload: ``svid.pem``, ``svid.key``, ``bundle.pem``, ``snapshot.json``."""
+    """The files of one workload.
+
+    ``svid.pem``, ``svid.key``, ``bundle.pem``, ``rebootstrap.json`` and ``snapshot.json``.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -33,8 +39,8 @@ class WorkloadCache:
         write_private_file(self.directory / "svid.pem", svid.cert_chain_pem)
         write_private_file(self.directory / "bundle.pem", svid.bundle_pem)
 
-    def load_svid(self) -> SVID | None:
-        """The cached SVID if present, consistent and not expired."""
+    def load_svid(self, *, allow_expired: bool = False) -> SVID | None:
+        """The cached SVID if present, consistent and (unless *allow_expired*) not expired."""
         try:
             svid = SVID.from_pem(
                 (self.directory / "svid.pem").read_bytes(),
@@ -46,10 +52,26 @@ class WorkloadCache:
         except IdentityError as exc:
             log.warning("ignoring cached SVID: %s", exc)
             return None
-        if svid.not_after <= datetime.now(UTC):
+        if not allow_expired and svid.not_after <= datetime.now(UTC):
             log.warning("ignoring cached SVID: expired at %s", svid.not_after.isoformat())
             return None
         return svid
+
+    def save_rebootstrap(self, credential: RebootstrapCredential) -> None:
+        """Keep the re-bootstrap credential (a secret, like the key: 0600, never logged)."""
+        data = json.dumps(credential.to_json()).encode()
+        write_private_file(self.directory / REBOOTSTRAP_FILE, data)
+
+    def load_rebootstrap(self) -> RebootstrapCredential | None:
+        """The stored re-bootstrap credential, or None if absent or unreadable."""
+        try:
+            raw: Any = json.loads((self.directory / REBOOTSTRAP_FILE).read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            log.warning("ignoring the stored re-bootstrap credential: %s", exc)
+            return None
+        return RebootstrapCredential.from_json(raw)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Persist the snapshot that was just applied."""

@@ -80,11 +80,27 @@ class ControlClient:
         body: dict[str, Any] = response.json() if response.content else {}
         return body
 
-    async def sign(self, csr_pem: bytes, token: str | None = None) -> dict[str, Any]:
-        """Ask for an SVID for *csr_pem*; a token is needed unless we hold an SVID."""
+    async def sign(
+        self,
+        csr_pem: bytes,
+        token: str | None = None,
+        *,
+        rebootstrap: str | None = None,
+        instance_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Ask for an SVID for *csr_pem*.
+
+        The caller proves it may: with a join *token*, with its current SVID (this
+        client's mTLS), or with the *rebootstrap* credential of its last sign. The answer
+        carries the next re-bootstrap credential, issued to *instance_id*.
+        """
         body: dict[str, Any] = {"csr": csr_pem.decode()}
         if token is not None:
             body["token"] = token
+        if rebootstrap is not None:
+            body["rebootstrap"] = rebootstrap
+        if instance_id is not None:
+            body["instanceId"] = instance_id
         return await self._json("POST", "/v1/sign", json=body)
 
     async def register(self, instance_id: str, body: dict[str, Any]) -> dict[str, Any]:
