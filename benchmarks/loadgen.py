@@ -1,4 +1,4 @@
-"""A lean load generator: open-loop constant rate, closed-loop saturation, sequential httpx.
+"""A lean load generator: open-loop constant rate, closed-loop saturation; sequential httpx.
 
 Open loop, corrected for coordinated omission: request *i* is due at ``t0 + i / rate``,
 whether or not earlier ones have answered, and its latency is measured from that intended
@@ -15,7 +15,8 @@ ceiling with Debian's ``wrk``.
 
 Run as a worker (``python -m benchmarks.loadgen worker``), it reads one JSON command per line
 on stdin and answers one JSON line per command; it also reads the CPU time of the pids it
-is given at the exact edges of each measurement window (``/proc/<pid>/stat``).
+is given at the exact edges of each measurement window (``/proc/<pid>/stat``). Its
+``sequential`` and ``one_hop`` commands run the httpx callers of :mod:`benchmarks.sequential`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,7 +45,6 @@ __all__ = [
     "cpu_seconds",
     "open_loop",
     "percentiles",
-    "sequential",
 ]
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
@@ -386,76 +386,6 @@ async def closed_loop(
     return result
 
 
-def sequential(
-    url: str,
-    *,
-    requests: int,
-    warmup: int = 100,
-    host: str | None = None,
-    tls_dir: str | None = None,
-    mesh: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One ``httpx.Client`` over one keep-alive connection, each request after the last.
-
-    This is how the issue's target figures were measured. *host* sets the ``Host`` header
-    (a sidecar's outbound port routes on it); *tls_dir* makes it a client of mode (b)'s
-    certificates; *mesh* (``service``, ``control_url``, ``token``, ``data_dir``, ``traced``)
-    makes it a meshed workload calling through ``mesh.client()``.
-    """
-    import httpx
-
-    latencies: list[int] = []
-    errors = 0
-    joined: Any = None
-    if mesh is not None:
-        import meshlib
-
-        provider = None
-        if mesh.get("traced"):
-            from benchmarks.apps.common import make_tracer_provider
-
-            provider = make_tracer_provider()[0]
-        joined = meshlib.Mesh(
-            service=mesh["service"],
-            control_url=mesh["control_url"],
-            token=mesh["token"],
-            data_dir=mesh["data_dir"],
-            admin_port=None,
-            tracer_provider=provider,
-        ).start(30)
-        client = joined.client(timeout=10.0)
-    elif tls_dir is not None:
-        import ssl
-
-        context = ssl.create_default_context(cafile=f"{tls_dir}/ca.pem")
-        context.load_cert_chain(f"{tls_dir}/client.pem", f"{tls_dir}/client-key.pem")
-        client = httpx.Client(timeout=10.0, verify=context)
-    else:
-        client = httpx.Client(timeout=10.0, headers={"Host": host} if host else None)
-    try:
-        with client:
-            for i in range(warmup + requests):
-                start = time.perf_counter_ns()
-                try:
-                    response = client.get(url)
-                    ok = response.status_code == 200
-                except Exception:  # counted: a failed call is an error, not a crash
-                    ok = False
-                elapsed = time.perf_counter_ns() - start
-                if i >= warmup:
-                    latencies.append(elapsed)
-                    errors += 0 if ok else 1
-    finally:
-        if joined is not None:
-            joined.close()
-    return {
-        "kind": "sequential",
-        "completed": len(latencies),
-        "errors": errors,
-        "latency_us": percentiles(latencies),
-    }
-
-
 def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
     return {str(pid): after[pid] - before[pid] for pid in after if pid in before}
 
@@ -477,8 +407,13 @@ async def _worker() -> None:
             elif kind == "closed":
                 target = Target.parse(command.pop("url"))
                 result = await closed_loop(target, **command)
-            elif kind == "sequential":
-                result = await asyncio.to_thread(sequential, command.pop("url"), **command)
+            elif kind in ("sequential", "one_hop"):
+                from benchmarks import sequential  # httpx (and meshlib) only when asked
+
+                call: Callable[..., dict[str, Any]] = (
+                    sequential.sequential if kind == "sequential" else sequential.one_hop
+                )
+                result = await asyncio.to_thread(call, command.pop("url"), **command)
             else:
                 result = {"error": f"unknown command {kind!r}"}
         except Exception as exc:  # reported to the harness, which fails the phase

@@ -20,6 +20,9 @@ __all__ = ["TARGETS", "summarise", "update_docs", "write_outputs"]
 
 PKEYS = ("p50", "p90", "p99", "p99.9")
 MIB = 1024.0
+# The one-hop probe's callers: summary key -> raw run key (benchmarks.sequential.one_hop).
+PROBES = {"direct": "sequential_direct", "direct_async": "sequential_direct_async"}
+CALLERS = {"direct": "sync", "direct_async": "async"}
 
 TARGETS: dict[str, Any] = {
     "issue_sequential_us": {
@@ -84,10 +87,11 @@ def _mode_summary(runs: list[dict[str, Any]], rates: list[float]) -> dict[str, A
         k: stat(r["sequential"]["latency_us"][k] for r in runs) for k in (*PKEYS, "mean")
     }
     summary["sequential_errors"] = sum(r["sequential"]["errors"] for r in runs)
-    direct = [r["sequential_direct"] for r in runs if "sequential_direct" in r]
-    if direct:
-        summary["direct"] = {k: stat(d["latency_us"][k] for d in direct) for k in (*PKEYS, "mean")}
-        summary["direct_errors"] = sum(d["errors"] for d in direct)
+    for name, field in PROBES.items():  # the one-hop probe's sync and async callers
+        probes = [r[field] for r in runs if field in r]
+        if probes:
+            summary[name] = {k: stat(d["latency_us"][k] for d in probes) for k in (*PKEYS, "mean")}
+            summary[f"{name}_errors"] = sum(d["errors"] for d in probes)
     per_rate: dict[str, Any] = {}
     for i, rate in enumerate(rates):
         phases = [r["rates"][i] for r in runs if len(r["rates"]) > i]
@@ -175,8 +179,8 @@ def _rss_mib(run: dict[str, Any], instance: str) -> float | None:
     return float(run["memory"][instance]["rss_kib"]) / MIB
 
 
-def _direct(run: dict[str, Any], key: str) -> float | None:
-    direct = run.get("sequential_direct")
+def _direct(run: dict[str, Any], key: str, field: str = "sequential_direct") -> float | None:
+    direct = run.get(field)
     return None if direct is None else float(direct["latency_us"][key])
 
 
@@ -202,8 +206,12 @@ def _added(
                     k: _paired(by_mode, mode, base, partial(_sequential, key=k))
                     for k in ("p50", "p99")
                 },
-                "direct_us": {
-                    k: _paired(by_mode, mode, base, partial(_direct, key=k)) for k in ("p50", "p99")
+                **{
+                    f"{name}_us": {
+                        k: _paired(by_mode, mode, base, partial(_direct, key=k, field=field))
+                        for k in ("p50", "p99")
+                    }
+                    for name, field in PROBES.items()
                 },
                 "rates_us": {},
                 "cpu_ms_per_1k": {},
@@ -239,6 +247,29 @@ def _headline_rate(modes: dict[str, Any], rates: list[float], protocol: str) -> 
     return chosen
 
 
+def _pair_factor(lib_v: float | None, pair_v: float | None) -> float | None:
+    """How many times the library's added latency the pair's is (None within the noise)."""
+    # A difference at or below zero is within the noise: no meaningful ratio.
+    if lib_v is None or pair_v is None or pair_v <= 0:
+        return None
+    return math.inf if lib_v <= 0 else pair_v / lib_v
+
+
+def _one_hop_async(
+    added: dict[str, dict[str, Any]], lib: str, pair: str, over: str
+) -> dict[str, Any]:
+    """The async one-hop caller's added latencies over the baseline's async caller."""
+    lib_added = {k: _median(added[lib][over]["direct_async_us"][k]) for k in ("p50", "p99")}
+    out: dict[str, Any] = {"library_added_us": lib_added}
+    if pair in added and over in added[pair]:
+        pair_added = {k: _median(added[pair][over]["direct_async_us"][k]) for k in ("p50", "p99")}
+        out["pair_added_us"] = pair_added
+        out["pair_over_library_added_factor"] = {
+            k: _pair_factor(lib_added[k], pair_added[k]) for k in ("p50", "p99")
+        }
+    return out
+
+
 def _targets(summary: dict[str, Any], protocol: str) -> dict[str, Any]:
     modes, added = summary["modes"], summary["added"]
     lib, pair, base_b = f"{protocol}-c", f"{protocol}-d", f"{protocol}-b"
@@ -258,6 +289,8 @@ def _targets(summary: dict[str, Any], protocol: str) -> dict[str, Any]:
     out["latency_source"] = "one hop" if source == "direct_us" else "frontend + hop"
     lib_added = added[lib][over][source]
     out["library_added_sequential_us"] = {k: _median(lib_added[k]) for k in ("p50", "p99")}
+    if _median(added[lib][over].get("direct_async_us", {}).get("p50")) is not None:
+        out["one_hop_async"] = _one_hop_async(added, lib, pair, over)
     if rate is not None:
         lib_rate = added[lib][over]["rates_us"][f"{rate:g}"]
         out["library_added_at_rate_us"] = {k: _median(lib_rate[k]) for k in ("p50", "p99")}
@@ -267,19 +300,12 @@ def _targets(summary: dict[str, Any], protocol: str) -> dict[str, Any]:
         out["pair_added_over_plain_sequential_us"] = {
             k: _median(added[pair]["over_a"][source][k]) for k in ("p50", "p99")
         } if "over_a" in added[pair] else None  # fmt: skip
-        factors = {}
-        for k in ("p50", "p99"):
-            lib_v, pair_v = (
-                out["library_added_sequential_us"][k],
-                out["pair_added_sequential_us"][k],
+        out["pair_over_library_added_factor"] = {
+            k: _pair_factor(
+                out["library_added_sequential_us"][k], out["pair_added_sequential_us"][k]
             )
-            # A difference at or below zero is within the noise: no meaningful ratio.
-            factors[k] = (
-                None
-                if lib_v is None or pair_v is None or pair_v <= 0
-                else (math.inf if lib_v <= 0 else pair_v / lib_v)
-            )
-        out["pair_over_library_added_factor"] = factors
+            for k in ("p50", "p99")
+        }
         if rate is not None:
             pair_rate = added[pair][over]["rates_us"][f"{rate:g}"]
             out["pair_added_at_rate_us"] = {k: _median(pair_rate[k]) for k in ("p50", "p99")}
@@ -446,25 +472,35 @@ def markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
     if any("direct" in m for m in modes.values()):
         lines += [
             "",
-            "## One hop, sequential keep-alive httpx caller (the issue's method)",
+            "## One hop, sequential keep-alive httpx callers, sync and async (the issue's method)",
             "",
-            "The caller talks straight through the hop under test: to the backend (a, b), as "
-            "a meshed workload with `mesh.client()` (c, e), or through both sidecars (d).",
+            "The callers talk straight through the hop under test: to the backend (a, b), as "
+            "a meshed workload with `mesh.client()` / `mesh.async_client()` (c: metrics on, "
+            "tracing off; e: with an SDK tracer), or through both sidecars (d). Two callers "
+            "in interleaved rounds, each on one kept-alive connection: `httpx.Client` (sync) "
+            "and `httpx.AsyncClient` (async). *Over direct mTLS* is the paired difference "
+            "from mode (b)'s caller of the same flavour.",
             "",
-            "| mode | p50 | p90 | p99 | p99.9 | errors | issue's figure p50 / p99 |",
-            "|---|---|---|---|---|---|---|",
+            "| mode | caller | p50 | p90 | p99 | p99.9 | errors | over direct mTLS p50 / p99 "
+            "| issue's figure p50 / p99 |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
+        added = summary["added"]
         for mode, m in modes.items():
-            if "direct" not in m:
-                continue
-            ref = issue_by_key.get(m["key"])
-            lines.append(
-                f"| {mode} {m['label']} | "
-                + " | ".join(fmt(m["direct"][k]) for k in PKEYS)
-                + f" | {m['direct_errors']} | "
-                + (f"{ref['p50']} / {ref['p99']}" if ref else "-")
-                + " |"
-            )
+            for name, caller in CALLERS.items():
+                if name not in m:
+                    continue
+                ref = issue_by_key.get(m["key"]) if caller == "sync" else None
+                over_b = added.get(mode, {}).get("over_b", {}).get(f"{name}_us")
+                lines.append(
+                    f"| {mode} {m['label']} | {caller} | "
+                    + " | ".join(fmt(m[name][k]) for k in PKEYS)
+                    + f" | {m[f'{name}_errors']} | "
+                    + (f"{fmt(over_b['p50'])} / {fmt(over_b['p99'])}" if over_b else "-")
+                    + " | "
+                    + (f"{ref['p50']} / {ref['p99']}" if ref else "-")
+                    + " |"
+                )
     lines += [
         "",
         "## Via the frontend, sequential keep-alive httpx caller (both hops)",
@@ -530,14 +566,16 @@ def markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
         "## Latency added by the hop (paired within each repeat)",
         "",
-        "| mode | over | one hop p50 | one hop p99 | sequential p50 | sequential p99 | "
+        "| mode | over | one hop p50 | one hop p99 | one hop async p50 | one hop async p99 | "
+        "sequential p50 | sequential p99 | "
         + " | ".join(f"{r:g}/s p50 | {r:g}/s p99" for r in profile["rates"])
         + " |",
-        "|---|---|---|---|---|---|" + "---|---|" * len(profile["rates"]),
+        "|---|---|---|---|---|---|---|---|" + "---|---|" * len(profile["rates"]),
     ]
     for mode, entry in summary["added"].items():
         for over, e in entry.items():
             cells = [fmt(e["direct_us"][k]) for k in ("p50", "p99")]
+            cells += [fmt(e.get("direct_async_us", {}).get(k)) for k in ("p50", "p99")]
             cells += [fmt(e["sequential_us"][k]) for k in ("p50", "p99")]
             for r in profile["rates"]:
                 cells += [fmt(e["rates_us"][f"{r:g}"][k]) for k in ("p50", "p99")]
@@ -609,6 +647,8 @@ def targets_markdown(summary: dict[str, Any]) -> list[str]:
                 f"{_factor(f['p99'])} | "
                 f"{_verdict(_all_at_least(f.values(), 5))} |"
             )
+        if "one_hop_async" in t:
+            lines += _async_target_rows(t["one_hop_async"], base)
         if "library_cpu_fraction_of_pair" in t:
             frac = t["library_cpu_fraction_of_pair"]
             lines.append(
@@ -637,6 +677,26 @@ def targets_markdown(summary: dict[str, Any]) -> list[str]:
         )
         lines.append("")
     return lines
+
+
+def _async_target_rows(probe: dict[str, Any], base: str) -> list[str]:
+    """The latency targets for the async one-hop caller (over *base*'s async caller)."""
+    lib = probe["library_added_us"]
+    how = "async caller, one hop"
+    rows = [
+        f"| library adds ≤ 80 µs p50 over {base} ({how}) | {_num(lib['p50'])} µs | "
+        f"{_verdict(None if lib['p50'] is None else lib['p50'] <= 80)} |",
+        f"| library adds ≤ 200 µs p99 over {base} ({how}) | {_num(lib['p99'])} µs "
+        f"| {_verdict(None if lib['p99'] is None else lib['p99'] <= 200)} |",
+    ]
+    if "pair_over_library_added_factor" in probe:
+        f, pair = probe["pair_over_library_added_factor"], probe["pair_added_us"]
+        rows.append(
+            f"| Envoy pair adds ≥ 5x what the library adds ({how}; p50; p99) | pair adds "
+            f"{_num(pair['p50'])} / {_num(pair['p99'])} µs: {_factor(f['p50'])} / "
+            f"{_factor(f['p99'])} | {_verdict(_all_at_least(f.values(), 5))} |"
+        )
+    return rows
 
 
 def generator_markdown(summary: dict[str, Any]) -> list[str]:
@@ -696,7 +756,7 @@ def plots(document: dict[str, Any], summary: dict[str, Any], out: Path) -> list[
         chosen = {k: m for k, m in modes.items() if k.startswith(protocol)}
         if not chosen:
             continue
-        panels = [*(["direct"] if any("direct" in m for m in chosen.values()) else []),
+        panels = [*(name for name in PROBES if any(name in m for m in chosen.values())),
                   "sequential", *rates]  # fmt: skip
         cols = min(3, len(panels))
         rows = math.ceil(len(panels) / cols)
@@ -708,11 +768,11 @@ def plots(document: dict[str, Any], summary: dict[str, Any], out: Path) -> list[
             ax.set_visible(False)
         for ax, panel in zip(axes_list, panels, strict=False):
             for m in chosen.values():
-                if panel == "direct" and "direct" not in m:
+                if panel in PROBES and panel not in m:
                     continue
                 source = (
                     m[panel]
-                    if panel in ("direct", "sequential")
+                    if panel in (*PROBES, "sequential")
                     else m["rates"][panel]["latency_us"]
                 )
                 med = [_median(source[k]) or math.nan for k in PKEYS]
@@ -727,7 +787,11 @@ def plots(document: dict[str, Any], summary: dict[str, Any], out: Path) -> list[
                 ax.errorbar(PKEYS, med, yerr=[low, high], marker="o", capsize=3,
                             label=f"{m['key']}: {m['label']}")  # fmt: skip
             ax.set_yscale("log")
-            titles = {"direct": "one hop, sequential", "sequential": "via frontend, sequential"}
+            titles = {
+                "direct": "one hop, sequential sync",
+                "direct_async": "one hop, sequential async",
+                "sequential": "via frontend, sequential",
+            }
             ax.set_title(titles.get(panel, f"open loop {panel}/s"))
             ax.set_xlabel("percentile")
             ax.grid(True, which="both", alpha=0.3)

@@ -7,7 +7,7 @@ Usage::
 
 For each repeat, the modes run one after the other (a b c d e, a b c d e, …) so slow drift
 of the machine spreads over all of them. Each mode run starts its own processes, measures
-(sequential httpx caller, open-loop rates, saturation), samples RSS and stops them.
+(sequential httpx callers, open-loop rates, saturation), samples RSS and stops them.
 Outputs go to ``--out`` (default ``benchmarks/results/``): ``data_plane.json`` (raw runs +
 summary + machine), ``data_plane.md`` and PNG plots; see docs/benchmarks.md.
 """
@@ -59,6 +59,7 @@ class Profile:
     modes: tuple[str, ...]
     sequential: int  # requests of the sequential httpx caller (after its warm-up)
     sequential_warmup: int
+    one_hop_rounds: int  # the one-hop probe's sync and async callers alternate this often
     rates: tuple[float, ...]  # open-loop request rates, req/s
     duration: float  # seconds measured at each rate
     warmup: float  # seconds sent and not recorded before each rate
@@ -80,6 +81,7 @@ PROFILES = {
         modes=ALL_MODES,
         sequential=400,
         sequential_warmup=100,
+        one_hop_rounds=4,
         rates=(50.0, 100.0, 200.0),
         duration=2.0,
         warmup=0.4,
@@ -95,6 +97,7 @@ PROFILES = {
         modes=ALL_MODES,
         sequential=60,
         sequential_warmup=20,
+        one_hop_rounds=2,
         rates=(100.0,),
         duration=0.6,
         warmup=0.2,
@@ -255,12 +258,18 @@ def measure_mode(
         )
         log(f"    sequential p50 {record['sequential']['latency_us']['p50']:.0f} µs")
         if topology.direct is not None:
-            # The issue's own method: one caller straight through the hop under test.
-            record["sequential_direct"] = loadgen.ask(
-                kind="sequential", requests=profile.sequential,
-                warmup=profile.sequential_warmup, **topology.direct,
+            # The issue's own method: sequential callers straight through the hop under
+            # test, an httpx.Client and an httpx.AsyncClient in interleaved rounds.
+            probe = loadgen.ask(
+                kind="one_hop", requests=profile.sequential, warmup=profile.sequential_warmup,
+                rounds=profile.one_hop_rounds, **topology.direct,
             )  # fmt: skip
-            log(f"    one hop p50 {record['sequential_direct']['latency_us']['p50']:.0f} µs")
+            record["sequential_direct"] = probe["sync"]
+            record["sequential_direct_async"] = probe["async"]
+            log(
+                f"    one hop p50 {probe['sync']['latency_us']['p50']:.0f} µs (sync), "
+                f"{probe['async']['latency_us']['p50']:.0f} µs (async)"
+            )
         # Fill the frontend's upstream pool to the concurrency the rates will use, so every
         # mode is measured warm (a cold pool's connection cost is reported apart).
         loadgen.ask(

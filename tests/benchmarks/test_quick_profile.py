@@ -76,6 +76,10 @@ def test_every_file_is_written(quick_run: tuple[Path, dict[str, Any]]) -> None:
     table = (out / "data_plane.md").read_text()
     for mode in document["modes"]:
         assert f"| {mode} " in table, mode
+    for mode, info in document["modes"].items():  # one-hop rows: a sync and an async caller
+        if mode.startswith("http"):
+            for caller in ("sync", "async"):
+                assert f"| {mode} {info['label']} | {caller} |" in table, (mode, caller)
     assert document["machine"]["cpus"] and document["timestamp"]
 
 
@@ -104,10 +108,16 @@ def test_counts_add_up_and_percentiles_are_positive(
         seq = run["sequential"]
         assert seq["completed"] == QUICK.sequential and seq["errors"] == 0, mode
         _positive_percentiles(seq["latency_us"], f"{mode} sequential")
-        if mode.startswith("http"):  # the one-hop probe, the method
-            direct = run["sequential_direct"]
-            assert direct["completed"] == QUICK.sequential and direct["errors"] == 0, mode
-            _positive_percentiles(direct["latency_us"], f"{mode} one hop")
+        if mode.startswith("http"):  # the one-hop probe, the method: sync and async
+            for key, flavour in (
+                ("sequential_direct", "sync"),
+                ("sequential_direct_async", "async"),
+            ):
+                direct = run[key]
+                assert direct["flavour"] == flavour, mode
+                assert direct["completed"] == QUICK.sequential and direct["errors"] == 0, mode
+                assert len(direct["round_means_us"]) == QUICK.one_hop_rounds, mode
+                _positive_percentiles(direct["latency_us"], f"{mode} one hop {flavour}")
         assert len(run["rates"]) == len(QUICK.rates), mode
         for phase in run["rates"]:
             where = f"{mode} {phase['rate']}/s"
