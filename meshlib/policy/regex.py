@@ -5,8 +5,9 @@ Header and path regexes run on every request, in the library with Python's backt
 
 * is at most :data:`MAX_REGEX_LENGTH` characters, nests at most :data:`MAX_REGEX_NESTING`
   deep and compiles with ``re``;
-* uses RE2 syntax only: no backreferences, lookaround, conditionals, atomic groups or
-  possessive quantifiers (Envoy would refuse them: one policy, two data planes);
+* has no backreferences, conditionals, atomic groups or possessive quantifiers (they are
+  not RE2 syntax either). Lookaround is not RE2 syntax but is accepted: the library runs
+  it, and the xDS translator reports the match as ignored by the sidecar (invariant 5);
 * repeats at most :data:`MAX_REGEX_REPEAT` times, counting nested counts multiplied
   (``a{99999999999}`` and ``(a{100}){100}`` are refused; RE2's own limit is 1000);
 * cannot backtrack exponentially: the body of a repetition that may repeat more than once
@@ -44,8 +45,6 @@ MAX_REGEX_NESTING = 32
 _UNSUPPORTED = {
     _c.GROUPREF: "backreferences",
     _c.GROUPREF_EXISTS: "conditional groups",
-    _c.ASSERT: "lookahead/lookbehind",
-    _c.ASSERT_NOT: "lookahead/lookbehind",
 }
 for _name in ("ATOMIC_GROUP", "POSSESSIVE_REPEAT"):  # Python >= 3.11
     if hasattr(_c, _name):
@@ -65,7 +64,7 @@ def _walk(items: Any, budget: int, in_repeat: bool, depth: int = 0) -> None:
         raise _Refused(f"groups and repetitions nest at most {MAX_REGEX_NESTING} deep")
     for op, av in items:
         if op in _UNSUPPORTED:
-            raise _Refused(f"{_UNSUPPORTED[op]} are not supported (RE2 syntax only)")
+            raise _Refused(f"{_UNSUPPORTED[op]} are not supported")
         if op in _REPEATS:
             lo, hi, body = av
             bounded = hi if hi != _c.MAXREPEAT else lo
@@ -82,7 +81,7 @@ def _walk(items: Any, budget: int, in_repeat: bool, depth: int = 0) -> None:
                         "alternative-length repetition can take exponential time)"
                     )
             _walk(body, budget // max(bounded, 1), in_repeat or repeats, depth + 1)
-        elif op is _c.SUBPATTERN:
+        elif op is _c.SUBPATTERN or op is _c.ASSERT or op is _c.ASSERT_NOT:
             _walk(av[-1], budget, in_repeat, depth + 1)
         elif op is _c.BRANCH:
             branches = av[1]
