@@ -18,6 +18,7 @@ from meshlib.identity.spiffe import SpiffeId
 from meshlib.runtime.cache import WorkloadCache
 from meshlib.runtime.renewal import RebootstrapCredential, sign_with_credential
 from tests.integration.harness import Control, Service, stop_all, wait_endpoints, wait_for
+from tests.integration.sidecars import SidecarService, envoy_available, sid, xds_control
 
 pytestmark = pytest.mark.integration
 
@@ -212,4 +213,53 @@ def test_revoked_credential_refused_and_the_restarted_agent_says_why(tmp_path: P
         assert "is unknown (never issued, replaced by a newer one, or revoked)" in message
         assert "unreachable" not in message
     finally:
+        control.stop()
+
+
+@pytest.mark.skipif(not envoy_available(), reason="envoy binary not installed ([sidecar])")
+def test_sidecar_rejoins_after_its_svid_expired_with_control_down(tmp_path: Path):
+    """The sidecar agent rejoins the same way; Envoy gets the new SVID and serves again."""
+    control = xds_control(tmp_path / "control", "--svid-ttl", f"{SVID_TTL}s")
+    control.start()
+    orders = SidecarService(control, "orders", tmp_path).start()
+    frontend = meshlib.Mesh(
+        service="frontend",
+        control_url=control.url,
+        token=control.token("frontend"),
+        data_dir=tmp_path / "fe",
+        start_timeout=20,
+    ).start()
+
+    def call() -> str | None:
+        try:
+            with frontend.client() as http:  # a new handshake with orders' Envoy each time
+                response = http.get("http://orders/ping")
+        except Exception as exc:  # any failure is a reason to keep waiting
+            return repr(exc)
+        return None if response.status_code == 200 else f"{response.status_code}"
+
+    try:
+        wait_endpoints(frontend, "orders")
+        wait_for(lambda: call() is None, 20, "frontend -> orders' sidecar")
+        first = orders.sidecar.serial()
+        control.stop()
+        time.sleep(SVID_TTL + 2)
+        control.start()
+        deadline = time.monotonic() + RECOVERY_SECONDS
+        problem: str | None = "not tried"
+        for _ in range(MAX_ROUNDS):
+            if time.monotonic() > deadline:
+                break
+            problem = call()
+            if problem is None:
+                break
+            time.sleep(0.2)
+        assert problem is None, f"{problem}\n{orders.sidecar.process.output()[-3000:]}"
+        assert orders.sidecar.serial() != first
+        assert f"{sid('orders')} rejoined with re-bootstrap credential" in (
+            control.process.output()
+        )
+    finally:
+        frontend.close()
+        orders.stop()
         control.stop()
