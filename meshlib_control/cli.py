@@ -294,6 +294,21 @@ def _cmd_dashboard(args: argparse.Namespace) -> None:
     print(f"{url.rstrip('/')}/dashboard#token={token}")
 
 
+# Settings fields that are plain integer limits, each a ``control serve`` flag
+# (``max_labels`` → ``--max-labels``); documented in docs/operations.md, "Quotas".
+QUOTA_FLAGS = {
+    "max_labels": "labels per instance",
+    "max_label_key_bytes": "bytes in one label key",
+    "max_label_value_bytes": "bytes in one label value",
+    "max_labels_bytes": "bytes of all label keys and values of one instance",
+    "max_instances_per_identity": "live instances one identity may register",
+    "max_owned_ids_per_identity": "lapsed instance ids kept reserved for their identity",
+    "max_watch_keys_per_identity": "distinct `deps` sets one identity may watch at once",
+    "max_deps": "services named in one `deps`",
+    "scrape_max_bytes": "bytes of one admin page the observer reads",
+}
+
+
 def _cmd_control_serve(args: argparse.Namespace) -> None:
     from datetime import timedelta
 
@@ -320,6 +335,9 @@ def _cmd_control_serve(args: argparse.Namespace) -> None:
         svid_ttl=ttl("--svid-ttl", args.svid_ttl, defaults.svid_ttl),
         instance_ttl=ttl("--instance-ttl", args.instance_ttl, defaults.instance_ttl),
         rebootstrap_ttl=ttl("--rebootstrap-ttl", args.rebootstrap_ttl, defaults.rebootstrap_ttl),
+        **{
+            field: getattr(args, field) for field in QUOTA_FLAGS if getattr(args, field) is not None
+        },
     )
     run(settings, scrape_interval=args.scrape_interval)
 
@@ -368,7 +386,12 @@ def _cmd_sidecar(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from meshlib_control.settings import DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN, DEFAULT_XDS_LISTEN
+    from meshlib_control.settings import (
+        DEFAULT_LISTEN,
+        DEFAULT_TRUST_DOMAIN,
+        DEFAULT_XDS_LISTEN,
+        Settings,
+    )
 
     parser = argparse.ArgumentParser(prog="meshctl", description="Operate a meshlib mesh.")
     parser.add_argument("--data-dir", default=".mesh", help="control service data dir (.mesh)")
@@ -397,6 +420,13 @@ def _parser() -> argparse.ArgumentParser:
         help="lifetime of the one-use credential that lets a workload whose SVID expired "
         "rejoin (7d)",
     )
+    for field, help_text in QUOTA_FLAGS.items():
+        serve.add_argument(
+            "--" + field.replace("_", "-"),
+            type=int,
+            metavar="N",
+            help=f"{help_text} ({getattr(Settings(), field)})",
+        )
     serve.add_argument(
         "--scrape-interval",
         type=float,

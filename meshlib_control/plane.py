@@ -19,12 +19,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from meshlib.errors import IdentityError, PolicyError
+from meshlib.errors import ConfigError, IdentityError, MeshError, PolicyError
 from meshlib.identity.keys import write_private_file
 from meshlib.identity.spiffe import SpiffeId
 from meshlib.identity.svid import SVID
 from meshlib.policy.decode import decode_documents, encode_resource
 from meshlib.policy.model import KINDS
+from meshlib_control.api.limits import check_yaml
 from meshlib_control.ca.authority import CertificateAuthority, CSRRejected
 from meshlib_control.ca.rebootstrap import (
     RebootstrapError,
@@ -33,7 +34,15 @@ from meshlib_control.ca.rebootstrap import (
     parse_credential,
     requested_spiffe_id,
 )
-from meshlib_control.ca.tokens import TokenError, check_token, new_token, parse_token, parse_ttl
+from meshlib_control.ca.tokens import (
+    MAX_TOKEN_TTL,
+    MAX_TOKEN_USES,
+    TokenError,
+    check_token,
+    new_token,
+    parse_token,
+    parse_ttl,
+)
 from meshlib_control.errors import ApiError
 from meshlib_control.observe.scraper import Observer
 from meshlib_control.settings import ADMIN_CERT_TTL, CONTROL_CERT_TTL, Settings
@@ -51,6 +60,51 @@ MODES = ("library", "sidecar")
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _check_labels(labels: object, settings: Settings) -> tuple[tuple[str, str], ...]:
+    """*labels* as sorted pairs, or ApiError naming the label and the limit it breaks."""
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise ApiError(400, "invalid", "labels: must map strings to strings", path="labels")
+    if len(labels) > settings.max_labels:
+        raise ApiError(
+            400,
+            "too-many-labels",
+            f"labels: {len(labels)} labels, more than the limit of {settings.max_labels} "
+            "per instance (--max-labels)",
+            path="labels",
+        )
+    total = 0
+    for key, value in labels.items():
+        key_bytes, value_bytes = len(key.encode()), len(value.encode())
+        if not key_bytes or key_bytes > settings.max_label_key_bytes:
+            raise ApiError(
+                400,
+                "label-too-large",
+                f"labels: key {key[:40]!r}… must be 1..{settings.max_label_key_bytes} bytes "
+                f"(--max-label-key-bytes), got {key_bytes}",
+                path="labels",
+            )
+        if value_bytes > settings.max_label_value_bytes:
+            raise ApiError(
+                400,
+                "label-too-large",
+                f"labels.{key}: value of {value_bytes} bytes, more than the limit of "
+                f"{settings.max_label_value_bytes} (--max-label-value-bytes)",
+                path=f"labels.{key}",
+            )
+        total += key_bytes + value_bytes
+    if total > settings.max_labels_bytes:
+        raise ApiError(
+            400,
+            "label-too-large",
+            f"labels: {total} bytes of keys and values, more than the limit of "
+            f"{settings.max_labels_bytes} per instance (--max-labels-bytes)",
+            path="labels",
+        )
+    return tuple(sorted(labels.items()))
 
 
 def _int_field(body: dict[str, Any], name: str, *, optional: bool) -> int | None:
@@ -87,7 +141,7 @@ class ControlPlane:
         # Read-only dashboard access for a browser (which has no admin SVID): a fresh random
         # token per start, written 0600 next to the admin credentials.
         self.dashboard_token = secrets.token_urlsafe(32)
-        self.observer = Observer(self)
+        self.observer = Observer(self, max_bytes=settings.scrape_max_bytes)
         self.xds_status = XdsStatus()
         self.xds_address: str | None = None  # host:port of the ADS server once it serves
 
@@ -299,8 +353,67 @@ class ControlPlane:
         revoked = self.store.revoke_rebootstrap(str(spiffe_id))
         return {"spiffeId": str(spiffe_id), "revokedRebootstrapCredentials": revoked}
 
-    def register(self, instance_id: str, body: dict[str, Any], peer: SpiffeId) -> dict[str, Any]:
-        """Create or refresh an instance's registration (the heartbeat)."""
+    def _claim(self, instance_id: str, peer: SpiffeId) -> None:
+        """Own *instance_id* for *peer*, or ApiError 403 when another identity owns it."""
+        owner = self.store.claim_instance(
+            instance_id, str(peer), _now(), keep=self.settings.max_owned_ids_per_identity
+        )
+        if owner != str(peer):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"instanceId: instance {instance_id} belongs to {owner}",
+                path="instanceId",
+            )
+
+    def claim_node(self, instance_id: str, peer: SpiffeId) -> None:
+        """An ADS stream names *instance_id* (``node.id``): it must be *peer*'s own.
+
+        A sidecar opens its stream before it registers, so an unowned id is claimed here;
+        one owned by another identity is refused (ApiError 403) and nothing is written.
+        """
+        if not instance_id.isalnum() or len(instance_id) > 64:
+            raise ApiError(400, "invalid", "node.id: 1-64 letters and digits", path="node.id")
+        owner = self.store.instance_owner(instance_id)
+        if owner is not None and owner != str(peer):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"node.id: instance {instance_id} belongs to {owner}",
+                path="node.id",
+            )
+        if owner is None:
+            self._check_instance_quota(peer)
+            self._claim(instance_id, peer)
+
+    def _check_instance_quota(self, peer: SpiffeId) -> None:
+        live = self.store.live_instances_of(str(peer), _now())
+        limit = self.settings.max_instances_per_identity
+        if live >= limit:
+            raise ApiError(
+                429,
+                "quota-exceeded",
+                f"instanceId: {peer} already has {live} live instances, the limit per "
+                f"identity (--max-instances-per-identity {limit})",
+                path="instanceId",
+            )
+
+    def register(
+        self,
+        instance_id: str,
+        body: dict[str, Any],
+        peer: SpiffeId,
+        *,
+        source: str | None = None,
+    ) -> dict[str, Any]:
+        """Create or refresh an instance's registration (the heartbeat).
+
+        *source* is the IP address the request came from; the observer scrapes an admin
+        port only at the address the instance registered from (docs/operations.md).
+        Instance ids are owned by the first identity that registers them, for good: a
+        lapsed lease does not free the id (another identity gets 403), and the owner can
+        always come back with it.
+        """
         if not peer.is_workload or peer.service is None or peer.namespace is None:
             raise ApiError(403, "forbidden", f"{peer} is not a workload identity")
         if not instance_id.isalnum() or len(instance_id) > 64:
@@ -310,18 +423,27 @@ class ControlPlane:
         address = body.get("address", "")
         if not isinstance(address, str) or (port > 0 and not address):
             raise ApiError(400, "invalid", "address: required when port > 0", path="address")
-        labels = body.get("labels", {})
-        if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-        ):
-            raise ApiError(400, "invalid", "labels: must map strings to strings", path="labels")
+        labels = _check_labels(body.get("labels", {}), self.settings)
         mode = body.get("mode", "library")
         if mode not in MODES:
             raise ApiError(400, "invalid", f"mode: must be one of {', '.join(MODES)}", path="mode")
+        plaintext_port = _int_field(body, "plaintextPort", optional=True)
+        admin_port = _int_field(body, "adminPort", optional=True)
         now = _now()
         old = self.store.instance(instance_id)
+        owner = self.store.instance_owner(instance_id)
+        if owner is not None and owner != str(peer):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"instanceId: instance {instance_id} belongs to {owner}",
+                path="instanceId",
+            )
+        if old is None or old.expires_at < now:
+            self._check_instance_quota(peer)
+        self._claim(instance_id, peer)
         if old is not None and old.spiffe_id != str(peer):
-            raise ApiError(403, "forbidden", f"instance {instance_id} belongs to {old.spiffe_id}")
+            old = None  # a record from before ids were owned: nothing of it carries over
         record = InstanceRecord(
             id=instance_id,
             spiffe_id=str(peer),
@@ -329,9 +451,9 @@ class ControlPlane:
             namespace=peer.namespace,
             address=address,
             port=port,
-            plaintext_port=_int_field(body, "plaintextPort", optional=True),
-            admin_port=_int_field(body, "adminPort", optional=True),
-            labels=tuple(sorted(labels.items())),
+            plaintext_port=plaintext_port,
+            admin_port=admin_port,
+            labels=labels,
             mode=mode,
             registered_at=old.registered_at if old else now,
             last_seen=now,
@@ -339,6 +461,7 @@ class ControlPlane:
             applied_version=old.applied_version if old else None,
             rejected_version=old.rejected_version if old else None,
             rejection=old.rejection if old else None,
+            source=source,
         )
         self.store.upsert_instance(record)
         if old is None or old.endpoint_key() != record.endpoint_key() or old.expires_at < now:
@@ -346,19 +469,26 @@ class ControlPlane:
         return {"ttlSeconds": self.settings.instance_ttl.total_seconds()}
 
     def _owned(self, instance_id: str, peer: SpiffeId) -> InstanceRecord:
+        owner = self.store.instance_owner(instance_id)
         record = self.store.instance(instance_id)
+        if owner is None and record is not None:
+            owner = record.spiffe_id
+        if owner is not None and owner != str(peer):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"instanceId: instance {instance_id} belongs to {owner}",
+                path="instanceId",
+            )
         if record is None:
             raise ApiError(404, "not-found", f"instance {instance_id} is not registered")
-        if record.spiffe_id != str(peer):
-            raise ApiError(
-                403, "forbidden", f"instance {instance_id} belongs to {record.spiffe_id}"
-            )
         return record
 
     def deregister(self, instance_id: str, peer: SpiffeId) -> None:
-        """Remove an instance at its own request."""
+        """Remove an instance at its own request; its owner gives the id up too."""
         self._owned(instance_id, peer)
         self.store.delete_instance(instance_id)
+        self.store.release_instance(instance_id)
         self.refresh()
 
     def report(self, instance_id: str, body: dict[str, Any], peer: SpiffeId) -> None:
@@ -375,7 +505,13 @@ class ControlPlane:
     # ------------------------------------------------------------------ admin API
 
     def apply(self, text: str) -> list[dict[str, str]]:
-        """Validate every document, then store them all in one transaction."""
+        """Validate every document, then store them all in one transaction.
+
+        The text is first scanned for nesting depth and alias expansion
+        (:func:`~meshlib_control.api.limits.check_yaml`): a billion-laughs document is
+        refused before it is built.
+        """
+        check_yaml(text)
         try:
             resources = decode_documents(text)
         except PolicyError as exc:
@@ -438,20 +574,42 @@ class ControlPlane:
             spiffe_id = SpiffeId.for_service(self.trust_domain, namespace, service)
         except IdentityError as exc:
             raise ApiError(400, "invalid", f"service: {exc}", path="service") from exc
+        ttl_text = body.get("ttl", "1h")
+        if not isinstance(ttl_text, str):
+            raise ApiError(
+                400, "invalid", "ttl: must be a duration string like 30s, 15m, 1h or 7d", path="ttl"
+            )
         try:
-            ttl = parse_ttl(str(body.get("ttl", "1h")))
-        except Exception as exc:
-            raise ApiError(400, "invalid", f"ttl: {exc}", path="ttl") from exc
+            ttl = parse_ttl(ttl_text)
+        except MeshError as exc:
+            raise ApiError(400, "invalid", str(exc), path="ttl") from exc
+        if ttl > MAX_TOKEN_TTL:
+            raise ApiError(
+                400,
+                "invalid",
+                f"ttl: must be at most {MAX_TOKEN_TTL.days}d, got {ttl_text}",
+                path="ttl",
+            )
         uses = body.get("uses", 1)
-        if not isinstance(uses, int) or isinstance(uses, bool) or uses < 1:
-            raise ApiError(400, "invalid", "uses: must be an integer >= 1", path="uses")
-        token, record = new_token(
-            spiffe_id=str(spiffe_id),
-            ttl=ttl,
-            uses=uses,
-            ca_fingerprint=self.ca.fingerprint,
-            now=_now(),
-        )
+        if not isinstance(uses, int) or isinstance(uses, bool) or not 1 <= uses <= MAX_TOKEN_USES:
+            shown = uses if not isinstance(uses, int) or abs(uses) < 10**12 else "a huge integer"
+            raise ApiError(
+                400,
+                "invalid",
+                f"uses: must be an integer 1..{MAX_TOKEN_USES}, got {shown!r}",
+                path="uses",
+            )
+        try:
+            token, record = new_token(
+                spiffe_id=str(spiffe_id),
+                ttl=ttl,
+                uses=uses,
+                ca_fingerprint=self.ca.fingerprint,
+                now=_now(),
+            )
+        except ConfigError as exc:
+            field = str(exc).partition(":")[0]
+            raise ApiError(400, "invalid", str(exc), path=field) from exc
         self.store.add_token(record)
         return {
             "token": token,

@@ -25,6 +25,18 @@ DEFAULT_REBOOTSTRAP_TTL = timedelta(days=7)
 CONTROL_CERT_TTL = timedelta(days=30)
 ADMIN_CERT_TTL = timedelta(days=365)
 
+# Per-identity quotas (docs/operations.md, "Quotas"): one workload must not grow every
+# other workload's snapshot nor slow every state change.
+DEFAULT_MAX_LABELS = 32  # labels per instance
+DEFAULT_MAX_LABEL_KEY_BYTES = 128
+DEFAULT_MAX_LABEL_VALUE_BYTES = 256
+DEFAULT_MAX_LABELS_BYTES = 4096  # all keys and values of one instance, UTF-8
+DEFAULT_MAX_INSTANCES_PER_IDENTITY = 256  # live registrations
+DEFAULT_MAX_OWNED_IDS_PER_IDENTITY = 4096  # instance ids reserved for an identity
+DEFAULT_MAX_WATCH_KEYS_PER_IDENTITY = 16  # distinct `deps` sets watched at once
+DEFAULT_MAX_DEPS = 256  # services named in one `deps`
+DEFAULT_SCRAPE_MAX_BYTES = 8 * 1024 * 1024  # one admin page read by the observer
+
 
 def split_hostport(value: str, flag: str) -> tuple[str, int]:
     """``"127.0.0.1:7443"`` → ``("127.0.0.1", 7443)``, or ConfigError naming *flag*."""
@@ -47,6 +59,15 @@ class Settings:
     svid_ttl: timedelta = DEFAULT_SVID_TTL
     instance_ttl: timedelta = DEFAULT_INSTANCE_TTL
     rebootstrap_ttl: timedelta = DEFAULT_REBOOTSTRAP_TTL
+    max_labels: int = DEFAULT_MAX_LABELS
+    max_label_key_bytes: int = DEFAULT_MAX_LABEL_KEY_BYTES
+    max_label_value_bytes: int = DEFAULT_MAX_LABEL_VALUE_BYTES
+    max_labels_bytes: int = DEFAULT_MAX_LABELS_BYTES
+    max_instances_per_identity: int = DEFAULT_MAX_INSTANCES_PER_IDENTITY
+    max_owned_ids_per_identity: int = DEFAULT_MAX_OWNED_IDS_PER_IDENTITY
+    max_watch_keys_per_identity: int = DEFAULT_MAX_WATCH_KEYS_PER_IDENTITY
+    max_deps: int = DEFAULT_MAX_DEPS
+    scrape_max_bytes: int = DEFAULT_SCRAPE_MAX_BYTES
 
     def __post_init__(self) -> None:
         split_hostport(self.listen, "--listen")
@@ -60,3 +81,20 @@ class Settings:
             raise ConfigError("--instance-ttl: must be > 0")
         if self.rebootstrap_ttl <= timedelta(0):
             raise ConfigError("--rebootstrap-ttl: must be > 0")
+        for flag, value, low, high in (
+            ("--max-labels", self.max_labels, 0, 10_000),
+            ("--max-label-key-bytes", self.max_label_key_bytes, 1, 1 << 20),
+            ("--max-label-value-bytes", self.max_label_value_bytes, 0, 1 << 20),
+            ("--max-labels-bytes", self.max_labels_bytes, 0, 1 << 24),
+            ("--max-instances-per-identity", self.max_instances_per_identity, 1, 1_000_000),
+            ("--max-owned-ids-per-identity", self.max_owned_ids_per_identity, 1, 10_000_000),
+            ("--max-watch-keys-per-identity", self.max_watch_keys_per_identity, 1, 100_000),
+            ("--max-deps", self.max_deps, 1, 100_000),
+            ("--scrape-max-bytes", self.scrape_max_bytes, 1024, 1 << 30),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f"{flag}: must be an integer {low}..{high}, got {value!r}")
+        if self.max_owned_ids_per_identity < self.max_instances_per_identity:
+            raise ConfigError(
+                "--max-owned-ids-per-identity: must be >= --max-instances-per-identity"
+            )

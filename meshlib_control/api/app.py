@@ -7,7 +7,6 @@ the admin SVID written to the data dir at first start.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,6 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from meshlib.errors import IdentityError
 from meshlib.identity.spiffe import SpiffeId
+from meshlib_control.api.limits import MAX_BODY, parse_json_object, read_body
 from meshlib_control.errors import ApiError
 from meshlib_control.observe.checks import explain, run_checks
 from meshlib_control.plane import ControlPlane
@@ -22,7 +22,7 @@ from meshlib_control.plane import ControlPlane
 __all__ = ["MAX_WAIT", "create_app"]
 
 MAX_WAIT = 60.0
-MAX_BODY = 1024 * 1024
+MAX_DEP_NAME = 253 + 1 + 63  # a service name, a dot, a namespace
 # The dashboard page is one self-contained file: inline script and style, no other origin.
 DASHBOARD_CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -66,16 +66,31 @@ def _require_peer(request: Request) -> SpiffeId:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise ApiError(413, "too-large", f"body: larger than {MAX_BODY} bytes")
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise ApiError(400, "invalid", f"body: not JSON ({exc})") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid", "body: must be a JSON object")
-    return body
+    """The body as a JSON object: size-limited while it is read, depth-limited parsed."""
+    return parse_json_object(await read_body(request.headers, request.stream(), limit=MAX_BODY))
+
+
+def _source(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
+
+
+def _dependencies(deps: str | None, max_deps: int) -> tuple[str, ...] | None:
+    if not deps:
+        return None
+    names = {d for d in deps.split(",") if d}
+    if len(names) > max_deps:
+        raise ApiError(
+            400,
+            "invalid",
+            f"deps: {len(names)} services, more than the limit of {max_deps} (--max-deps)",
+            path="deps",
+        )
+    for name in names:
+        if len(name) > MAX_DEP_NAME:
+            raise ApiError(
+                400, "invalid", f"deps: a name longer than {MAX_DEP_NAME} characters", path="deps"
+            )
+    return tuple(sorted(names))
 
 
 def create_app(plane: ControlPlane) -> FastAPI:
@@ -108,7 +123,9 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
     @app.put("/v1/instances/{instance_id}")
     async def register(instance_id: str, request: Request) -> dict[str, Any]:
-        return plane.register(instance_id, await _json_body(request), _require_peer(request))
+        return plane.register(
+            instance_id, await _json_body(request), _require_peer(request), source=_source(request)
+        )
 
     @app.delete("/v1/instances/{instance_id}")
     async def deregister(instance_id: str, request: Request) -> dict[str, Any]:
@@ -129,8 +146,19 @@ def create_app(plane: ControlPlane) -> FastAPI:
             raise ApiError(403, "forbidden", f"{peer} is not a workload identity")
         if not 0 <= wait <= MAX_WAIT:
             raise ApiError(400, "invalid", f"wait: must be 0..{MAX_WAIT:g} seconds", path="wait")
-        dependencies = tuple(sorted({d for d in deps.split(",") if d})) if deps else None
+        dependencies = _dependencies(deps, plane.settings.max_deps)
         key = (peer.service, peer.namespace, dependencies)
+        limit = plane.settings.max_watch_keys_per_identity
+        watched = plane.cache.keys_of(peer.service, peer.namespace)
+        if key not in watched and len(watched) >= limit:
+            raise ApiError(
+                429,
+                "quota-exceeded",
+                f"deps: {peer} already watches {len(watched)} distinct dependency sets, the "
+                f"limit per identity (--max-watch-keys-per-identity {limit}); idle ones are "
+                "forgotten after 5 minutes",
+                path="deps",
+            )
         found = await plane.cache.watch(key, version, wait)
         if found is None:
             return Response(status_code=304)
@@ -141,13 +169,11 @@ def create_app(plane: ControlPlane) -> FastAPI:
     @app.post("/v1/admin/resources")
     async def apply(request: Request) -> dict[str, Any]:
         admin(request)
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise ApiError(413, "too-large", f"body: larger than {MAX_BODY} bytes")
+        raw = await read_body(request.headers, request.stream(), limit=MAX_BODY)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ApiError(400, "invalid", "body: not UTF-8 text") from exc
+            raise ApiError(400, "invalid", "body: not UTF-8 text", path="body") from exc
         return {"results": plane.apply(text)}
 
     @app.get("/v1/admin/resources/{kind}")

@@ -538,6 +538,11 @@ def _check_csr_names(csr: x509.CertificateSigningRequest, entitled: SpiffeId) ->
             f"CSR has no URI SAN; it must ask for {entitled}, the identity the caller is "
             "entitled to"
         ) from None
+    except x509.DuplicateExtension as exc:
+        raise CSRRejected(
+            f"CSR has the extension {exc.oid.dotted_string} more than once; each extension "
+            "may appear once (RFC 5280 4.2)"
+        ) from None
     except ValueError as exc:
         raise CSRRejected(f"CSR extensions do not parse: {exc}") from None
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)

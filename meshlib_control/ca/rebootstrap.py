@@ -216,7 +216,7 @@ def requested_spiffe_id(csr_pem: bytes) -> str | None:
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, TypeError, x509.ExtensionNotFound):
+    except (ValueError, TypeError, x509.ExtensionNotFound, x509.DuplicateExtension):
         return None
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     return uris[0] if len(uris) == 1 else None

@@ -23,6 +23,9 @@ from meshlib.errors import ConfigError, MeshError
 from meshlib.identity.spiffe import SpiffeId
 
 __all__ = [
+    "MAX_TOKEN_TTL",
+    "MAX_TOKEN_USES",
+    "MAX_TTL",
     "TOKEN_PREFIX",
     "ParsedToken",
     "TokenError",
@@ -40,8 +43,11 @@ _SECRET_BYTES = 32
 _ID_RE = re.compile(r"[0-9a-f]{16}")
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 _FINGERPRINT_RE = re.compile(r"[0-9a-f]{64}")
-_TTL_RE = re.compile(r"(\d+)([smhd])")
+_TTL_RE = re.compile(r"(\d{1,12})([smhd])")
 _TTL_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+MAX_TTL = timedelta(days=3650)  # any duration flag: far beyond use, far below overflow
+MAX_TOKEN_TTL = timedelta(days=365)
+MAX_TOKEN_USES = 1_000_000
 
 
 class TokenError(MeshError):
@@ -122,10 +128,10 @@ def new_token(
         ConfigError: the message names the bad field (``ttl``, ``uses``, ``spiffe_id``,
             ``ca_fingerprint``, ``now``).
     """
-    if ttl <= timedelta(0):
-        raise ConfigError(f"ttl: must be > 0, got {ttl}")
-    if isinstance(uses, bool) or not isinstance(uses, int) or uses < 1:
-        raise ConfigError(f"uses: must be an integer >= 1, got {uses!r}")
+    if ttl <= timedelta(0) or ttl > MAX_TOKEN_TTL:
+        raise ConfigError(f"ttl: must be > 0 and at most {MAX_TOKEN_TTL.days}d, got {ttl}")
+    if isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= MAX_TOKEN_USES:
+        raise ConfigError(f"uses: must be an integer 1..{MAX_TOKEN_USES}, got {uses!r}")
     try:
         parsed_id = SpiffeId.parse(spiffe_id)
     except MeshError as exc:
@@ -228,12 +234,17 @@ def parse_ttl(text: str) -> timedelta:
     """Parse a duration such as ``30s``, ``15m``, ``1h``, ``24h`` or ``7d``.
 
     Raises:
-        ConfigError: naming ``ttl``, for any other text or a zero duration.
+        ConfigError: naming ``ttl``, for any other text, a zero duration or one longer
+            than :data:`MAX_TTL` (ten years).
     """
     match = _TTL_RE.fullmatch(text.strip()) if isinstance(text, str) else None
     if match is None:
-        raise ConfigError(f"ttl: expected a duration like 30s, 15m, 1h or 7d, got {text!r}")
+        shown = text if not isinstance(text, str) or len(text) <= 40 else text[:40] + "…"
+        raise ConfigError(f"ttl: expected a duration like 30s, 15m, 1h or 7d, got {shown!r}")
     value = int(match.group(1))
     if value == 0:
         raise ConfigError(f"ttl: must be > 0, got {text!r}")
-    return timedelta(**{_TTL_UNITS[match.group(2)]: value})
+    ttl = timedelta(**{_TTL_UNITS[match.group(2)]: value})
+    if ttl > MAX_TTL:
+        raise ConfigError(f"ttl: must be at most {MAX_TTL.days}d, got {text!r}")
+    return ttl

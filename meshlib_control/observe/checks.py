@@ -155,6 +155,26 @@ async def run_checks(plane: ControlPlane, observer: Observer) -> list[dict[str, 
     checks.append(_check("instance certificates", _worst(cert_problems), summary))
     checks.extend(cert_problems)
 
+    # Admin pages are the workload's word: a malformed one is reported here, never raised.
+    page_problems: list[dict[str, str]] = []
+    for record in admin:
+        identity, snapshot = by_id[record.id]
+        problems = [answer for answer in (identity, snapshot) if isinstance(answer, str)]
+        if isinstance(snapshot, dict) and not isinstance(snapshot.get("snapshot"), dict):
+            problems.append("/debug/snapshot: field snapshot is not a JSON object")
+        page_problems.extend(
+            _check(f"admin pages {_who(record)}", WARN, problem) for problem in problems
+        )
+    checks.append(
+        _check(
+            "admin pages",
+            _worst(page_problems),
+            f"{len(admin)} instance(s) with an admin port; {len(page_problems)} page(s) "
+            "unreadable or malformed",
+        )
+    )
+    checks.extend(page_problems)
+
     snap_problems: list[dict[str, str]] = []
     converging = 0
     for record in records:
@@ -283,10 +303,20 @@ async def explain(
             "rejection": record.rejection,
         }
         if isinstance(answer, dict) and isinstance(answer.get("snapshot"), dict):
+            # The page is the workload's word: every field is checked for its shape.
             snap = answer["snapshot"]
             ago = answer.get("appliedAgoSeconds")
-            item["snapshotVersion"] = snap.get("version")
-            item["appliedAgoSeconds"] = round(ago, 1) if isinstance(ago, int | float) else None
+            version = snap.get("version")
+            services = snap.get("services")
+            services = (
+                [s for s in services if isinstance(s, dict)] if isinstance(services, list) else []
+            )
+            item["snapshotVersion"] = version if isinstance(version, str) else None
+            item["appliedAgoSeconds"] = (
+                round(float(ago), 1)
+                if isinstance(ago, int | float) and not isinstance(ago, bool) and abs(ago) < 1e12
+                else None
+            )
             item["policy"] = {
                 "inbound": snap.get("inbound"),
                 "traffic": [
@@ -294,21 +324,19 @@ async def explain(
                         "service": f"{s.get('name')}.{s.get('namespace')}",
                         "trafficPolicy": s.get("trafficPolicy"),
                     }
-                    for s in snap.get("services", [])
-                    if isinstance(s, dict) and s.get("trafficPolicy") is not None
+                    for s in services
+                    if s.get("trafficPolicy") is not None
                 ],
-                "calls": [
-                    f"{s.get('name')}.{s.get('namespace')}"
-                    for s in snap.get("services", [])
-                    if isinstance(s, dict)
-                ],
+                "calls": [f"{s.get('name')}.{s.get('namespace')}" for s in services],
             }
             state = _state(observer, record)
             state.snapshot, state.snapshot_at = answer, time.monotonic()
             stale = observer.staleness(state)
             item["staleForSeconds"] = None if stale is None else round(stale)
+        elif isinstance(answer, dict):
+            item["error"] = "/debug/snapshot: field snapshot is not a JSON object"
         else:
-            item["error"] = answer if isinstance(answer, str) else "no snapshot reported"
+            item["error"] = answer
         out.append(item)
     return {
         "service": service,

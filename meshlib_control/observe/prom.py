@@ -56,6 +56,9 @@ class MetricsScrape:
         return found[0] if found else None
 
 
+MAX_SAMPLE_VALUE = 1e18  # beyond any real counter, gauge or sum; keeps arithmetic finite
+
+
 def _parse_value(text: str) -> float:
     lowered = text.lower()
     if lowered in ("+inf", "inf"):
@@ -123,6 +126,8 @@ def parse_samples(text: str) -> Iterator[tuple[Sample, str | None]]:
             value = _parse_value(rest[0])
         except (ValueError, IndexError):
             continue
+        if not -MAX_SAMPLE_VALUE <= value <= MAX_SAMPLE_VALUE:
+            continue  # NaN, an infinity or absurd: golden metrics stay finite (JSON has none)
         family = name
         for suffix in ("_bucket", "_sum", "_count"):
             if name.endswith(suffix) and types.get(name[: -len(suffix)]) == "histogram":

@@ -9,13 +9,27 @@ control service.
 The admin port of a meshlib instance listens on 127.0.0.1 (``meshlib.runtime.admin``); the
 scraper uses the instance's registered address, or 127.0.0.1 for client-only instances that
 registered none — so a control service sees the admin ports of its own host.
+
+A workload chooses what it registers, so the scraper trusts none of it:
+
+* it GETs only the fixed admin paths (:data:`ADMIN_PATHS`), never follows a redirect, and
+  only at an admin address that is the instance's own (:func:`admin_refusal`): the IP
+  address the registration came from, or loopback for a registration from loopback — never
+  a name (no DNS) and never another host a workload points it at;
+* a page is read as a stream and dropped at :attr:`Observer.max_bytes` (``--scrape-max-bytes``),
+  the whole fetch is bounded by :attr:`Observer.deadline`, and JSON deeper than
+  :data:`MAX_PAGE_DEPTH` or of the wrong shape is a scrape error. Every such problem is an
+  error string on the instance (a WARN line in ``meshctl check``), never an exception.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from meshlib_control.api.limits import json_depth
 from meshlib_control.observe.golden import InstanceWindow, golden_stats
 from meshlib_control.observe.prom import HistogramSeries, Labels, MetricsScrape, parse_metrics
 from meshlib_control.snapshot.builder import build_snapshot
@@ -32,11 +47,14 @@ if TYPE_CHECKING:
     from meshlib_control.plane import ControlPlane
 
 __all__ = [
+    "ADMIN_PATHS",
+    "DEFAULT_DEADLINE",
     "DEFAULT_INTERVAL",
     "DEFAULT_TIMEOUT",
     "InstanceState",
     "Observer",
     "admin_base",
+    "admin_refusal",
     "expected_versions",
     "parser_for",
 ]
@@ -45,6 +63,11 @@ log = logging.getLogger("meshlib_control.observe")
 
 DEFAULT_INTERVAL = 5.0
 DEFAULT_TIMEOUT = 2.0
+DEFAULT_DEADLINE = 5.0  # one whole fetch, however slowly the page drips in
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+MAX_PAGE_DEPTH = 64
+MAX_EXPIRY_SECONDS = 100 * 365 * 86400.0
+ADMIN_PATHS = frozenset({"/metrics", "/debug/snapshot", "/debug/identity"})
 
 CERT_EXPIRY = "mesh_certificate_expiry_seconds"
 
@@ -120,6 +143,52 @@ def admin_base(record: InstanceRecord) -> str | None:
     return f"http://{host}:{record.admin_port}"
 
 
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return ipaddress.ip_address("127.0.0.1") if text == "localhost" else None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} overflows a float")
+    return value
+
+
+def admin_refusal(record: InstanceRecord) -> str | None:
+    """Why the observer will not GET *record*'s admin port, or None when it may.
+
+    The rule: the admin host (the registered address, 127.0.0.1 when none) must be an IP
+    address, and the address the registration came from (or, for a registration from
+    loopback, any loopback address). A registration of unknown origin (made before the
+    control service recorded it) is scraped only on loopback.
+    """
+    host = record.address or "127.0.0.1"
+    admin = _ip(host)
+    if admin is None:
+        return f"admin address {host!r} is not an IP address (the observer resolves no names)"
+    source = _ip(record.source) if record.source else None
+    if source is None:
+        if admin.is_loopback:
+            return None
+        return f"admin address {host} is not loopback and the registration's origin is unknown"
+    if admin == source or (admin.is_loopback and source.is_loopback):
+        return None
+    return (
+        f"admin address {host} is not the address instance {record.id} registered from "
+        f"({record.source}); not scraped"
+    )
+
+
 def expected_versions(
     plane: ControlPlane, record: InstanceRecord, reported: dict[str, Any] | None
 ) -> set[str]:
@@ -180,7 +249,9 @@ class InstanceState:
         if self.latest is None or self.latest_at is None:
             return None
         gauge = self.latest.gauge(CERT_EXPIRY)
-        return None if gauge is None else gauge.value - (now - self.latest_at)
+        if gauge is None or abs(gauge.value) > MAX_EXPIRY_SECONDS:
+            return None  # no gauge, or one no certificate could have
+        return gauge.value - (now - self.latest_at)
 
 
 class Observer:
@@ -193,10 +264,14 @@ class Observer:
         interval: float = DEFAULT_INTERVAL,
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         self.plane = plane
         self.interval = interval
         self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.deadline = deadline
         self._transport = transport
         self.instances: dict[str, InstanceState] = {}
         self.scraped = 0
@@ -214,22 +289,65 @@ class Observer:
             )
         return self._http
 
-    async def fetch(self, record: InstanceRecord, path: str) -> httpx.Response:
-        """GET *path* on the instance's admin port; raises httpx.HTTPError or ValueError."""
+    async def fetch(self, record: InstanceRecord, path: str) -> bytes:
+        """The body of GET *path* on the instance's admin port.
+
+        At most :attr:`max_bytes`, within :attr:`deadline` seconds in all.
+
+        Raises:
+            httpx.HTTPError: the request failed or answered an error status.
+            ValueError: a path other than the admin pages, an admin address that is not
+                the instance's own, a page too large, or the deadline passed.
+        """
+        if path not in ADMIN_PATHS:
+            raise ValueError(f"{path}: not an admin page the observer reads")
         base = admin_base(record)
         if base is None:
             raise ValueError(f"instance {record.id} has no admin port")
-        response = await self._client().get(base + path)
-        response.raise_for_status()
-        return response
+        refusal = admin_refusal(record)
+        if refusal is not None:
+            raise ValueError(refusal)
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await self._read(base + path)
+        except TimeoutError:
+            raise ValueError(f"no complete answer within {self.deadline:g}s") from None
+
+    async def _read(self, url: str) -> bytes:
+        # Raw bytes, uncompressed on the wire: a compressed page could inflate past the cap
+        # inside one decoder call.
+        headers = {"accept-encoding": "identity"}
+        async with self._client().stream("GET", url, headers=headers) as response:
+            response.raise_for_status()
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise ValueError(f"page sent with content-encoding {encoding!r}; not read")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                raise ValueError(f"page of {declared} bytes, over the {self.max_bytes}-byte cap")
+            parts: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_raw():
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise ValueError(f"page larger than the {self.max_bytes}-byte cap; dropped")
+                parts.append(chunk)
+            return b"".join(parts)
 
     async def fetch_json(self, record: InstanceRecord, path: str) -> dict[str, Any] | str:
         """The JSON object at *path*, or a string saying why not."""
         try:
-            body = (await self.fetch(record, path)).json()
+            raw = await self.fetch(record, path)
+            body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+        except RecursionError:
+            return f"{path}: JSON nested deeper than {MAX_PAGE_DEPTH} levels"
         except (httpx.HTTPError, ValueError) as exc:
             return f"{path}: {exc or type(exc).__name__}"
-        return body if isinstance(body, dict) else f"{path}: not a JSON object"
+        if not isinstance(body, dict):
+            return f"{path}: not a JSON object"
+        if json_depth(body) > MAX_PAGE_DEPTH:
+            return f"{path}: JSON nested deeper than {MAX_PAGE_DEPTH} levels"
+        return body
 
     async def aclose(self) -> None:
         """Close the HTTP client."""
@@ -242,7 +360,7 @@ class Observer:
     async def _scrape(self, state: InstanceState) -> bool:
         record = state.record
         try:
-            text = (await self.fetch(record, "/metrics")).text
+            text = (await self.fetch(record, "/metrics")).decode("utf-8", errors="replace")
             scrape = parser_for(record.mode)(text)
         except (httpx.HTTPError, ValueError) as exc:
             state.error = f"/metrics: {exc or type(exc).__name__}"
@@ -305,14 +423,14 @@ class Observer:
         no telling which dependencies it declared, so it is not judged (None). The rule
         misses a dependency the instance declared before that service had any instances.
         """
-        applied = state.record.applied_version
-        if applied is None and state.snapshot is not None:
-            version = state.snapshot.get("snapshot", {}).get("version")
-            applied = version if isinstance(version, str) else None
-        if applied is None:
-            return None
         reported = state.snapshot.get("snapshot") if state.snapshot is not None else None
         if not isinstance(reported, dict):
+            return None  # none reported, or not a snapshot: no telling what it declared
+        applied = state.record.applied_version
+        if applied is None:
+            version = reported.get("version")
+            applied = version if isinstance(version, str) else None
+        if applied is None:
             return None
         expected = expected_versions(self.plane, state.record, reported)
         now = time.monotonic()

@@ -63,6 +63,17 @@ class SnapshotCache:
         entry.last_used = time.monotonic()
         return entry.snapshot
 
+    def keys_of(self, service: str, namespace: str) -> set[WatchKey]:
+        """The watch keys of one identity that the cache holds (idle ones not yet evicted)."""
+        now = time.monotonic()
+        return {
+            key
+            for key, entry in self._entries.items()
+            if key[0] == service
+            and key[1] == namespace
+            and (entry.watchers > 0 or now - entry.last_used <= IDLE_EVICT_SECONDS)
+        }
+
     def set_state(self, state: MeshState) -> int:
         """Install new state; wake the watches whose snapshot changed. Returns how many."""
         self._state = state

@@ -34,7 +34,11 @@ CREATE TABLE IF NOT EXISTS instances (
     address TEXT NOT NULL, port INTEGER NOT NULL, plaintext_port INTEGER, admin_port INTEGER,
     labels TEXT NOT NULL, mode TEXT NOT NULL, registered_at TEXT NOT NULL,
     last_seen TEXT NOT NULL, expires_at TEXT NOT NULL,
-    applied_version TEXT, rejected_version TEXT, rejection TEXT);
+    applied_version TEXT, rejected_version TEXT, rejection TEXT, source TEXT);
+CREATE TABLE IF NOT EXISTS instance_owners (
+    id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, claimed_at TEXT NOT NULL,
+    last_seen TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS instance_owners_by_identity ON instance_owners (spiffe_id, last_seen);
 CREATE TABLE IF NOT EXISTS certificates (
     serial TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, not_before TEXT NOT NULL,
     not_after TEXT NOT NULL, issued_at TEXT NOT NULL);
@@ -78,6 +82,7 @@ class InstanceRecord:
     applied_version: str | None = None
     rejected_version: str | None = None
     rejection: str | None = None
+    source: str | None = None  # the IP address the registration came from
 
     def endpoint_key(self) -> tuple[Any, ...]:
         """What a snapshot shows of this instance; heartbeats that keep it equal change nothing."""
@@ -102,6 +107,7 @@ class InstanceRecord:
             "appliedVersion": self.applied_version,
             "rejectedVersion": self.rejected_version,
             "rejection": self.rejection,
+            "registeredFrom": self.source,
         }
 
 
@@ -126,6 +132,18 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a data dir written by an earlier version up to this schema."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(instances)")}
+        if "source" not in columns:
+            self._db.execute("ALTER TABLE instances ADD COLUMN source TEXT")
+        # Registrations made before ids were owned: their identity owns them from now on.
+        self._db.execute(
+            "INSERT OR IGNORE INTO instance_owners "
+            "SELECT id, spiffe_id, registered_at, last_seen FROM instances"
+        )
 
     def close(self) -> None:
         """Close the database."""
@@ -203,7 +221,7 @@ class SQLiteStore:
         with self._tx() as db:
             old = db.execute("SELECT * FROM instances WHERE id=?", (record.id,)).fetchone()
             db.execute(
-                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.id,
                     record.spiffe_id,
@@ -221,6 +239,7 @@ class SQLiteStore:
                     record.applied_version,
                     record.rejected_version,
                     record.rejection,
+                    record.source,
                 ),
             )
         return self._instance(old) if old is not None else None
@@ -244,6 +263,7 @@ class SQLiteStore:
             applied_version=row[13],
             rejected_version=row[14],
             rejection=row[15],
+            source=row[16],
         )
 
     def instance(self, instance_id: str) -> InstanceRecord | None:
@@ -265,6 +285,66 @@ class SQLiteStore:
         """Remove instances whose registration expired; returns how many."""
         with self._tx() as db:
             return db.execute("DELETE FROM instances WHERE expires_at < ?", (_ts(now),)).rowcount
+
+    def live_instances_of(self, spiffe_id: str, now: datetime) -> int:
+        """How many unexpired registrations *spiffe_id* holds."""
+        rows = self._rows(
+            "SELECT COUNT(*) FROM instances WHERE spiffe_id=? AND expires_at >= ?",
+            (spiffe_id, _ts(now)),
+        )
+        return int(rows[0][0])
+
+    # ------------------------------------------------------------------ instance ownership
+
+    def instance_owner(self, instance_id: str) -> str | None:
+        """The SPIFFE ID that owns *instance_id*, registered or not; None if unowned."""
+        rows = self._rows("SELECT spiffe_id FROM instance_owners WHERE id=?", (instance_id,))
+        return str(rows[0][0]) if rows else None
+
+    def claim_instance(self, instance_id: str, spiffe_id: str, now: datetime, *, keep: int) -> str:
+        """Make *spiffe_id* the owner of *instance_id* unless another identity owns it.
+
+        Returns the owner after the call: *spiffe_id* when the claim holds, the other owner
+        when it does not (and nothing was written). An id stays owned when its lease lapses,
+        so no other identity can take it while its agent may still come back. Besides its
+        live registrations, an identity keeps at most *keep* ids: beyond that its own least
+        recently seen lapsed ids are released, so the table stays bounded per identity (an
+        identity can only ever free its own ids).
+        """
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT spiffe_id FROM instance_owners WHERE id=?", (instance_id,)
+            ).fetchone()
+            if row is not None and row[0] != spiffe_id:
+                return str(row[0])
+            if row is not None:
+                db.execute(
+                    "UPDATE instance_owners SET last_seen=? WHERE id=?", (_ts(now), instance_id)
+                )
+                return spiffe_id
+            db.execute(
+                "INSERT INTO instance_owners VALUES (?,?,?,?)",
+                (instance_id, spiffe_id, _ts(now), _ts(now)),
+            )
+            db.execute(
+                "DELETE FROM instance_owners WHERE id IN ("
+                " SELECT id FROM instance_owners WHERE spiffe_id=? AND id != ?"
+                " AND id NOT IN (SELECT id FROM instances)"
+                " ORDER BY last_seen DESC LIMIT -1 OFFSET ?)",
+                (spiffe_id, instance_id, max(keep - 1, 0)),
+            )
+            return spiffe_id
+
+    def release_instance(self, instance_id: str) -> bool:
+        """Forget who owns *instance_id* (its owner withdrew it); False if unowned."""
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM instance_owners WHERE id=?", (instance_id,))
+            return cur.rowcount > 0
+
+    def owned_instances(self) -> tuple[tuple[str, str], ...]:
+        """Every (instance id, owner SPIFFE ID), registered or lapsed."""
+        rows = self._rows("SELECT id, spiffe_id FROM instance_owners ORDER BY spiffe_id, id")
+        return tuple((str(r[0]), str(r[1])) for r in rows)
 
     def record_report(self, instance_id: str, version: str, error: str | None) -> bool:
         """Store which snapshot an instance applied or rejected; False if unknown."""

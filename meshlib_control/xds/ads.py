@@ -3,7 +3,10 @@
 One bidirectional stream per Envoy (``AggregatedDiscoveryService/StreamAggregatedResources``).
 The node says who it is (``node.cluster`` = service, ``node.metadata`` = ports, namespace,
 secrets dir); the stream's client certificate must be that service's SVID, so a sidecar can
-only ever receive its own workload's configuration.
+only ever receive its own workload's configuration. ``node.id`` is an instance id: it must
+be one the certificate's identity owns, or a new one, which it then owns (instance ids are
+owned for life, see :meth:`ControlPlane.register`); a stream naming another identity's
+instance is refused with PERMISSION_DENIED before anything is recorded.
 
 Per stream and per type the server keeps what it sent (version + nonce), what Envoy has
 (the last ACKed version) and what Envoy rejected:
@@ -53,8 +56,10 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
+from meshlib.identity.spiffe import SpiffeId
 from meshlib.identity.tls import TLSContexts
 from meshlib.integrations.grpc_server import server_credentials
+from meshlib_control.errors import ApiError
 from meshlib_control.xds.status import NodeStatus, TypeStatus
 from meshlib_control.xds.translate import TYPE_URLS, EnvoyResources, SidecarNode, translate
 from meshlib_control.xds.unsupported import Unsupported
@@ -350,6 +355,19 @@ class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 f"node.cluster: {node.service} in {node.namespace} is {node.spiffe_id}, "
                 f"but the client certificate is {peer or 'not a single SPIFFE ID'}",
             )
+        # node.id names an instance: it must be one this identity owns (or a new one, which
+        # it now owns), or this stream could write another instance's NACKs and status.
+        try:
+            self.plane.claim_node(node_id, SpiffeId.parse(node.spiffe_id))
+        except ApiError as exc:
+            code = (
+                grpc.StatusCode.INVALID_ARGUMENT
+                if exc.status == 400
+                else grpc.StatusCode.RESOURCE_EXHAUSTED
+                if exc.status == 429
+                else grpc.StatusCode.PERMISSION_DENIED
+            )
+            await context.abort(code, exc.message)
         log.info("sidecar %s (%s) connected", node_id, node.spiffe_id)
         return _Stream(self.plane, node_id, node)
 

@@ -71,7 +71,8 @@ def test_parses_what_meshlib_renders():
 
 
 def test_parser_handles_escapes_and_skips_garbage():
-    """Escaped label values, +Inf, comments and malformed lines are all survived."""
+    """Escaped label values, comments and malformed lines are survived; +Inf, NaN and absurd
+    sample values are dropped (golden metrics must stay finite: JSON has no infinity)."""
     text = (
         "# HELP g a gauge\n# TYPE g gauge\n"
         'g{a="x\\"y",b="1\\\\2\\nz"} 7\n'
@@ -79,14 +80,17 @@ def test_parser_handles_escapes_and_skips_garbage():
         "broken{a=unquoted} 1\n"
         "noval\n"
         'weird{a="1"} +Inf\n'
+        "nan NaN\n"
+        "huge 1e300\n"
+        'h_bucket{le="+Inf"} 4\n'
     )
     scrape = parse_metrics(text)
     (g,) = scrape.samples["g"]
     assert dict(g.labels) == {"a": 'x"y', "b": "1\\2\nz"}
     assert g.value == 7
     assert scrape.samples["plain"][0].value == 3.5
-    assert math.isinf(scrape.samples["weird"][0].value)
-    assert "broken" not in scrape.samples and "noval" not in scrape.samples
+    assert not {"weird", "nan", "huge", "broken", "noval"} & set(scrape.samples)
+    assert scrape.samples["h_bucket"][0].value == 4  # an +Inf *bucket bound* is fine
 
 
 def test_quantile_interpolates_within_buckets():
