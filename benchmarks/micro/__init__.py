@@ -2,8 +2,11 @@
 
 ``python -m benchmarks.micro [--quick]`` writes ``benchmarks/results/micro.{json,md}``.
 
-Three parts, all with meshlib's real objects:
+Four parts, all with meshlib's real objects:
 
+* **imports** — what ``import meshlib`` and an unstarted ``meshlib.Mesh(...)`` load into a
+  fresh interpreter (gRPC, YAML, control-service code, SDKs…) and the RSS they add, beside
+  ``import httpx`` alone;
 * **layers** — each per-request step of the mesh transport timed on its own, in process,
   with ``time.perf_counter_ns`` over many iterations, repeated: name resolution, route
   matching, the call's bookkeeping, balancer pick, breaker admission and recording,
@@ -19,9 +22,9 @@ Three parts, all with meshlib's real objects:
   package.
 
 Modules: :mod:`.settings` (profile, constants), :mod:`.timing`, :mod:`.identities`,
-:mod:`.backend` (the server child process), :mod:`.mesh` (engine, tracer), the three
-parts :mod:`.layers`, :mod:`.tls` and :mod:`.path`, :mod:`.report` (Markdown, PNG) and
-:mod:`.cli` (the run and the command line).
+:mod:`.backend` (the server child process), :mod:`.mesh` (engine, tracer), the four
+parts :mod:`.imports`, :mod:`.layers`, :mod:`.tls` and :mod:`.path`, :mod:`.report`
+(Markdown, PNG) and :mod:`.cli` (the run and the command line).
 """
 
 from __future__ import annotations

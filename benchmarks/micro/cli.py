@@ -14,6 +14,7 @@ from typing import Any
 from benchmarks import document
 from benchmarks.micro.backend import Backend, serve_backend
 from benchmarks.micro.identities import make_identities
+from benchmarks.micro.imports import measure_imports
 from benchmarks.micro.layers import measure_layers
 from benchmarks.micro.path import measure_path
 from benchmarks.micro.report import plot, render_markdown
@@ -29,6 +30,7 @@ def run(profile: Profile, *, quick: bool) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         result = document.new_document("micro", profile, quick=quick, machine=machine_info())
+        result["imports"] = measure_imports()  # first: fresh interpreters, an idle machine
         result["layers"] = measure_layers(profile)
         ids = make_identities(workdir)
         backend = Backend(workdir / "tls")

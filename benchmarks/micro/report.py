@@ -33,6 +33,70 @@ def layer_sums(layers: Sequence[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f} MiB"
+
+
+def imports_markdown(imports: dict[str, Any] | None) -> list[str]:
+    """The import-footprint section (nothing for a document recorded before it existed)."""
+    if not imports:
+        return []
+    mesh, bare = imports["mesh"], imports["httpx"]
+    lines = [
+        "## Import footprint of an HTTP-only service",
+        "",
+        "A fresh interpreter runs `import meshlib`, then constructs `meshlib.Mesh(...)` "
+        "without starting it; another runs `import httpx` alone (what an HTTP-only service "
+        "pays anyway). Issue 12: `import meshlib` imports no gRPC, no YAML parser and no "
+        f"control-service code ({', '.join(f'`{f}`' for f in imports['forbidden'])}). "
+        "*First imported by*: the innermost meshlib module on the stack, and (via) the module "
+        "whose import statement asked for it.",
+        "",
+    ]
+    if "error" in mesh:
+        return [*lines, f"**Not measured**: {mesh['error'][:300]}", ""]
+    forbidden = imports["forbidden_after_construct"] or imports["forbidden_after_import"] or []
+    verdict = "met" if not forbidden else f"**missed** ({', '.join(forbidden)} loaded)"
+    bare_modules = bare.get("modules_after_import", 0) - bare.get("modules_at_start", 0)
+    lines += [
+        "| step | modules loaded | RSS added | seconds |",
+        "|---|---:|---:|---:|",
+        f"| `import httpx` (baseline) | {bare_modules:,} "
+        f"| {_mib(imports['rss_httpx_import_mib'])} | {bare.get('import_s', 0):.3f} |",
+        f"| `import meshlib` | {mesh['modules_after_import'] - mesh['modules_at_start']:,} "
+        f"({mesh['meshlib_modules_after_import']} of meshlib) | {_mib(imports['rss_import_mib'])} "
+        f"({_mib(imports['rss_over_httpx_mib'])} over `import httpx`) | {mesh['import_s']:.3f} |",
+    ]
+    if "construct_s" in mesh:
+        lines.append(
+            f"| `meshlib.Mesh(...)`, not started | "
+            f"{mesh['modules_after_construct'] - mesh['modules_after_import']:,} more | "
+            f"{_mib(imports['rss_construct_mib'])} | {mesh['construct_s']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Issue 12's rule (no gRPC, YAML parser or control-service code): {verdict}.",
+        "",
+        "| package | after `import meshlib` | after `Mesh(...)` | after `import httpx` | "
+        "first imported by (via) |",
+        "|---|---|---|---|---|",
+    ]
+    after_construct = mesh.get("watched_after_construct", mesh["watched_after_import"])
+    for name in imports["watched"]:
+        who = mesh["first_importer"].get(name) or {}
+        by = f"`{who.get('meshlib')}` (`{who.get('via')}`)" if who else "-"
+        lines.append(
+            f"| `{name}`{' (ruled out)' if name in imports['forbidden'] else ''} | "
+            f"{_yes(name in mesh['watched_after_import'])} | {_yes(name in after_construct)} | "
+            f"{_yes(name in bare.get('watched_after_import', []))} | {by} |"
+        )
+    return [*lines, ""]
+
+
+def _yes(loaded: bool) -> str:
+    return "**loaded**" if loaded else "no"
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     """The results as Markdown, readable on its own (docs/benchmarks.md includes it)."""
     m = result["machine"]
@@ -45,6 +109,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             software=f"{m['openssl']}, httpx {m['httpx']}",
         ),
         "",
+        *imports_markdown(result.get("imports")),
         "## Per-layer cost, in process",
         "",
         "Each row times one per-request entry point of meshlib's mesh transport on the real "

@@ -29,7 +29,12 @@ def test_writes_json_and_markdown(result: tuple[dict[str, Any], Path]) -> None:
     """Both files are written with every section."""
     doc, out = result
     markdown = (out / "micro.md").read_text()
-    for heading in ("## Per-layer cost", "## TLS on loopback", "## Whole client path"):
+    for heading in (
+        "## Import footprint",
+        "## Per-layer cost",
+        "## TLS on loopback",
+        "## Whole client path",
+    ):
         assert heading in markdown
     assert doc["profile"] == "quick"
     assert doc["timestamp"]
@@ -58,3 +63,13 @@ def test_tls_and_path_series_complete(result: tuple[dict[str, Any], Path]) -> No
         assert 0 < row["p50_us"] <= row["p99_us"]
     shares = doc["path"]["profile"]["self_time_share"]
     assert "meshlib" in shares and abs(sum(shares.values()) - 1.0) < 0.01
+
+
+def test_import_footprint_recorded(result: tuple[dict[str, Any], Path]) -> None:
+    """The fresh-interpreter import record has its fields (what it finds is not asserted)."""
+    doc, _ = result
+    imports = doc["imports"]
+    for key in ("forbidden_after_import", "forbidden_after_construct", "rss_import_mib"):
+        assert key in imports, key
+    assert "watched_after_import" in imports["mesh"] or "error" in imports["mesh"]
+    assert "rss_kib_after_import" in imports["httpx"]
