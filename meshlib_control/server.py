@@ -65,7 +65,9 @@ async def serve(
         create_app(plane),
         host=host,
         port=port,
-        http=tls_protocol(H11Protocol),
+        # Callers' leaves are held to the X.509-SVID rules for the control service's own
+        # trust domain: a root the mesh trusts must not vouch for another domain's names.
+        http=tls_protocol(H11Protocol, validator=lambda: contexts.peer_validator),
         ssl_context_factory=lambda _c, _d: contexts.server_context(require_client_cert=False),
         log_level="warning",
         lifespan="off",

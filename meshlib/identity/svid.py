@@ -171,9 +171,10 @@ class PeerSVIDValidator:
     """:func:`check_svid_leaf` over DER leaves, remembering recent verdicts.
 
     Servers see the same peer leaf on every connection (and gRPC on every call) until it
-    rotates; parsing it once and keeping the verdict for the last *capacity* distinct leaves
-    makes the check a dict lookup on the hot path. Verdicts never go stale: a certificate's
-    content, and so its verdict, cannot change for a given DER, and expiry is TLS's check.
+    rotates; parsing it once and keeping the verdict for the *capacity* most recently used
+    leaves makes the check a dict lookup on the hot path. Verdicts never go stale: a
+    certificate's content, and so its verdict, cannot change for a given DER, and expiry is
+    TLS's check.
 
     Args:
         trust_domains: the trust domains whose IDs peers may carry.
@@ -192,31 +193,47 @@ class PeerSVIDValidator:
         Raises:
             IdentityError: the leaf does not parse or breaks a rule of :func:`check_svid_leaf`.
         """
-        verdict = self._verdicts.get(der)
+        return self._verdict(der, self._judge)
+
+    def validate_pem(self, pem: bytes | str) -> SpiffeId:
+        """:meth:`validate_der` for the first certificate of a PEM text.
+
+        The verdict is remembered under the PEM text itself, so gRPC's per-call
+        ``x509_pem_cert`` costs a lookup, not a parse, once seen.
+        """
+        data = pem.encode("ascii") if isinstance(pem, str) else pem
+        return self._verdict(data, self._judge_pem)
+
+    def _verdict(self, key: bytes, judge: Callable[[bytes], SpiffeId | IdentityError]) -> SpiffeId:
+        with self._lock:
+            verdict = self._verdicts.get(key)
+            if verdict is not None:
+                self._verdicts.move_to_end(key)
         if verdict is None:
-            verdict = self._judge(der)
+            verdict = judge(key)  # outside the lock: parsing may take a while
             with self._lock:
-                self._verdicts[der] = verdict
+                self._verdicts[key] = verdict
                 while len(self._verdicts) > self._capacity:
                     self._verdicts.popitem(last=False)
         if isinstance(verdict, IdentityError):
             raise IdentityError(str(verdict))
         return verdict
 
-    def validate_pem(self, pem: bytes | str) -> SpiffeId:
-        """:meth:`validate_der` for the first certificate of a PEM text."""
-        data = pem.encode("ascii") if isinstance(pem, str) else pem
+    def _judge_pem(self, pem: bytes) -> SpiffeId | IdentityError:
         try:
-            der = x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)
+            cert = x509.load_pem_x509_certificate(pem)
         except ValueError as exc:
-            raise IdentityError(f"the peer certificate does not parse: {exc}") from exc
-        return self.validate_der(der)
+            return IdentityError(f"the peer certificate does not parse: {exc}")
+        return self._check(cert)
 
     def _judge(self, der: bytes) -> SpiffeId | IdentityError:
         try:
             cert = x509.load_der_x509_certificate(der)
         except ValueError as exc:
             return IdentityError(f"the peer certificate does not parse: {exc}")
+        return self._check(cert)
+
+    def _check(self, cert: x509.Certificate) -> SpiffeId | IdentityError:
         try:
             return check_svid_leaf(cert, trust_domains=self.trust_domains)
         except IdentityError as exc:

@@ -5,17 +5,21 @@ the context of the current SVID (the callback runs for every handshake, SNI or n
 rotated certificate or trust bundle takes effect for new connections while open ones
 carry on. Clients ask :meth:`TLSContexts.client_context` at connect time, so they always
 dial with the current certificate. Publishing a new SVID is one reference swap.
+
+TLS proves a peer's chain; :attr:`TLSContexts.peer_validator` adds the X.509-SVID leaf rules
+(one URI SAN with a workload path, this mesh's trust domain, not a CA) that OpenSSL does
+not check. Every server and client of ours runs it once per connection.
 """
 
 from __future__ import annotations
 
 import ssl
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from meshlib.identity.keys import write_private_file
-from meshlib.identity.svid import SVID
+from meshlib.identity.svid import SVID, PeerSVIDValidator
 
 __all__ = ["TLSContexts", "build_client_context", "build_server_context"]
 
@@ -70,14 +74,36 @@ class TLSContexts:
     Args:
         svid: the first SVID.
         files_dir: a private (0700) directory where key material may be staged.
+        federated_trust_domains: trust domains besides the SVID's own whose IDs peers may
+            carry (none today: federation is not configured anywhere yet).
     """
 
-    def __init__(self, svid: SVID, *, files_dir: Path) -> None:
+    def __init__(
+        self,
+        svid: SVID,
+        *,
+        files_dir: Path,
+        federated_trust_domains: Collection[str] = (),
+    ) -> None:
         self._files_dir = files_dir
+        self._federated = frozenset(federated_trust_domains)
         self._listeners: list[Callable[[SVID], None]] = []
+        self._validator: PeerSVIDValidator | None = None
         self._install(svid)
 
+    @property
+    def peer_validator(self) -> PeerSVIDValidator:
+        """Validates peers' leaves for this workload's trust domain (and federated ones)."""
+        validator = self._validator
+        assert validator is not None  # set by _install
+        return validator
+
     def _install(self, svid: SVID) -> None:
+        trusted = self._federated | {svid.spiffe_id.trust_domain}
+        if self._validator is None or self._validator.trust_domains != trusted:
+            # Kept across rotations (verdicts depend only on the leaf and the trust
+            # domains), rebuilt only if the trust domain itself changes.
+            self._validator = PeerSVIDValidator(trusted)
         server = build_server_context(svid, self._files_dir)
         optional = build_server_context(svid, self._files_dir, verify_mode=ssl.CERT_OPTIONAL)
         client = build_client_context(svid, svid.bundle_pem, self._files_dir)

@@ -8,6 +8,12 @@ The caller's identity and remaining deadline reach the app as ``scope["state"]["
 — in FastAPI, ``request.state.mesh`` — a :class:`PeerInfo`. While the app runs, the
 deadline is also the ambient one (:data:`meshlib.resilience.deadline.current_deadline`), so
 the app's own meshed calls never outlive their caller.
+
+``x-forwarded-client-cert`` (XFCC) is the mesh's to set, as Envoy's ``SANITIZE_SET`` does
+in sidecar mode: whatever the caller sent under that name is dropped, and an mTLS caller's
+request gets ``By=<this workload's ID>;URI=<the caller's verified ID>``. A plaintext
+caller's request (PERMISSIVE) carries no XFCC at all, so an app that reads the caller from
+``URI=`` reads the same thing behind a sidecar and in library mode.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ from meshlib.resilience.deadline import DEADLINE_HEADER, current_deadline, parse
 from meshlib.resilience.ratelimit import RateLimiter, retry_after_header
 from meshlib.telemetry.metrics import MeshTelemetry
 
-__all__ = ["FLAG_HEADER", "MeshMiddleware", "PeerInfo"]
+__all__ = ["FLAG_HEADER", "XFCC_HEADER", "MeshMiddleware", "PeerInfo", "set_xfcc"]
 
 FLAG_HEADER = b"x-mesh-flag"
+XFCC_HEADER = b"x-forwarded-client-cert"
 _DEADLINE_KEY = DEADLINE_HEADER.encode()
 
 Scope = dict[str, Any]
@@ -79,6 +86,23 @@ class PeerInfo:
     def remaining(self) -> float | None:
         """Seconds left of the caller's budget (None when the caller set none)."""
         return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+def set_xfcc(scope: Scope, own: str | None, peer: str | None) -> None:
+    """Replace any caller-sent XFCC in *scope* with the mesh's own (none for plaintext)."""
+    headers = [(k, v) for k, v in scope.get("headers", ()) if k != XFCC_HEADER]
+    if peer is not None:
+        value = f"By={own};URI={peer}" if own else f"URI={peer}"
+        headers.append((XFCC_HEADER, value.encode("latin-1")))
+    scope["headers"] = headers
+
+
+def _own_id(mesh: object) -> str | None:
+    try:
+        own = getattr(mesh, "spiffe_id", None)
+    except Exception:  # no SVID yet: XFCC then names only the caller
+        return None
+    return own if isinstance(own, str) else None
 
 
 async def _refuse(
@@ -287,6 +311,7 @@ class MeshMiddleware:
                         {"error": "the caller's deadline had passed on arrival"},
                     )
                 break
+        set_xfcc(scope, _own_id(self.mesh), peer)
         state["mesh"] = PeerInfo(peer, peer is not None, engine.version, deadline)
         if deadline is None:
             return await self.app(scope, receive, send)

@@ -3,8 +3,11 @@
 What :class:`meshlib.integrations.asgi.MeshMiddleware` does for HTTP, the interceptors here
 do for gRPC, with the same policy and the same decisions:
 
-1. peer identity: the caller's SPIFFE ID, read from the call's auth context
-   (``peer_spiffe_id``, which gRPC sets only for a certificate with exactly one URI SAN);
+1. peer identity: the caller's leaf certificate, read from the call's auth context
+   (``x509_pem_cert``), must pass the X.509-SVID rules of
+   :class:`meshlib.identity.svid.PeerSVIDValidator` for this workload's trust domain (one
+   URI SAN with a workload path, not a CA). gRPC has no per-connection hook, so the
+   validator's cache of verdicts makes the per-call check a dictionary lookup;
 2. PeerAuthentication: a plaintext call (an insecure port) is refused under STRICT;
 3. AuthorizationPolicy, with method ``POST`` and path ``/pkg.Service/Method``;
 4. the local RateLimit;
@@ -38,7 +41,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 
-from meshlib.identity.svid import SVID
+from meshlib.errors import IdentityError
+from meshlib.identity.svid import SVID, PeerSVIDValidator
 from meshlib.identity.tls import TLSContexts
 from meshlib.integrations.asgi import PeerInfo
 from meshlib.policy.engine import PolicyEngine
@@ -112,7 +116,10 @@ def _first(auth: Mapping[str, Sequence[bytes]], key: str) -> str | None:
 
 
 def admit(
-    engine: PolicyEngine, method: str, auth: Mapping[str, Sequence[bytes]]
+    engine: PolicyEngine,
+    method: str,
+    auth: Mapping[str, Sequence[bytes]],
+    validator: PeerSVIDValidator,
 ) -> PeerInfo | Refusal:
     """Decide one inbound call from its auth context; pure, shared by both interceptors.
 
@@ -121,17 +128,20 @@ def admit(
         method: ``/pkg.Service/Method``.
         auth: ``context.auth_context()``: empty (or without ``transport_security_type``
             ``ssl``) for a plaintext call.
+        validator: the X.509-SVID rules for the caller's leaf (``x509_pem_cert``).
     """
     peer: str | None = None
     if _first(auth, "transport_security_type") == "ssl":
-        peer = _first(auth, "peer_spiffe_id")
-        uris = auth.get("peer_uri", ())
-        if peer is None or len(uris) != 1:
-            reason = (
-                "no client certificate"
-                if not auth.get("x509_pem_cert") and not uris
-                else f"it must carry exactly one spiffe:// URI SAN, found {len(uris)} URI SAN(s)"
-            )
+        pems = auth.get("x509_pem_cert", ())
+        reason: str | None = None
+        if not pems:
+            reason = "no client certificate"
+        else:
+            try:
+                peer = str(validator.validate_pem(pems[0]))
+            except IdentityError as exc:
+                reason = str(exc)
+        if reason is not None:
             return Refusal(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "INVALID_PEER_CERT",
@@ -292,7 +302,8 @@ class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._mesh = mesh
 
     def _gate(self, method: str, context: Any) -> tuple[contextvars.Token[Any], Any]:
-        decision = admit(self._mesh.engine, method, context.auth_context())
+        mesh = self._mesh
+        decision = admit(mesh.engine, method, context.auth_context(), mesh.tls.peer_validator)
         if isinstance(decision, Refusal):
             context.set_trailing_metadata(_metadata(decision))
             context.abort(decision.code, decision.details)  # raises
@@ -369,7 +380,8 @@ class AsyncMeshServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         self._mesh = mesh
 
     async def _gate(self, method: str, context: Any) -> tuple[contextvars.Token[Any], Any]:
-        decision = admit(self._mesh.engine, method, context.auth_context())
+        mesh = self._mesh
+        decision = admit(mesh.engine, method, context.auth_context(), mesh.tls.peer_validator)
         if isinstance(decision, Refusal):
             context.set_trailing_metadata(_metadata(decision))
             await context.abort(decision.code, decision.details)  # raises

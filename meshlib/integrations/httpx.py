@@ -4,8 +4,11 @@ Two layers, each wrapping the next (the httpx way):
 
 * :class:`AsyncIdentityTransport` / :class:`IdentityTransport` send a request to the URL it
   names over mutual TLS, and check — right after the handshake, before a byte of the
-  request is written — that the server's certificate is an X.509-SVID for one expected
-  SPIFFE ID. Connections are pooled per endpoint, so the check runs once per connection.
+  request is written — that the server's certificate is an X.509-SVID (the leaf rules of
+  :func:`meshlib.identity.svid.check_svid_leaf`) for one expected SPIFFE ID. Connections
+  are pooled per endpoint, so the check runs once per connection. A refusal raises
+  :class:`~meshlib.errors.PeerIdentityError`, which the mesh transports count as a connect
+  failure (nothing was sent).
 * the mesh transports (:mod:`meshlib.integrations.httpx_mesh`) turn
   ``http://orders/path`` into a call to one endpoint of ``orders`` and send it through the
   identity transport of that service.
@@ -22,10 +25,11 @@ import httpx
 from httpx._transports.default import map_httpcore_exceptions
 
 from meshlib.errors import IdentityError, PeerIdentityError
-from meshlib.identity.svid import spiffe_id_from_peercert
+from meshlib.identity.spiffe import SpiffeId
+from meshlib.identity.svid import PeerSVIDValidator
 from meshlib.policy.engine import PolicyEngine
 
-__all__ = ["AsyncIdentityTransport", "IdentityTransport", "check_peer"]
+__all__ = ["AsyncIdentityTransport", "IdentityTransport", "check_peer", "expected_validator"]
 
 ContextSource = Callable[[], ssl.SSLContext]
 EngineSource = Callable[[], PolicyEngine]
@@ -34,17 +38,41 @@ DEFAULT_MAX_CONNECTIONS = 100
 DEFAULT_KEEPALIVE_EXPIRY = 30.0
 
 
-def check_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, expected: str, where: str) -> str:
-    """Return the peer's SPIFFE ID, or raise :class:`PeerIdentityError` unless it is *expected*."""
+def expected_validator(expected: str) -> PeerSVIDValidator:
+    """A validator for servers that must present *expected*: its trust domain only."""
+    return PeerSVIDValidator({SpiffeId.parse(expected).trust_domain}, capacity=64)
+
+
+def check_peer(
+    ssl_object: ssl.SSLObject | ssl.SSLSocket | None,
+    expected: str,
+    where: str,
+    validator: PeerSVIDValidator | None = None,
+) -> str:
+    """Return the peer's SPIFFE ID, or raise :class:`PeerIdentityError` unless it is *expected*.
+
+    The server's leaf must be a valid X.509-SVID (one URI SAN, a workload path, *expected*'s
+    trust domain, not a CA) and carry exactly *expected*.
+
+    Args:
+        ssl_object: the connection's, after the handshake.
+        expected: the SPIFFE ID the server must present.
+        where: ``host:port``, for the message.
+        validator: caches verdicts across connections (default: a fresh one for
+            *expected*'s trust domain).
+    """
     if ssl_object is None:
         raise PeerIdentityError(
             f"connection to {where} is not TLS; expected {expected}", expected=expected, actual=None
         )
+    der = ssl_object.getpeercert(True)  # positional: _ssl._SSLSocket takes no keywords
     try:
-        actual = spiffe_id_from_peercert(ssl_object.getpeercert())
+        if der is None:
+            raise IdentityError("the peer presented no certificate")
+        actual = str((validator or expected_validator(expected)).validate_der(der))
     except IdentityError as exc:
         raise PeerIdentityError(
-            f"server at {where} did not present a valid X.509-SVID: {exc}",
+            f"server at {where} did not present a valid X.509-SVID: {exc}; no request was sent",
             expected=expected,
             actual=None,
         ) from exc
@@ -60,9 +88,26 @@ def check_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, expected: str, 
 # --------------------------------------------------------------------- network backends
 
 
+class _Expectation:
+    """What a server must present: one SPIFFE ID, and the validator of its trust domain."""
+
+    __slots__ = ("expected", "validator")
+
+    def __init__(self, expected: str) -> None:
+        self.expected = expected
+        self.validator = expected_validator(expected)
+
+    def check(self, ssl_object: Any, where: str) -> None:
+        check_peer(ssl_object, self.expected, where, self.validator)
+
+
 class _AsyncCheckedStream(httpcore.AsyncNetworkStream):
     def __init__(
-        self, inner: httpcore.AsyncNetworkStream, where: str, expected: str, tls: ContextSource
+        self,
+        inner: httpcore.AsyncNetworkStream,
+        where: str,
+        expected: _Expectation,
+        tls: ContextSource,
     ) -> None:
         self._inner = inner
         self._where = where
@@ -88,7 +133,7 @@ class _AsyncCheckedStream(httpcore.AsyncNetworkStream):
         # handshake time, so rotations apply to every new connection.
         stream = await self._inner.start_tls(self._tls(), server_hostname, timeout)
         try:
-            check_peer(stream.get_extra_info("ssl_object"), self._expected, self._where)
+            self._expected.check(stream.get_extra_info("ssl_object"), self._where)
         except PeerIdentityError:
             await stream.aclose()
             raise
@@ -101,7 +146,7 @@ class _AsyncCheckedStream(httpcore.AsyncNetworkStream):
 class _AsyncCheckedBackend(httpcore.AsyncNetworkBackend):
     def __init__(self, expected: str, tls: ContextSource) -> None:
         self._inner = httpcore.AnyIOBackend()
-        self._expected = expected
+        self._expected = _Expectation(expected)
         self._tls = tls
 
     async def connect_tcp(
@@ -121,7 +166,7 @@ class _AsyncCheckedBackend(httpcore.AsyncNetworkBackend):
 
 class _CheckedStream(httpcore.NetworkStream):
     def __init__(
-        self, inner: httpcore.NetworkStream, where: str, expected: str, tls: ContextSource
+        self, inner: httpcore.NetworkStream, where: str, expected: _Expectation, tls: ContextSource
     ) -> None:
         self._inner = inner
         self._where = where
@@ -145,7 +190,7 @@ class _CheckedStream(httpcore.NetworkStream):
     ) -> httpcore.NetworkStream:
         stream = self._inner.start_tls(self._tls(), server_hostname, timeout)
         try:
-            check_peer(stream.get_extra_info("ssl_object"), self._expected, self._where)
+            self._expected.check(stream.get_extra_info("ssl_object"), self._where)
         except PeerIdentityError:
             stream.close()
             raise
@@ -158,7 +203,7 @@ class _CheckedStream(httpcore.NetworkStream):
 class _CheckedBackend(httpcore.NetworkBackend):
     def __init__(self, expected: str, tls: ContextSource) -> None:
         self._inner = httpcore.SyncBackend()
-        self._expected = expected
+        self._expected = _Expectation(expected)
         self._tls = tls
 
     def connect_tcp(

@@ -9,6 +9,13 @@ remaining deadline in ``x-mesh-deadline-ms``, record the outcome for breaker and
 detection → retry through the tenacity adapter when the outcome, the method and the retry
 budget allow.
 
+A try that fails before a byte of the request is written — no connection
+(``httpx.ConnectError``/``ConnectTimeout``), or a server at the endpoint that is not the
+service's identity (:class:`~meshlib.errors.PeerIdentityError`, for instance a stale
+endpoint now answered by another service) — is a ``connect-failure``, as Envoy counts it:
+it is retried on another endpoint whatever the method (nothing was sent, so nothing can
+happen twice), and it counts against that endpoint for breakers and outlier detection.
+
 Failures the mesh itself decides are :class:`~meshlib.errors.RequestError` subclasses; a
 response the mesh produced (fault abort) or shaped (budget exhausted) carries
 ``x-mesh-flag``. Upstream transport errors that are not retried surface as the httpx
@@ -33,6 +40,7 @@ from opentelemetry.propagate import inject
 
 from meshlib.errors import (
     DeadlineExceeded,
+    PeerIdentityError,
     RequestError,
     RetryBudgetExhausted,
     UnknownServiceError,
@@ -48,7 +56,13 @@ from meshlib.resilience.deadline import (
     format_deadline_header,
 )
 from meshlib.resilience.fault import NO_FAULT, FaultDecision, decide_fault
-from meshlib.resilience.retry import Outcome, build_retrying, is_retry_safe, is_retryable
+from meshlib.resilience.retry import (
+    CONNECT_FAILURE,
+    Outcome,
+    build_retrying,
+    is_retry_safe,
+    is_retryable,
+)
 from meshlib.telemetry.metrics import MeshTelemetry
 from meshlib.traffic.balancers import StatsRegistry
 from meshlib.traffic.calls import RuntimeRegistry, ServiceRuntime
@@ -68,8 +82,9 @@ def _is_outside(host: str) -> bool:
 
 
 def _outcome_of_exception(exc: BaseException) -> Outcome | None:
-    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-        return Outcome("connect-failure")
+    # PeerIdentityError is raised right after the handshake, before the request is written.
+    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError | PeerIdentityError):
+        return CONNECT_FAILURE
     if isinstance(exc, httpx.TimeoutException):
         return Outcome("timeout")
     if isinstance(exc, httpx.TransportError):
@@ -192,9 +207,11 @@ class _Call:
         return endpoint, attempt
 
     def retry_outcome(self, result: object) -> Outcome | None:
-        """The outcome if *result* (a response or an exception) may be retried."""
-        if not self.retry_safe:
-            return None
+        """The outcome if *result* (a response or an exception) may be retried.
+
+        A connect failure may be retried for any method and body: nothing was sent.
+        Anything else only for a request that is safe to send twice.
+        """
         outcome: Outcome | None
         if isinstance(result, httpx.Response):
             outcome = Outcome.from_status(result.status_code)
@@ -203,6 +220,8 @@ class _Call:
             if outcome is None:
                 return None
         else:
+            return None
+        if not self.retry_safe and outcome is not CONNECT_FAILURE:
             return None
         return outcome if is_retryable(self.plan.retries, outcome) else None
 
@@ -487,7 +506,7 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
         try:
             try:
                 response: httpx.Response
-                if call.retry_safe and call.plan.retries.attempts > 0:
+                if call.plan.retries.attempts > 0:
                     # The first try runs bare: most calls end there, and a retrier (the
                     # largest per-call cost in the micro-benchmark) is built only when a
                     # retry is due; it then starts from the first try's result.
@@ -641,7 +660,7 @@ class MeshTransport(_Base, httpx.BaseTransport):
         try:
             try:
                 response: httpx.Response
-                if call.retry_safe and call.plan.retries.attempts > 0:
+                if call.plan.retries.attempts > 0:
                     # As in the async twin: the first try bare, a retrier only when due.
                     first: httpx.Response | Exception
                     try:

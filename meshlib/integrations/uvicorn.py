@@ -5,7 +5,10 @@ module adds both:
 
 * :func:`tls_protocol` subclasses uvicorn's HTTP protocol so each connection computes the
   ASGI TLS extension once (peer chain, TLS version, and meshlib's ``spiffe_id``) and puts
-  it into every request scope of that connection;
+  it into every request scope of that connection. ``spiffe_id`` is set only for a leaf that
+  passes the X.509-SVID rules of :class:`meshlib.identity.svid.PeerSVIDValidator` (this
+  mesh's trust domain, a workload path, not a CA); otherwise ``client_cert_error`` says
+  why, and the middleware (or the control API) refuses every request of the connection;
 * the listening socket gets a front SSLContext from :class:`meshlib.identity.tls.TLSContexts`
   that follows every rotation.
 
@@ -25,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from meshlib.errors import IdentityError
-from meshlib.identity.svid import spiffe_id_from_peercert
+from meshlib.identity.svid import PeerSVIDValidator
 from meshlib.integrations.asgi import ASGIApp, MeshMiddleware
 
 try:
@@ -42,8 +45,17 @@ __all__ = ["MeshServer", "aserve", "serve", "tls_extension", "tls_protocol"]
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
 
-def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
-    """The ASGI TLS extension for one connection, or None when it is not TLS."""
+ValidatorSource = Callable[[], PeerSVIDValidator]
+
+
+def tls_extension(
+    transport: asyncio.BaseTransport, validator: PeerSVIDValidator
+) -> dict[str, Any] | None:
+    """The ASGI TLS extension for one connection, or None when it is not TLS.
+
+    ``spiffe_id`` is the peer's ID when its leaf passes *validator*, else None with the
+    reason in ``client_cert_error``.
+    """
     sslobj = transport.get_extra_info("ssl_object")
     if sslobj is None:
         return None
@@ -54,7 +66,7 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
         error = "no client certificate"
     else:
         try:
-            spiffe_id = spiffe_id_from_peercert(sslobj.getpeercert())
+            spiffe_id = str(validator.validate_der(der))
         except IdentityError as exc:
             error = str(exc)
     return {
@@ -68,13 +80,19 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
     }
 
 
-def tls_protocol(base: type[Any]) -> type[Any]:
-    """Subclass a uvicorn HTTP protocol so its scopes carry the TLS extension."""
+def tls_protocol(base: type[Any], *, validator: ValidatorSource) -> type[Any]:
+    """Subclass a uvicorn HTTP protocol so its scopes carry the TLS extension.
+
+    Args:
+        base: uvicorn's ``H11Protocol`` or ``HttpToolsProtocol``.
+        validator: returns the peer validator of the serving identity (read per
+            connection, so a server may be built before its mesh has an SVID).
+    """
 
     class TLSProtocol(base):  # type: ignore[misc]
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
-            extension = tls_extension(transport)
+            extension = tls_extension(transport, validator())
             if extension is None:
                 return
             this: Any = self  # uvicorn's protocols are untyped here
@@ -94,12 +112,12 @@ def tls_protocol(base: type[Any]) -> type[Any]:
     return TLSProtocol
 
 
-def _http_protocol() -> type[Any]:
+def _http_protocol(validator: ValidatorSource) -> type[Any]:
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # httptools is optional; h11 always ships with uvicorn
-        return tls_protocol(H11Protocol)
-    return tls_protocol(HttpToolsProtocol)
+        return tls_protocol(H11Protocol, validator=validator)
+    return tls_protocol(HttpToolsProtocol, validator=validator)
 
 
 def _advertised(host: str) -> str:
@@ -143,7 +161,7 @@ class MeshServer:
             # Idle keep-alive connections from callers must not hold a shutdown for long.
             "timeout_graceful_shutdown": 2,
         } | uvicorn_options
-        protocol = _http_protocol()
+        protocol = _http_protocol(lambda: mesh.tls.peer_validator)
 
         def context_factory(_config: Any, _default: Callable[[], ssl.SSLContext]) -> Any:
             return mesh.tls.server_context()

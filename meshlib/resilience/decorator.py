@@ -5,8 +5,10 @@ third-party API works). Its first route without a ``match`` (else the defaults) 
 timeout and retry policy, its
 ``retryBudget`` the budget and its ``circuitBreaker`` one breaker for the decorated call.
 An exception of a ``retry_on`` type counts as a failure and is retried like a reset: with
-backoff, within the attempts, the deadline and the budget. Anything else propagates at
-once and does not trip the breaker.
+backoff, within the attempts, the deadline and the budget; a
+:class:`~meshlib.errors.PeerIdentityError` (a server refused before anything was sent) counts
+as a connect failure instead, which ``retryOn: [connect-failure]`` alone also retries.
+Anything else propagates at once and does not trip the breaker.
 
 Async functions are cancelled at their deadline (:class:`DeadlineExceeded`); a sync
 function cannot be interrupted, so its deadline is checked between attempts and handed
@@ -23,11 +25,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar, cast
 
-from meshlib.errors import CircuitOpen, DeadlineExceeded, UnknownServiceError
+from meshlib.errors import CircuitOpen, DeadlineExceeded, PeerIdentityError, UnknownServiceError
 from meshlib.policy.engine import CompiledService, PolicyEngine
 from meshlib.policy.model import DEFAULT_TIMEOUT
 from meshlib.resilience.deadline import deadline_scope, effective_deadline
-from meshlib.resilience.retry import RESET, Outcome, build_retrying
+from meshlib.resilience.retry import CONNECT_FAILURE, RESET, Outcome, build_retrying
 from meshlib.traffic.calls import RuntimeRegistry, ServiceRuntime
 
 __all__ = ["resilient"]
@@ -85,7 +87,7 @@ def resilient(
         if isinstance(result, BaseException) and isinstance(result, retry_on):
             if isinstance(result, CircuitOpen | DeadlineExceeded):
                 return None
-            return RESET
+            return CONNECT_FAILURE if isinstance(result, PeerIdentityError) else RESET
         return None
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
