@@ -10,8 +10,9 @@ between the intended and the actual send is recorded too, so the generator's own
 contribution is visible.
 
 Raw sockets (``asyncio.Protocol``) and a hand-written HTTP/1.1 request keep the generator
-cheap: it must not be the bottleneck on two cores. ``--check`` and the harness compare its
-ceiling with Debian's ``wrk``.
+cheap: it must not be the bottleneck on two cores (:mod:`benchmarks.connections`; the
+percentiles and CPU readings are :mod:`benchmarks.sampling`'s). ``--check`` and the
+harness compare its ceiling with Debian's ``wrk``.
 
 Run as a worker (``python -m benchmarks.loadgen worker``), it reads one JSON command per line
 on stdin and answers one JSON line per command; it also reads the CPU time of the pids it
@@ -26,19 +27,16 @@ import asyncio
 import contextlib
 import ctypes
 import json
-import math
-import os
-import resource
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-__all__ = [
+from benchmarks.connections import LoadState, Target
+from benchmarks.sampling import PERCENTILES, cpu_seconds, percentiles, self_cpu
+
+__all__ = [  # the generator's public surface (percentiles and Target live next door)
     "PERCENTILES",
     "Target",
     "closed_loop",
@@ -47,221 +45,9 @@ __all__ = [
     "percentiles",
 ]
 
-PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_GRACE = 2.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PR_SET_TIMERSLACK = 29
-
-
-def percentiles(
-    values_ns: Sequence[int], points: Sequence[float] = PERCENTILES
-) -> dict[str, float]:
-    """Nearest-rank percentiles of *values_ns*, in microseconds, keyed ``p50``, ``p99.9``…"""
-    ordered = sorted(values_ns)
-    out: dict[str, float] = {}
-    for point in points:
-        key = f"p{point:g}"
-        if not ordered:
-            out[key] = math.nan
-            continue
-        rank = max(1, math.ceil(point / 100.0 * len(ordered)))
-        out[key] = ordered[rank - 1] / 1000.0
-    if ordered:
-        out["mean"] = sum(ordered) / len(ordered) / 1000.0
-        out["max"] = ordered[-1] / 1000.0
-    return out
-
-
-def cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
-    """utime + stime of each pid still alive, in seconds (``/proc/<pid>/stat``)."""
-    out: dict[int, float] = {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # fields[0] is the state (field 3); utime and stime are fields 14 and 15.
-        out[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return out
-
-
-def _self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where the requests go: ``http://host:port/path`` (HTTP/1.1, keep-alive)."""
-
-    host: str
-    port: int
-    path: str
-
-    @classmethod
-    def parse(cls, url: str) -> Target:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or parts.hostname is None or parts.port is None:
-            raise ValueError(f"{url!r}: expected http://host:port/path")
-        return cls(parts.hostname, parts.port, parts.path or "/")
-
-    @property
-    def request(self) -> bytes:
-        return f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode()
-
-
-class _Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection: one request in flight at a time."""
-
-    def __init__(self, owner: _Load) -> None:
-        self.owner = owner
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.intended = 0
-        self.busy = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def send(self, intended: int, request: bytes) -> None:
-        assert self.transport is not None
-        self.intended = intended
-        self.busy = True
-        self.transport.write(request)
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(self.buffer[:end]).lower()
-        length = 0
-        marker = head.find(b"content-length:")
-        if marker >= 0:
-            line_end = head.find(b"\r\n", marker)
-            length = int(head[marker + 15 : line_end if line_end >= 0 else None])
-        elif b"transfer-encoding: chunked" in head:
-            if not self.buffer.endswith(b"0\r\n\r\n"):
-                return
-            length = len(self.buffer) - end - 4
-        if len(self.buffer) < end + 4 + length:
-            return
-        status = int(head[9:12])
-        del self.buffer[: end + 4 + length]
-        self.busy = False
-        self.owner.done(self, status)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.owner.lost(self)
-
-
-@dataclass
-class _Load:
-    """The state of one measured run over a pool of connections."""
-
-    target: Target
-    max_connections: int
-    record_from: int = 0
-    latencies: list[int] = field(default_factory=list)
-    lags: list[int] = field(default_factory=list)
-    statuses: dict[int, int] = field(default_factory=dict)
-    errors: int = 0
-    in_flight: int = 0
-    idle: deque[_Connection] = field(default_factory=deque)
-    waiting: deque[int] = field(default_factory=deque)
-    connections: int = 0
-    opening: int = 0
-    closed_loop: bool = False
-    stop_at: int = 0
-    last_done: int = 0
-    all_done: asyncio.Event = field(default_factory=asyncio.Event)
-    sent_total: int = 0
-    openers: set[asyncio.Future[None]] = field(default_factory=set)
-
-    async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.opening += 1
-        try:
-            _, conn = await loop.create_connection(
-                lambda: _Connection(self), self.target.host, self.target.port
-            )
-        except OSError:
-            self.opening -= 1
-            self.errors += 1
-            if self.waiting:
-                self._give_up_one()
-            return
-        self.opening -= 1
-        self.connections += 1
-        self.release(conn)
-
-    def _give_up_one(self) -> None:
-        self.waiting.popleft()
-        self.in_flight -= 1
-        self._maybe_done()
-
-    def dispatch(self, intended: int) -> None:
-        """Send the request due at *intended* (ns), or queue it for the next free connection."""
-        self.in_flight += 1
-        self.sent_total += 1
-        if self.idle:
-            conn = self.idle.popleft()
-            if intended >= self.record_from:
-                self.lags.append(time.perf_counter_ns() - intended)
-            conn.send(intended, self.target.request)
-            return
-        self.waiting.append(intended)
-        if self.connections + self.opening < self.max_connections:
-            task = asyncio.ensure_future(self.open())
-            self.openers.add(task)
-            task.add_done_callback(self.openers.discard)
-
-    def release(self, conn: _Connection) -> None:
-        if self.waiting:
-            intended = self.waiting.popleft()
-            if intended >= self.record_from:
-                self.lags.append(time.perf_counter_ns() - intended)
-            conn.send(intended, self.target.request)
-        elif self.closed_loop and time.perf_counter_ns() < self.stop_at:
-            self.in_flight += 1
-            self.sent_total += 1
-            conn.send(time.perf_counter_ns(), self.target.request)
-        else:
-            self.idle.append(conn)
-
-    def done(self, conn: _Connection, status: int) -> None:
-        now = time.perf_counter_ns()
-        self.in_flight -= 1
-        if conn.intended >= self.record_from:
-            self.latencies.append(now - conn.intended)
-            self.statuses[status] = self.statuses.get(status, 0) + 1
-            self.last_done = now
-        if status >= 400:
-            self.errors += 1
-        self.release(conn)
-        self._maybe_done()
-
-    def lost(self, conn: _Connection) -> None:
-        self.connections -= 1
-        with contextlib.suppress(ValueError):
-            self.idle.remove(conn)
-        if conn.busy:
-            conn.busy = False
-            self.in_flight -= 1
-            self.errors += 1
-            self._maybe_done()
-
-    def _maybe_done(self) -> None:
-        if self.in_flight == 0:
-            self.all_done.set()
-
-    def close(self) -> None:
-        for conn in list(self.idle):
-            if conn.transport is not None:
-                conn.transport.close()
 
 
 def _low_timer_slack() -> None:
@@ -270,7 +56,9 @@ def _low_timer_slack() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
 
 
-def _pace(loop: asyncio.AbstractEventLoop, load: _Load, t0: int, interval: int, count: int) -> None:
+def _pace(
+    loop: asyncio.AbstractEventLoop, load: LoadState, t0: int, interval: int, count: int
+) -> None:
     """Timer thread: hand each request to the loop at its intended time."""
     _low_timer_slack()
     for i in range(count):
@@ -281,7 +69,7 @@ def _pace(loop: asyncio.AbstractEventLoop, load: _Load, t0: int, interval: int, 
         loop.call_soon_threadsafe(load.dispatch, intended)
 
 
-def _summary(load: _Load, started: int, ended: int, cpu: dict[str, Any]) -> dict[str, Any]:
+def _summary(load: LoadState, started: int, ended: int, cpu: dict[str, Any]) -> dict[str, Any]:
     completed = len(load.latencies)
     window = max(ended - started, 1) / 1e9
     return {
@@ -309,7 +97,7 @@ async def open_loop(
     grace: float = DEFAULT_GRACE,
 ) -> dict[str, Any]:
     """Constant *rate* for *warmup* + *duration* seconds; latency from the intended time."""
-    load = _Load(target, max_connections)
+    load = LoadState(target, max_connections)
     await asyncio.gather(*(load.open() for _ in range(initial_connections)))
     loop = asyncio.get_running_loop()
     interval = int(1e9 / rate)
@@ -322,14 +110,14 @@ async def open_loop(
     )
     pacer.start()
     await asyncio.sleep(max(0.0, (load.record_from - time.perf_counter_ns()) / 1e9))
-    cpu_before, self_before = cpu_seconds(pids), _self_cpu()
+    cpu_before, self_before = cpu_seconds(pids), self_cpu()
     await asyncio.to_thread(pacer.join)
     load.all_done.clear()
-    load._maybe_done()
+    load.maybe_done()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(load.all_done.wait(), grace)
     ended = max(load.last_done, load.record_from + 1)
-    cpu_after, self_after = cpu_seconds(pids), _self_cpu()
+    cpu_after, self_after = cpu_seconds(pids), self_cpu()
     incomplete = load.in_flight
     load.close()
     result = _summary(
@@ -356,7 +144,7 @@ async def closed_loop(
     pids: Sequence[int] = (),
 ) -> dict[str, Any]:
     """*connections* callers, each sending its next request when the last one answered."""
-    load = _Load(target, connections, closed_loop=True)
+    load = LoadState(target, connections, closed_loop=True)
     await asyncio.gather(*(load.open() for _ in range(connections)))
     now = time.perf_counter_ns()
     load.record_from = now + int(warmup * 1e9)
@@ -365,13 +153,13 @@ async def closed_loop(
         load.idle.remove(conn)
         load.release(conn)
     await asyncio.sleep(warmup)
-    cpu_before, self_before = cpu_seconds(pids), _self_cpu()
+    cpu_before, self_before = cpu_seconds(pids), self_cpu()
     await asyncio.sleep(max(0.0, (load.stop_at - time.perf_counter_ns()) / 1e9))
     load.all_done.clear()
-    load._maybe_done()
+    load.maybe_done()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(load.all_done.wait(), DEFAULT_GRACE)
-    cpu_after, self_after = cpu_seconds(pids), _self_cpu()
+    cpu_after, self_after = cpu_seconds(pids), self_cpu()
     load.close()
     result = _summary(
         load,

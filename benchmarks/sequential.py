@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.loadgen import percentiles
+from benchmarks.sampling import percentiles
 
 __all__ = ["FLAVOURS", "one_hop", "sequential"]
 
