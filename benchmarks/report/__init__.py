@@ -5,9 +5,10 @@ between modes ("added latency", "extra CPU", "extra RSS") are paired: computed w
 repeat (the modes of one repeat ran back to back), then summarised over the repeats.
 
 Modules: :mod:`.stats` (``stat``, percentile keys), :mod:`.summary` (raw runs to the
-summary), :mod:`.targets` (the issue's targets and the figures they are judged by),
-:mod:`.formatting`, :mod:`.markdown` and :mod:`.target_table` (Markdown), :mod:`.plots`
-(PNG) and :mod:`.outputs` (the files and the docs section).
+summary), :mod:`.targets` (the issue's targets, :data:`TARGETS`, and mode (c)'s headline
+figures), :mod:`.checks` (every target judged per library mode and caller: met or missed,
+by how much), :mod:`.formatting`, :mod:`.markdown` and :mod:`.target_table` (Markdown),
+:mod:`.plots` (PNG) and :mod:`.outputs` (the files and the docs section).
 """
 
 from __future__ import annotations

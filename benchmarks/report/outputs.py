@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from benchmarks.report.markdown import markdown
 from benchmarks.report.plots import plots
 from benchmarks.report.summary import summarise
-from benchmarks.report.targets import TARGETS
+from benchmarks.report.targets import ISSUE, TARGETS
 
 __all__ = ["DOCS_BEGIN", "DOCS_END", "update_docs", "write_outputs"]
 
@@ -44,7 +45,7 @@ def write_outputs(document: dict[str, Any], out: Path) -> dict[str, Any]:
     """Summarise *document* and write JSON, Markdown and plots into *out*."""
     summary = summarise(document)
     document["summary"] = summary
-    document["targets_of_issue_7"] = TARGETS
+    document[f"targets_of_issue_{ISSUE}"] = [asdict(target) for target in TARGETS]
     (out / "data_plane.json").write_text(json.dumps(document, indent=1, default=str) + "\n")
     (out / "data_plane.md").write_text(markdown(document, summary))
     document["plots"] = [p.name for p in plots(document, summary, out)]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from benchmarks.report.checks import check_targets
 from benchmarks.report.stats import (
     MIB,
     PKEYS,
@@ -211,7 +212,10 @@ def summarise(document: dict[str, Any]) -> dict[str, Any]:
     summary["headline_rate"] = {
         protocol: _headline_rate(modes, rates, protocol) for protocol in ("http", "grpc")
     }
-    summary["targets"] = {p: measure_targets(summary, p) for p in ("http", "grpc")}
+    summary["targets"] = {
+        p: {**measure_targets(summary, p), "checks": check_targets(summary, p)}
+        for p in ("http", "grpc")
+    }
     checks = [r["generator_check"] for r in document["runs"] if "generator_check" in r]
     generator: dict[str, Any] = {}
     for name in ("frontend", "backend_direct"):
