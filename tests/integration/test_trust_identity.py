@@ -26,7 +26,7 @@ from meshlib.errors import PeerIdentityError
 from meshlib.integrations.httpx import AsyncIdentityTransport, IdentityTransport
 from tests.attack import CASES, REASONS, HostileServer, mint_case
 from tests.integration.grpc_app import GrpcService, load_protos, started_services
-from tests.integration.harness import Control, free_port, wait_endpoints, wait_for
+from tests.integration.harness import Control, Service, free_port, wait_endpoints, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -253,3 +253,74 @@ def test_forged_xfcc_never_reaches_the_app(served, workload, control):
         return response.json() if response.status_code == 200 else None
 
     assert wait_for(admitted, 10, "PERMISSIVE applied") == {"peer": None, "xfcc": []}
+
+
+# --------------------------------------------------------------------- stale endpoints
+
+
+ORDERS_OUTLIERS = """
+apiVersion: meshlib.io/v1
+kind: TrafficPolicy
+metadata: {name: orders, namespace: default}
+spec:
+  service: orders
+  loadBalancer: ROUND_ROBIN
+  outlierDetection: {consecutive5xx: 2, consecutiveGatewayErrors: 2, interval: 10s,
+                     baseEjectionTime: 60s, maxEjectionPercent: 50}
+"""
+
+
+def test_endpoint_answered_by_another_identity_is_a_connect_failure(tmp_path):
+    """Of two orders endpoints, one is a port now served by inventory: every call (POST,
+    not idempotent) still succeeds, retried on the good endpoint since nothing was sent,
+    and the bad endpoint is ejected. (Before: PeerIdentityError surfaced on the calls that
+    picked it, and it was never fed to the breaker or the outlier detector.)"""
+    control = Control(tmp_path / "control", "--instance-ttl", "60s")
+    control.start()
+    token = control.token("orders", "--uses", "2")
+    good = Service(control, "orders", tmp_path, token=token)
+    stale = Service(control, "orders", tmp_path, token=token)
+    impostor = Service(control, "inventory", tmp_path, port=stale.port)
+    frontend: meshlib.Mesh | None = None
+    try:
+        good.start()
+        stale.start()
+        control.apply(ORDERS_OUTLIERS)
+        frontend = meshlib.Mesh(
+            service="frontend",
+            control_url=control.url,
+            token=control.token("frontend"),
+            data_dir=tmp_path / "frontend",
+            start_timeout=20,
+        ).start()
+        wait_endpoints(frontend, "orders", 2)
+        wait_for(
+            lambda: (
+                (s := frontend.engine.resolve("orders")) is not None
+                and s.outlier_detection is not None
+                and s.outlier_detection.consecutive_gateway_errors == 2
+            ),
+            10,
+            "the orders TrafficPolicy",
+        )
+        assert stale.process.proc is not None
+        stale.process.proc.kill()  # no withdrawal: the registry keeps it for its 60 s lease
+        stale.process.proc.wait(5)
+        impostor.start()  # another identity answers the stale endpoint's port
+        with frontend.client() as http:
+            responses = [http.post("http://orders/charge", content=b"{}") for _ in range(8)]
+        assert [r.status_code for r in responses] == [200] * 8
+        assert {r.json()["service"] for r in responses} == {"orders"}
+        assert any(r.headers.get("x-mesh-attempts") == "2" for r in responses)
+        service = frontend.engine.resolve("orders")
+        assert service is not None
+        assert [e.port for e in service.endpoints if e.port == stale.port] == [stale.port]
+        runtime = frontend.runtimes.get(service)
+        assert runtime.outliers.ejected() == {f"127.0.0.1:{stale.port}"}
+    finally:
+        if frontend is not None:
+            frontend.close()
+        impostor.stop()
+        stale.stop()
+        good.stop()
+        control.stop()
