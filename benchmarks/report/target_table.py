@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from benchmarks.report.formatting import num, verdict
@@ -15,6 +16,8 @@ _DIGITS = {"µs": 0, "x": 1, "MiB": 1, "": 2}
 def _figure(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
+    if math.isinf(value):  # a factor over a library that adds nothing measurable
+        return "∞ (library adds ≤ 0)"
     text = num(value, _DIGITS[unit])
     return f"{text}x" if unit == "x" else f"{text} {unit}".rstrip()
 
