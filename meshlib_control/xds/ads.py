@@ -32,7 +32,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,9 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
+from meshlib.errors import IdentityError
 from meshlib.identity.spiffe import SpiffeId
+from meshlib.identity.svid import PeerSVIDValidator
 from meshlib.identity.tls import TLSContexts
 from meshlib.integrations.grpc_server import server_credentials
 from meshlib_control.errors import ApiError
@@ -306,14 +308,21 @@ class _Stream:
 # --------------------------------------------------------------------- the service
 
 
-def _peer(context: Any) -> str | None:
-    values = context.auth_context().get("peer_spiffe_id") or []
-    return values[0].decode() if len(values) == 1 else None
+def _peer(context: Any, validator: PeerSVIDValidator) -> tuple[str | None, str]:
+    """The client's SPIFFE ID after the X.509-SVID leaf rules, or None and the reason."""
+    pems = context.auth_context().get("x509_pem_cert") or []
+    if len(pems) != 1:
+        return None, "no client certificate"
+    try:
+        return str(validator.validate_pem(pems[0])), ""
+    except IdentityError as exc:
+        return None, str(exc)
 
 
 class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, plane: ControlPlane) -> None:
+    def __init__(self, plane: ControlPlane, validator: Callable[[], PeerSVIDValidator]) -> None:
         self.plane = plane
+        self._validator = validator
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Any
@@ -348,12 +357,17 @@ class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             node_id, node = node_from_request(first.node, self.plane.trust_domain)
         except NodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        peer = _peer(context)
+        peer, why = _peer(context, self._validator())
+        if peer is None:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the client certificate is not a valid X.509-SVID: {why}",
+            )
         if peer != node.spiffe_id:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"node.cluster: {node.service} in {node.namespace} is {node.spiffe_id}, "
-                f"but the client certificate is {peer or 'not a single SPIFFE ID'}",
+                f"but the client certificate is {peer}",
             )
         # node.id names an instance: it must be one this identity owns (or a new one, which
         # it now owns), or this stream could write another instance's NACKs and status.
@@ -424,7 +438,9 @@ class XdsServer:
     async def start(self, listen: str) -> int:
         """Bind *listen* (``host:port``, port 0 for any) and serve; returns the port."""
         server = grpc.aio.server()
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self.plane), server)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+            _Servicer(self.plane, lambda: self.contexts.peer_validator), server
+        )
         port = server.add_secure_port(listen, server_credentials(self.contexts))
         if not port:
             raise OSError(f"--xds-listen: cannot bind {listen}")

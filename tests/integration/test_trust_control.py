@@ -108,13 +108,11 @@ def _instances(control: Control) -> dict[str, dict[str, Any]]:
     return {i["id"]: i for i in control.instances()}
 
 
-@pytest.fixture
-def strict_control(tmp_path: Path) -> Iterator[Control]:
-    """A control service with small quotas, a 1 s lease and ADS."""
+def _strict_control(tmp_path: Path, lease: str) -> Iterator[Control]:
     plane = Control(
         tmp_path / "control",
         "--instance-ttl",
-        "1s",
+        lease,
         "--xds-listen",
         f"127.0.0.1:{free_port()}",
         "--max-instances-per-identity",
@@ -129,6 +127,18 @@ def strict_control(tmp_path: Path) -> Iterator[Control]:
     plane.start()
     yield plane
     plane.stop()
+
+
+@pytest.fixture
+def strict_control(tmp_path: Path) -> Iterator[Control]:
+    """A control service with small quotas, a 1 s lease and ADS."""
+    yield from _strict_control(tmp_path, "1s")
+
+
+@pytest.fixture
+def ads_control(tmp_path: Path) -> Iterator[Control]:
+    """The same with a 60 s lease, so records outlive a slow ADS exchange on a loaded machine."""
+    yield from _strict_control(tmp_path, "60s")
 
 
 # --------------------------------------------------------------------- ADS node identity
@@ -169,18 +179,18 @@ def _ads_call(control: Control, workload: Workload, node_id: str, service: str) 
     return channel, stub.StreamAggregatedResources(send(), timeout=15), requests
 
 
-def test_ads_stream_naming_another_identitys_instance_is_refused(strict_control, tmp_path):
+def test_ads_stream_naming_another_identitys_instance_is_refused(ads_control, tmp_path):
     """alpha's SVID cannot open ADS as beta's instance: PERMISSION_DENIED, nothing written
     (no NACK into beta's record, no sidecar entry relabelled as alpha)."""
     from envoy.service.discovery.v3 import discovery_pb2
     from google.rpc import status_pb2
 
-    alpha = Workload(strict_control, "alpha", tmp_path / "alpha")
-    beta = Workload(strict_control, "beta", tmp_path / "beta")
+    alpha = Workload(ads_control, "alpha", tmp_path / "alpha")
+    beta = Workload(ads_control, "beta", tmp_path / "beta")
     assert beta.register("beta1", mode="sidecar").status_code == 200
-    before = _instances(strict_control)["beta1"]
+    before = _instances(ads_control)["beta1"]
 
-    channel, call, requests = _ads_call(strict_control, alpha, "beta1", "alpha")
+    channel, call, requests = _ads_call(ads_control, alpha, "beta1", "alpha")
     try:
         with pytest.raises(grpc.RpcError) as refused:
             first = next(call)  # the old server answered here, then took the NACK below
@@ -200,19 +210,19 @@ def test_ads_stream_naming_another_identitys_instance_is_refused(strict_control,
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "node.id" in refused.value.details() and sid("beta") in refused.value.details()
 
-    after = _instances(strict_control)["beta1"]
+    after = _instances(ads_control)["beta1"]
     assert after["rejection"] is None and after["rejectedVersion"] is None
     assert after == {**before, "lastSeen": after["lastSeen"], "expiresAt": after["expiresAt"]}
-    sidecars = json.loads(strict_control.ok("get", "sidecars", "-o", "json"))
+    sidecars = json.loads(ads_control.ok("get", "sidecars", "-o", "json"))
     assert [s for s in sidecars if s["nodeId"] == "beta1"] == []
 
 
-def test_ads_stream_claims_a_new_node_id_for_its_identity(strict_control, tmp_path):
+def test_ads_stream_claims_a_new_node_id_for_its_identity(ads_control, tmp_path):
     """A sidecar's stream opens before it registers: its new node.id becomes its own, and
     another identity can then not register that id."""
-    alpha = Workload(strict_control, "alpha", tmp_path / "alpha")
-    beta = Workload(strict_control, "beta", tmp_path / "beta")
-    channel, call, requests = _ads_call(strict_control, alpha, "alphaside1", "alpha")
+    alpha = Workload(ads_control, "alpha", tmp_path / "alpha")
+    beta = Workload(ads_control, "beta", tmp_path / "beta")
+    channel, call, requests = _ads_call(ads_control, alpha, "alphaside1", "alpha")
     try:
         first = next(call)
         assert first.type_url.endswith("Cluster")
@@ -222,8 +232,29 @@ def test_ads_stream_claims_a_new_node_id_for_its_identity(strict_control, tmp_pa
     squat = beta.register("alphaside1")
     assert squat.status_code == 403
     assert _error(squat)["path"] == "instanceId" and sid("alpha") in _error(squat)["message"]
-    assert "alphaside1" not in _instances(strict_control)
+    assert "alphaside1" not in _instances(ads_control)
     assert alpha.register("alphaside1", mode="sidecar").status_code == 200
+
+
+@pytest.mark.parametrize("case", ["ca-true", "key-cert-sign", "crl-sign"])
+def test_ads_stream_with_a_hostile_svid_is_refused(ads_control, tmp_path, case):
+    """A leaf minted with the CA key for a real workload ID but breaking an X.509-SVID leaf
+    rule (a CA, or allowed to sign certificates or CRLs) cannot open ADS: PERMISSION_DENIED
+    naming the rule, and no node is claimed."""
+    from tests.attack import REASONS, mint_case
+
+    hostile = mint_case(ads_control.data_dir, case, tmp_path, spiffe_id=sid("alpha"))
+    channel, call, requests = _ads_call(ads_control, hostile, "alphaside9", "alpha")  # type: ignore[arg-type]
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            next(call)
+    finally:
+        requests.put(None)
+        channel.close()
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert REASONS[case] in refused.value.details()
+    beta = Workload(ads_control, "beta", tmp_path / "beta")
+    assert beta.register("alphaside9").status_code == 200  # the id was never claimed
 
 
 # --------------------------------------------------------------------- ownership for life
