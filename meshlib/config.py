@@ -27,7 +27,7 @@ from pathlib import Path
 
 from meshlib.errors import ConfigError
 
-__all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "DEFAULT_START_TIMEOUT", "MeshConfig"]
+__all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "DEFAULT_START_TIMEOUT", "MeshConfig", "parse_labels"]
 
 DEFAULT_START_TIMEOUT = 30.0
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
@@ -54,6 +54,15 @@ def _parse_labels(text: str) -> dict[str, str]:
             raise ConfigError(f"MESH_LABELS: {item!r} is not key=value")
         labels[key] = value
     return labels
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """Instance labels from ``key=value,key=value`` text, the form of ``MESH_LABELS``.
+
+    Raises:
+        ConfigError: an item is not ``key=value`` or its key is not a label key.
+    """
+    return _parse_labels(text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ CONTROL_MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "meshlib_control": ("meshlib.errors", "meshlib.policy", "meshlib.identity"),
     "meshlib_control.server": ("meshlib.integrations.uvicorn",),
     "meshlib_control.xds.ads": ("meshlib.integrations.grpc_server",),
-    "meshlib_control.cli": ("meshlib.integrations.httpx",),
+    "meshlib_control.admin_client": ("meshlib.integrations.httpx",),
     "meshlib_control.sidecar": ("meshlib.runtime", "meshlib.config"),
 }
 
@@ -184,7 +184,7 @@ def test_the_checker_sees_imports_of_each_kind() -> None:
     """The parser finds module-level, deferred and TYPE_CHECKING imports (a self-check)."""
     kinds = {i.kind for i in all_imports()}
     assert {"module-level", "deferred", "type-only"} <= kinds
-    assert any(i.target == "meshlib.policy.model" for i in imports_of("meshlib_control.cli"))
+    assert any(i.target == "meshlib.policy.model" for i in imports_of("meshlib_control.commands"))
 
 
 def test_no_import_cycles() -> None:

@@ -1,0 +1,76 @@
+"""``meshctl sidecar``: its flags, and running the agent until a signal stops it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from pathlib import Path
+
+from meshlib.config import parse_labels
+
+__all__ = ["configure_parser", "run_sidecar"]
+
+
+def configure_parser(side: argparse.ArgumentParser) -> None:
+    """Add the ``meshctl sidecar`` flags to *side*."""
+    side.add_argument("--service", required=True, help="the app's service name")
+    side.add_argument("--namespace", default="default")
+    side.add_argument("--app-port", type=int, required=True, help="the app's plaintext port")
+    side.add_argument("--inbound-port", type=int, default=15006, help="mesh traffic in (mTLS)")
+    side.add_argument(
+        "--outbound-port", type=int, default=15001, help="the app's calls out (127.0.0.1)"
+    )
+    side.add_argument(
+        "--admin-port", type=int, default=15020, help="metrics/identity for the control service"
+    )
+    side.add_argument("--envoy-admin-port", type=int, default=0, help="(inbound port + 1000)")
+    side.add_argument("--address", default="127.0.0.1", help="inbound address, registered")
+    side.add_argument("--token", help="join token (or MESH_TOKEN)")
+    side.add_argument("--sidecar-data-dir", help="key, SVID, Envoy files (or MESH_DATA_DIR)")
+    side.add_argument("--labels", help="instance labels, version=v2,zone=a")
+    side.add_argument("--xds-address", help="ADS server HOST:PORT (default: asked of control)")
+    side.add_argument("--base-id", type=int, help="Envoy --base-id (default: the inbound port)")
+    side.add_argument("--envoy-log-level", default="warning")
+
+
+def run_sidecar(args: argparse.Namespace) -> int:
+    """Run the sidecar agent (and Envoy) of *args* until SIGINT or SIGTERM; its exit code."""
+    # Deferred: every other meshctl command would otherwise import the library's agent.
+    from meshlib_control.sidecar.agent import SidecarAgent, SidecarOptions
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    env = os.environ
+    data_dir = args.sidecar_data_dir or env.get("MESH_DATA_DIR")
+    agent = SidecarAgent(
+        SidecarOptions(
+            service=args.service,
+            namespace=args.namespace,
+            app_port=args.app_port,
+            inbound_port=args.inbound_port,
+            outbound_port=args.outbound_port,
+            admin_port=args.admin_port,
+            envoy_admin_port=args.envoy_admin_port,
+            address=args.address,
+            control_url=args.control or env.get("MESH_CONTROL_URL"),
+            token=args.token or env.get("MESH_TOKEN"),
+            data_dir=Path(data_dir) if data_dir else None,
+            labels=parse_labels(args.labels or env.get("MESH_LABELS", "")),
+            xds_address=args.xds_address,
+            base_id=args.base_id,
+            envoy_log_level=args.envoy_log_level,
+        )
+    )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: agent.stop())
+
+    def ready(a: SidecarAgent) -> None:
+        print(
+            f"sidecar ready: {args.service} inbound {args.address}:{args.inbound_port} "
+            f"-> app 127.0.0.1:{args.app_port}; outbound 127.0.0.1:{args.outbound_port}; "
+            f"admin 127.0.0.1:{a.agent.admin_port}; instance {a.agent.instance_id}",
+            flush=True,
+        )
+
+    return agent.run(ready)
