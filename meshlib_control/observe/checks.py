@@ -12,19 +12,39 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from meshlib_control.ca.authority import CertificateAuthority
 from meshlib_control.errors import ApiError
-from meshlib_control.observe.scraper import InstanceState, Observer, expected_versions
+from meshlib_control.observe.instances import InstanceState, PlaneView, expected_versions
+from meshlib_control.observe.scraper import Observer
 from meshlib_control.store.sqlite import InstanceRecord
+from meshlib_control.xds.status import XdsStatus
 
-if TYPE_CHECKING:
-    from meshlib_control.plane import ControlPlane
+__all__ = ["ROOT_WARN", "STALE_AFTER", "CheckedPlane", "explain", "run_checks"]
 
-__all__ = ["ROOT_WARN", "STALE_AFTER", "explain", "run_checks"]
+
+class CheckedPlane(PlaneView, Protocol):
+    """The control plane as the checks read it (ControlPlane satisfies it)."""
+
+    @property
+    def trust_domain(self) -> str:
+        """The mesh's trust domain."""
+        ...
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        """The CA whose roots are checked."""
+        ...
+
+    @property
+    def xds_status(self) -> XdsStatus:
+        """What the ADS server knows of connected sidecars."""
+        ...
+
 
 ROOT_WARN = timedelta(days=90)
 CERT_WARN_FRACTION = 0.10
@@ -109,7 +129,7 @@ def _state(observer: Observer, record: InstanceRecord) -> InstanceState:
     return state
 
 
-async def run_checks(plane: ControlPlane, observer: Observer) -> list[dict[str, str]]:
+async def run_checks(plane: CheckedPlane, observer: Observer) -> list[dict[str, str]]:
     """Every check, in order; answering at all means the control service is reachable."""
     now = datetime.now(UTC)
     records = list(plane.state().instances)
@@ -223,7 +243,7 @@ async def run_checks(plane: ControlPlane, observer: Observer) -> list[dict[str, 
     return checks
 
 
-def sidecar_checks(plane: ControlPlane) -> list[dict[str, str]]:
+def sidecar_checks(plane: CheckedPlane) -> list[dict[str, str]]:
     """Envoy sidecars: rejected (NACKed) configuration, and policy they cannot honour.
 
     DESIGN.md invariant 5: a field the sidecar does not apply exactly is never dropped
@@ -275,7 +295,7 @@ def _worst(checks: list[dict[str, str]]) -> str:
 
 
 async def explain(
-    plane: ControlPlane, observer: Observer, namespace: str, service: str
+    plane: CheckedPlane, observer: Observer, namespace: str, service: str
 ) -> dict[str, Any]:
     """Per instance of *service*: applied version, its age, and the policy it applies.
 

@@ -12,8 +12,9 @@ registered none — so a control service sees the admin ports of its own host.
 
 A workload chooses what it registers, so the scraper trusts none of it:
 
-* it GETs only the fixed admin paths (:data:`ADMIN_PATHS`), never follows a redirect, and
-  only at an admin address that is the instance's own (:func:`admin_refusal`): the IP
+* it GETs only the fixed admin paths (:data:`~meshlib_control.observe.targets.ADMIN_PATHS`),
+  never follows a redirect, and only at an admin address that is the instance's own
+  (:func:`~meshlib_control.observe.targets.admin_refusal`): the IP
   address the registration came from, or loopback for a registration from loopback — never
   a name (no DNS) and never another host a workload points it at;
 * a page is read as a stream and dropped at :attr:`Observer.max_bytes` (``--scrape-max-bytes``),
@@ -26,25 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from meshlib_control.api.limits import json_depth
-from meshlib_control.observe.golden import InstanceWindow, golden_stats
-from meshlib_control.observe.prom import HistogramSeries, Labels, MetricsScrape, parse_metrics
-from meshlib_control.snapshot.builder import build_snapshot
+from meshlib_control.observe.envoy import parser_for
+from meshlib_control.observe.golden import golden_stats
+from meshlib_control.observe.instances import InstanceState, PlaneView, expected_versions
+from meshlib_control.observe.targets import ADMIN_PATHS, admin_base, admin_refusal
 from meshlib_control.store.sqlite import InstanceRecord
-
-if TYPE_CHECKING:
-    from meshlib_control.plane import ControlPlane
 
 __all__ = [
     "ADMIN_PATHS",
@@ -66,91 +62,6 @@ DEFAULT_TIMEOUT = 2.0
 DEFAULT_DEADLINE = 5.0  # one whole fetch, however slowly the page drips in
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 MAX_PAGE_DEPTH = 64
-MAX_EXPIRY_SECONDS = 100 * 365 * 86400.0
-ADMIN_PATHS = frozenset({"/metrics", "/debug/snapshot", "/debug/identity"})
-
-CERT_EXPIRY = "mesh_certificate_expiry_seconds"
-
-
-ENVOY_INBOUND_PREFIXES = ("inbound", "inbound_plaintext")  # the translator's stat prefixes
-_ENVOY_RQ_TIME = "envoy_http_downstream_rq_time"
-_ENVOY_RQ_XX = "envoy_http_downstream_rq_xx"
-
-
-def parse_envoy(text: str) -> MetricsScrape:
-    """A sidecar's page (Envoy's ``/stats/prometheus`` + the agent's gauges) in mesh terms.
-
-    The inbound listener's ``downstream_rq_time`` histogram (milliseconds) becomes
-    ``http_server_request_duration_seconds``, so golden metrics treat both modes alike.
-    Envoy's histogram is not split by status; its ``downstream_rq_xx`` counters are, so the
-    histogram is divided into a success series (``200``) and a failure series (``500``) in
-    proportion to the 5xx count: request counts and success rate are exact, and so are the
-    percentiles of the two together. Envoy cannot tell which workload called, so the edge's
-    source is ``unknown`` (docs/sidecar.md).
-    """
-    raw = parse_metrics(text)
-    scrape = MetricsScrape(samples=raw.samples)
-    failures: dict[str, float] = {}
-    totals: dict[str, float] = {}
-    for sample in raw.samples.get(_ENVOY_RQ_XX, []):
-        prefix = sample.label("envoy_http_conn_manager_prefix")
-        totals[prefix] = totals.get(prefix, 0.0) + sample.value
-        if sample.label("envoy_response_code_class") == "5":
-            failures[prefix] = failures.get(prefix, 0.0) + sample.value
-    series: dict[Labels, HistogramSeries] = {}
-    for labels, hist in raw.histograms.get(_ENVOY_RQ_TIME, {}).items():
-        prefix = dict(labels).get("envoy_http_conn_manager_prefix", "")
-        if prefix not in ENVOY_INBOUND_PREFIXES or hist.count <= 0:
-            continue
-        share = min(1.0, failures.get(prefix, 0.0) / totals[prefix]) if totals.get(prefix) else 0.0
-        for status, part in (("200", 1.0 - share), ("500", share)):
-            if part <= 0:
-                continue
-            key: Labels = (
-                ("http_response_status_code", status),
-                ("mesh_listener", prefix),
-                ("mesh_source_workload", "unknown"),
-            )
-            series[key] = HistogramSeries(
-                key,
-                tuple((le / 1000.0, count * part) for le, count in hist.buckets),
-                hist.sum / 1000.0 * part,
-                hist.count * part,
-            )
-    if series:
-        scrape.histograms["http_server_request_duration_seconds"] = series
-    return scrape
-
-
-PARSERS: dict[str, Callable[[str], MetricsScrape]] = {
-    "library": parse_metrics,
-    "sidecar": parse_envoy,
-}
-
-
-def parser_for(mode: str) -> Callable[[str], MetricsScrape]:
-    """The ``/metrics`` parser for an instance of *mode*."""
-    return PARSERS.get(mode, parse_metrics)
-
-
-def admin_base(record: InstanceRecord) -> str | None:
-    """``http://host:adminPort`` of *record*, or None without an admin port."""
-    if not record.admin_port:
-        return None
-    host = record.address or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{record.admin_port}"
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        address = ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return ipaddress.ip_address("127.0.0.1") if text == "localhost" else None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def _no_constant(name: str) -> float:
@@ -164,102 +75,12 @@ def _finite(text: str) -> float:
     return value
 
 
-def admin_refusal(record: InstanceRecord) -> str | None:
-    """Why the observer will not GET *record*'s admin port, or None when it may.
-
-    The rule: the admin host (the registered address, 127.0.0.1 when none) must be an IP
-    address, and the address the registration came from (or, for a registration from
-    loopback, any loopback address). A registration of unknown origin (made before the
-    control service recorded it) is scraped only on loopback.
-    """
-    host = record.address or "127.0.0.1"
-    admin = _ip(host)
-    if admin is None:
-        return f"admin address {host!r} is not an IP address (the observer resolves no names)"
-    source = _ip(record.source) if record.source else None
-    if source is None:
-        if admin.is_loopback:
-            return None
-        return f"admin address {host} is not loopback and the registration's origin is unknown"
-    if admin == source or (admin.is_loopback and source.is_loopback):
-        return None
-    return (
-        f"admin address {host} is not the address instance {record.id} registered from "
-        f"({record.source}); not scraped"
-    )
-
-
-def expected_versions(
-    plane: ControlPlane, record: InstanceRecord, reported: dict[str, Any] | None
-) -> set[str]:
-    """Versions of the snapshot the control would send *record* now.
-
-    Built (purely, without touching the watch cache) with ``dependencies=None`` and, when
-    the instance's own snapshot is known, with the services that snapshot lists.
-    """
-    state = plane.cache.state
-    versions = {build_snapshot(state, service=record.service, namespace=record.namespace).version}
-    if reported is not None:
-        services = reported.get("services")
-        if isinstance(services, list):
-            deps = tuple(
-                sorted(
-                    f"{s.get('name')}.{s.get('namespace')}" for s in services if isinstance(s, dict)
-                )
-            )
-            versions.add(
-                build_snapshot(
-                    state, service=record.service, namespace=record.namespace, dependencies=deps
-                ).version
-            )
-    return versions
-
-
-@dataclass(slots=True)
-class InstanceState:
-    """What the scraper knows of one instance."""
-
-    record: InstanceRecord
-    latest: MetricsScrape | None = None
-    latest_at: float | None = None
-    previous: MetricsScrape | None = None
-    previous_at: float | None = None
-    snapshot: dict[str, Any] | None = None  # last /debug/snapshot answer
-    snapshot_at: float | None = None
-    error: str | None = None
-    stale_version: str | None = None  # applied version last seen not matching the control
-    stale_since: float | None = None
-
-    def window(self) -> InstanceWindow | None:
-        """The instance's last two scrapes, or None before the first."""
-        if self.latest is None or self.latest_at is None:
-            return None
-        return InstanceWindow(
-            instance_id=self.record.id,
-            service=self.record.service,
-            namespace=self.record.namespace,
-            latest=self.latest,
-            latest_at=self.latest_at,
-            previous=self.previous,
-            previous_at=self.previous_at,
-        )
-
-    def certificate_expiry(self, now: float) -> float | None:
-        """Seconds until the instance's SVID expires, from the last scrape's gauge."""
-        if self.latest is None or self.latest_at is None:
-            return None
-        gauge = self.latest.gauge(CERT_EXPIRY)
-        if gauge is None or abs(gauge.value) > MAX_EXPIRY_SECONDS:
-            return None  # no gauge, or one no certificate could have
-        return gauge.value - (now - self.latest_at)
-
-
 class Observer:
     """Scrapes instances of *plane* and answers golden metrics from what it kept."""
 
     def __init__(
         self,
-        plane: ControlPlane,
+        plane: PlaneView,
         *,
         interval: float = DEFAULT_INTERVAL,
         timeout: float = DEFAULT_TIMEOUT,

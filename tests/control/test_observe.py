@@ -245,7 +245,7 @@ mesh_certificate_expiry_seconds 3600
 
 
 def test_envoy_inbound_stats_become_the_mesh_server_histogram():
-    from meshlib_control.observe.scraper import parse_envoy
+    from meshlib_control.observe.envoy import parse_envoy
 
     scrape = parse_envoy(ENVOY_PAGE)
     series = scrape.histograms["http_server_request_duration_seconds"]

@@ -7,7 +7,8 @@ import asyncio
 from meshlib.identity.spiffe import SpiffeId
 from meshlib.policy.snapshot import encode_snapshot
 from meshlib_control.observe.checks import STALE_AFTER, run_checks
-from meshlib_control.observe.scraper import InstanceState, admin_base
+from meshlib_control.observe.instances import InstanceState
+from meshlib_control.observe.targets import admin_base
 from meshlib_control.plane import ControlPlane
 from meshlib_control.settings import Settings
 
