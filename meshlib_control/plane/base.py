@@ -1,0 +1,50 @@
+"""What the control plane's operations share: its parts, the mesh state and the clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from meshlib_control.ca.authority import CertificateAuthority
+from meshlib_control.settings import Settings
+from meshlib_control.snapshot.builder import MeshState
+from meshlib_control.snapshot.cache import SnapshotCache
+from meshlib_control.store.sqlite import CertificateRecord, SQLiteStore
+
+__all__ = ["PlaneBase", "utc_now"]
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware (UTC)."""
+    return datetime.now(UTC)
+
+
+class PlaneBase:
+    """The parts of one control service that its workload and admin operations use.
+
+    :class:`~meshlib_control.plane.ControlPlane` sets them in its constructor.
+    """
+
+    settings: Settings
+    store: SQLiteStore
+    ca: CertificateAuthority
+    cache: SnapshotCache
+    trust_domain: str
+
+    def state(self) -> MeshState:
+        """The current resources and live instances."""
+        return MeshState(
+            trust_domain=self.trust_domain,
+            resources=self.store.resources(),
+            instances=tuple(i for i in self.store.instances() if i.expires_at >= utc_now()),
+        )
+
+    def refresh(self) -> int:
+        """Rebuild snapshots from the store; returns how many watches were woken."""
+        return self.cache.set_state(self.state())
+
+    def _record(
+        self, serial: int, spiffe_id: str, not_before: datetime, not_after: datetime
+    ) -> None:
+        self.store.record_certificate(
+            CertificateRecord(f"{serial:x}", spiffe_id, not_before, not_after, utc_now())
+        )
