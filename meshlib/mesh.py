@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 import httpx
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from meshlib.config import MeshConfig
@@ -45,6 +46,9 @@ class Mesh:
         labels: instance labels such as ``{"version": "v2", "zone": "b"}``.
         dependencies: services this workload calls; scopes its snapshot (default: all).
         start_timeout: seconds :meth:`start` waits for identity and first snapshot.
+        tracer_provider: where spans go (default: the global OpenTelemetry provider).
+        meter_provider: where metrics go (default: an in-process meter shown on the admin
+            port's ``/metrics``).
 
     Example::
 
@@ -69,6 +73,7 @@ class Mesh:
         admin_port: int | None = 0,
         access_log: bool = False,
         tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         options: dict[str, Any] = {
             "service": service,
@@ -84,9 +89,14 @@ class Mesh:
         }
         if start_timeout is not None:
             options["start_timeout"] = start_timeout
-        self._init(MeshConfig(**options), tracer_provider)
+        self._init(MeshConfig(**options), tracer_provider, meter_provider)
 
-    def _init(self, config: MeshConfig, tracer_provider: TracerProvider | None = None) -> None:
+    def _init(
+        self,
+        config: MeshConfig,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
         self.config = config
         self._tls: TLSContexts | None = None
         self._engine: PolicyEngine | None = None
@@ -96,6 +106,7 @@ class Mesh:
             service=config.service,
             namespace=config.namespace,
             tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
             access_log=config.access_log,
         )
         self.telemetry.gauge_source("mesh.certificate.expiry", self._certificate_expiry)
@@ -108,10 +119,16 @@ class Mesh:
         self._started = False
 
     @classmethod
-    def from_env(cls, *, tracer_provider: TracerProvider | None = None, **overrides: Any) -> Mesh:
+    def from_env(
+        cls,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        **overrides: Any,
+    ) -> Mesh:
         """Build from ``MESH_*`` variables; keyword arguments override them."""
         mesh = cls.__new__(cls)
-        mesh._init(MeshConfig.from_env(**overrides), tracer_provider)
+        mesh._init(MeshConfig.from_env(**overrides), tracer_provider, meter_provider)
         return mesh
 
     # ------------------------------------------------------------------ state

@@ -1,7 +1,10 @@
 """MeshTelemetry: one workload's metrics, spans and access log, all best effort.
 
-Metrics are recorded through the OpenTelemetry API into a private SDK ``MeterProvider``
-whose in-memory reader backs the admin port's ``/metrics`` (Prometheus text). Names and
+Metrics are recorded through the OpenTelemetry API shape. With ``meter_provider=`` given
+(``meshlib.Mesh(meter_provider=…)``) the instruments come from that provider and the
+application's pipeline exports them; with none, they come from a small in-process
+:class:`~meshlib.telemetry.local.LocalMeter` that backs the admin port's ``/metrics``
+(Prometheus text), so the OpenTelemetry SDK is never imported for metrics. Names and
 attributes follow the OpenTelemetry semantic conventions (``http.server.request.duration``
 in seconds, …); mesh-specific ones are prefixed ``mesh.``. Edges are labelled with the
 caller (``mesh.source.workload``/``namespace``, from its SPIFFE ID) on the server side and
@@ -12,7 +15,8 @@ OpenTelemetry gets meshlib's spans in its own pipeline. With no provider configu
 ``OTEL_TRACES_EXPORTER=otlp`` (or ``OTEL_EXPORTER_OTLP_ENDPOINT``) set, meshlib installs an
 SDK provider exporting over OTLP/HTTP when that exporter package is installed.
 
-Every public method swallows its own exceptions: telemetry never fails a request.
+Client calls are observed with :mod:`meshlib.telemetry.client`; every public method here
+swallows its own exceptions: telemetry never fails a request.
 """
 
 from __future__ import annotations
@@ -22,15 +26,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
-from opentelemetry import metrics, trace
-from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.resources import Resource
+from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
-from meshlib.telemetry.prometheus import render_prometheus
+from meshlib.telemetry.local import LocalMeter
+from meshlib.telemetry.prometheus import render_local
 
 __all__ = ["DURATION_BUCKETS", "MeshTelemetry", "workload_of"]
 
@@ -45,6 +47,18 @@ DURATION_BUCKETS = (
 )  # fmt: skip
 
 UNKNOWN = "unknown"
+
+
+class Histogram(Protocol):
+    """What meshlib needs of a histogram (the OpenTelemetry API's and LocalMeter's)."""
+
+    def record(self, amount: float, attributes: Any = None, context: Any = None) -> None: ...
+
+
+class Counter(Protocol):
+    """What meshlib needs of a counter."""
+
+    def add(self, amount: float, attributes: Any = None, context: Any = None) -> None: ...
 
 
 def workload_of(spiffe_id: str | None) -> tuple[str, str]:
@@ -69,6 +83,7 @@ def _otlp_tracer_provider(service: str, namespace: str) -> trace.TracerProvider 
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter,
         )
+        from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as exc:
@@ -93,6 +108,8 @@ class MeshTelemetry:
         service, namespace: this workload, as resource attributes.
         tracer_provider: where spans go (default: the global provider, or OTLP per
             ``OTEL_*`` when nothing is configured).
+        meter_provider: where metrics go (default: an in-process meter rendered on the
+            admin port's ``/metrics``; with a provider given, that page says where they went).
         access_log: write one JSON line per request to the ``meshlib.access`` logger.
     """
 
@@ -102,18 +119,19 @@ class MeshTelemetry:
         service: str,
         namespace: str,
         tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
         access_log: bool = False,
     ) -> None:
         self.service = service
         self.namespace = namespace
         self.access_log = access_log
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(
-            metric_readers=[self.reader],
-            resource=Resource.create({"service.name": service, "service.namespace": namespace}),
-        )
-        meter = self.meter_provider.get_meter("meshlib")
-        self._meter = meter
+        self.meter_provider = meter_provider
+        self.local: LocalMeter | None = None
+        meter: Any
+        if meter_provider is None:
+            meter = self.local = LocalMeter()
+        else:
+            meter = meter_provider.get_meter("meshlib")
         if tracer_provider is None and isinstance(
             trace.get_tracer_provider(), trace.ProxyTracerProvider
         ):
@@ -121,13 +139,18 @@ class MeshTelemetry:
         self._tracer_provider = tracer_provider
         self._tracer: trace.Tracer | None = None
 
-        def histogram(name: str, description: str) -> metrics.Histogram:
-            return meter.create_histogram(
+        def histogram(name: str, description: str) -> Histogram:
+            instrument: Histogram = meter.create_histogram(
                 name,
                 unit="s",
                 description=description,
                 explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
             )
+            return instrument
+
+        def counter(name: str, description: str) -> Counter:
+            instrument: Counter = meter.create_counter(name, unit="1", description=description)
+            return instrument
 
         self.http_server = histogram(
             "http.server.request.duration", "Duration of HTTP requests served"
@@ -139,33 +162,20 @@ class MeshTelemetry:
         self.rpc_client = histogram(
             "rpc.client.call.duration", "Duration of gRPC calls made through the mesh"
         )
-        self.retries = meter.create_counter(
-            "mesh.client.retries", unit="1", description="Retries sent (attempts after the first)"
+        self.retries = counter("mesh.client.retries", "Retries sent (attempts after the first)")
+        self.budget_exhausted = counter(
+            "mesh.client.retry_budget.exhausted", "Retries the retry budget refused"
         )
-        self.budget_exhausted = meter.create_counter(
-            "mesh.client.retry_budget.exhausted",
-            unit="1",
-            description="Retries the retry budget refused",
-        )
-        self.breaker_transitions = meter.create_counter(
+        self.breaker_transitions = counter(
             "mesh.client.breaker.transitions",
-            unit="1",
-            description="Circuit-breaker state changes, by endpoint and new state",
+            "Circuit-breaker state changes, by endpoint and new state",
         )
-        self.ejections = meter.create_counter(
-            "mesh.client.outlier.ejections", unit="1", description="Endpoints ejected"
+        self.ejections = counter("mesh.client.outlier.ejections", "Endpoints ejected")
+        self.mesh_failures = counter(
+            "mesh.client.failures", "Calls the mesh itself failed, by flag (CIRCUIT_OPEN, …)"
         )
-        self.mesh_failures = meter.create_counter(
-            "mesh.client.failures",
-            unit="1",
-            description="Calls the mesh itself failed, by flag (CIRCUIT_OPEN, …)",
-        )
-        self.authz_denials = meter.create_counter(
-            "mesh.server.authz.denials", unit="1", description="Requests refused by policy"
-        )
-        self.rate_limited = meter.create_counter(
-            "mesh.server.rate_limited", unit="1", description="Requests refused by RateLimit"
-        )
+        self.authz_denials = counter("mesh.server.authz.denials", "Requests refused by policy")
+        self.rate_limited = counter("mesh.server.rate_limited", "Requests refused by RateLimit")
         meter.create_observable_gauge(
             "mesh.certificate.expiry",
             callbacks=[self._observe("mesh.certificate.expiry")],
@@ -211,13 +221,14 @@ class MeshTelemetry:
         return trace.get_tracer("meshlib")
 
     def prometheus(self) -> str:
-        """All metrics as Prometheus text."""
-        return render_prometheus(self.reader.get_metrics_data())
+        """All metrics as Prometheus text (a comment when they go to a given provider)."""
+        if self.local is None:
+            return "# meshlib records its metrics through the application's MeterProvider\n"
+        return render_local(self.local)
 
     def shutdown(self) -> None:
-        """Flush and stop the private providers."""
+        """Flush and stop the private tracer provider (a given provider is the app's)."""
         try:
-            self.meter_provider.shutdown()
             shutdown = getattr(self._tracer_provider, "shutdown", None)
             if shutdown is not None:
                 shutdown()
@@ -331,6 +342,31 @@ class MeshTelemetry:
                 attributes["mesh.destination.service"] = name
                 attributes["mesh.destination.namespace"] = namespace
                 self.rpc_client.record(duration, attributes)
+        except Exception:
+            log.debug("telemetry failed", exc_info=True)
+
+    def rpc_client_done(
+        self,
+        *,
+        service: str,
+        method: str,
+        code: str,
+        duration: float,
+        attempts: int = 1,
+        flag: str | None = None,
+    ) -> None:
+        """One gRPC call made through the mesh (all its attempts)."""
+        try:
+            self.rpc_done(
+                side="client", method=method, code=code, duration=duration, service=service
+            )
+            name = service.partition(".")[0]
+            if attempts > 1:
+                self.retries.add(attempts - 1, {"mesh.destination.service": name})
+            if flag is not None:
+                self.mesh_failures.add(1, {"mesh.destination.service": name, "mesh.flag": flag})
+                if flag == "RETRY_BUDGET_EXHAUSTED":
+                    self.budget_exhausted.add(1, {"mesh.destination.service": name})
         except Exception:
             log.debug("telemetry failed", exc_info=True)
 

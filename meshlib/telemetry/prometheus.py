@@ -1,4 +1,8 @@
-"""Render OpenTelemetry SDK metrics as Prometheus text (exposition format 0.0.4).
+"""Render metrics as Prometheus text (exposition format 0.0.4).
+
+:func:`render_local` renders meshlib's own :class:`~meshlib.telemetry.local.LocalMeter`
+(what ``/metrics`` shows when no ``meter_provider`` is given); :func:`render_prometheus`
+renders OpenTelemetry SDK ``MetricsData`` (the SDK is imported only when it is called).
 
 Names follow the OpenTelemetry → Prometheus rules: dots become underscores, the unit is
 appended (``s`` → ``_seconds``), counters end in ``_total``; histograms become
@@ -10,16 +14,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry.sdk.metrics.export import (
-    Gauge,
-    Histogram,
-    MetricsData,
-    Sum,
-)
+from meshlib.telemetry.local import LocalHistogram, LocalMeter
 
-__all__ = ["prometheus_name", "render_prometheus"]
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricsData
+
+__all__ = ["prometheus_name", "render_local", "render_prometheus"]
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_:]")
 _UNITS = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "1": ""}
@@ -58,6 +60,8 @@ def _number(value: float) -> str:
 
 def render_prometheus(data: MetricsData | None) -> str:
     """Prometheus text for everything in *data* (one ``# TYPE`` per metric family)."""
+    from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
+
     lines: list[str] = []
     seen: set[str] = set()
     for resource in data.resource_metrics if data is not None else ():
@@ -90,4 +94,44 @@ def render_prometheus(data: MetricsData | None) -> str:
                         lines.append(f"# TYPE {name} {kind}")
                     for point in point_data.data_points:
                         lines.append(f"{name}{_labels(point.attributes)} {_number(point.value)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_local(meter: LocalMeter) -> str:
+    """Prometheus text for every instrument of *meter* that has a sample."""
+    lines: list[str] = []
+    seen: set[str] = set()
+
+    def family(name: str, description: str, kind: str) -> None:
+        if name not in seen:
+            seen.add(name)
+            lines.append(f"# HELP {name} {_escape(description or name)}")
+            lines.append(f"# TYPE {name} {kind}")
+
+    for instrument in meter.instruments:
+        if isinstance(instrument, LocalHistogram):
+            points = instrument.points()
+            if not points:
+                continue
+            name = prometheus_name(instrument.name, instrument.unit, counter=False)
+            family(name, instrument.description, "histogram")
+            bounds = (*instrument.bounds, math.inf)
+            for key, counts, count, total in points:
+                attributes = dict(key)
+                cumulative = 0
+                for bound, n in zip(bounds, counts, strict=True):
+                    cumulative += n
+                    le = (("le", _number(bound)),)
+                    lines.append(f"{name}_bucket{_labels(attributes, le)} {cumulative}")
+                lines.append(f"{name}_sum{_labels(attributes)} {_number(total)}")
+                lines.append(f"{name}_count{_labels(attributes)} {count}")
+        else:
+            values = instrument.points()
+            if not values:
+                continue
+            counter = instrument.kind == "counter"
+            name = prometheus_name(instrument.name, instrument.unit, counter=counter)
+            family(name, instrument.description, instrument.kind)
+            for key, value in values:
+                lines.append(f"{name}{_labels(dict(key))} {_number(value)}")
     return "\n".join(lines) + "\n"
