@@ -12,8 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,105 +20,15 @@ from meshlib.policy.decode import decode_resource, encode_resource
 from meshlib.policy.model import Resource
 from meshlib_control.ca.rebootstrap import RebootstrapRecord
 from meshlib_control.ca.tokens import TokenRecord
+from meshlib_control.store.records import (
+    CertificateRecord,
+    InstanceRecord,
+    from_timestamp,
+    timestamp,
+)
+from meshlib_control.store.schema import SCHEMA
 
 __all__ = ["CertificateRecord", "InstanceRecord", "SQLiteStore"]
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS resources (
-    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
-    body TEXT NOT NULL, revision INTEGER NOT NULL, updated_at TEXT NOT NULL,
-    PRIMARY KEY (kind, namespace, name));
-CREATE TABLE IF NOT EXISTS instances (
-    id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, service TEXT NOT NULL, namespace TEXT NOT NULL,
-    address TEXT NOT NULL, port INTEGER NOT NULL, plaintext_port INTEGER, admin_port INTEGER,
-    labels TEXT NOT NULL, mode TEXT NOT NULL, registered_at TEXT NOT NULL,
-    last_seen TEXT NOT NULL, expires_at TEXT NOT NULL,
-    applied_version TEXT, rejected_version TEXT, rejection TEXT, source TEXT);
-CREATE TABLE IF NOT EXISTS instance_owners (
-    id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, claimed_at TEXT NOT NULL,
-    last_seen TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS instance_owners_by_identity ON instance_owners (spiffe_id, last_seen);
-CREATE TABLE IF NOT EXISTS certificates (
-    serial TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, not_before TEXT NOT NULL,
-    not_after TEXT NOT NULL, issued_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tokens (
-    id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, spiffe_id TEXT NOT NULL,
-    expires_at TEXT NOT NULL, uses_left INTEGER NOT NULL, created_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS rebootstrap (
-    id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, spiffe_id TEXT NOT NULL,
-    instance_id TEXT NOT NULL, expires_at TEXT NOT NULL, created_at TEXT NOT NULL,
-    spent_at TEXT);
-CREATE INDEX IF NOT EXISTS rebootstrap_owner ON rebootstrap (spiffe_id, instance_id);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-
-def _ts(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat()
-
-
-def _dt(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceRecord:
-    """One registered instance of a service."""
-
-    id: str
-    spiffe_id: str
-    service: str
-    namespace: str
-    address: str
-    port: int
-    plaintext_port: int | None
-    admin_port: int | None
-    labels: tuple[tuple[str, str], ...]
-    mode: str
-    registered_at: datetime
-    last_seen: datetime
-    expires_at: datetime
-    applied_version: str | None = None
-    rejected_version: str | None = None
-    rejection: str | None = None
-    source: str | None = None  # the IP address the registration came from
-
-    def endpoint_key(self) -> tuple[Any, ...]:
-        """What a snapshot shows of this instance; heartbeats that keep it equal change nothing."""
-        return (self.id, self.spiffe_id, self.address, self.port, self.labels, self.mode)
-
-    def to_json(self) -> dict[str, Any]:
-        """The admin API's form."""
-        return {
-            "id": self.id,
-            "spiffeId": self.spiffe_id,
-            "service": self.service,
-            "namespace": self.namespace,
-            "address": self.address,
-            "port": self.port,
-            "plaintextPort": self.plaintext_port,
-            "adminPort": self.admin_port,
-            "labels": dict(self.labels),
-            "mode": self.mode,
-            "registeredAt": _ts(self.registered_at),
-            "lastSeen": _ts(self.last_seen),
-            "expiresAt": _ts(self.expires_at),
-            "appliedVersion": self.applied_version,
-            "rejectedVersion": self.rejected_version,
-            "rejection": self.rejection,
-            "registeredFrom": self.source,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class CertificateRecord:
-    """An issued certificate: never its key, which the control service never sees."""
-
-    serial: str
-    spiffe_id: str
-    not_before: datetime
-    not_after: datetime
-    issued_at: datetime
 
 
 class SQLiteStore:
@@ -190,7 +99,7 @@ class SQLiteStore:
                     action, revision = "configured", row[1] + 1
                 db.execute(
                     "INSERT OR REPLACE INTO resources VALUES (?,?,?,?,?,?)",
-                    (kind, namespace, name, body, revision, _ts(now)),
+                    (kind, namespace, name, body, revision, timestamp(now)),
                 )
                 results.append((resource, action))
         return results
@@ -233,9 +142,9 @@ class SQLiteStore:
                     record.admin_port,
                     json.dumps(dict(record.labels), sort_keys=True),
                     record.mode,
-                    _ts(record.registered_at),
-                    _ts(record.last_seen),
-                    _ts(record.expires_at),
+                    timestamp(record.registered_at),
+                    timestamp(record.last_seen),
+                    timestamp(record.expires_at),
                     record.applied_version,
                     record.rejected_version,
                     record.rejection,
@@ -257,9 +166,9 @@ class SQLiteStore:
             admin_port=row[7],
             labels=tuple(sorted(json.loads(row[8]).items())),
             mode=row[9],
-            registered_at=_dt(row[10]),
-            last_seen=_dt(row[11]),
-            expires_at=_dt(row[12]),
+            registered_at=from_timestamp(row[10]),
+            last_seen=from_timestamp(row[11]),
+            expires_at=from_timestamp(row[12]),
             applied_version=row[13],
             rejected_version=row[14],
             rejection=row[15],
@@ -284,13 +193,15 @@ class SQLiteStore:
     def expire_instances(self, now: datetime) -> int:
         """Remove instances whose registration expired; returns how many."""
         with self._tx() as db:
-            return db.execute("DELETE FROM instances WHERE expires_at < ?", (_ts(now),)).rowcount
+            return db.execute(
+                "DELETE FROM instances WHERE expires_at < ?", (timestamp(now),)
+            ).rowcount
 
     def live_instances_of(self, spiffe_id: str, now: datetime) -> int:
         """How many unexpired registrations *spiffe_id* holds."""
         rows = self._rows(
             "SELECT COUNT(*) FROM instances WHERE spiffe_id=? AND expires_at >= ?",
-            (spiffe_id, _ts(now)),
+            (spiffe_id, timestamp(now)),
         )
         return int(rows[0][0])
 
@@ -319,12 +230,13 @@ class SQLiteStore:
                 return str(row[0])
             if row is not None:
                 db.execute(
-                    "UPDATE instance_owners SET last_seen=? WHERE id=?", (_ts(now), instance_id)
+                    "UPDATE instance_owners SET last_seen=? WHERE id=?",
+                    (timestamp(now), instance_id),
                 )
                 return spiffe_id
             db.execute(
                 "INSERT INTO instance_owners VALUES (?,?,?,?)",
-                (instance_id, spiffe_id, _ts(now), _ts(now)),
+                (instance_id, spiffe_id, timestamp(now), timestamp(now)),
             )
             db.execute(
                 "DELETE FROM instance_owners WHERE id IN ("
@@ -372,16 +284,21 @@ class SQLiteStore:
                 (
                     record.serial,
                     record.spiffe_id,
-                    _ts(record.not_before),
-                    _ts(record.not_after),
-                    _ts(record.issued_at),
+                    timestamp(record.not_before),
+                    timestamp(record.not_after),
+                    timestamp(record.issued_at),
                 ),
             )
 
     def certificates(self) -> tuple[CertificateRecord, ...]:
         """Every issued certificate, newest first."""
         rows = self._rows("SELECT * FROM certificates ORDER BY issued_at DESC")
-        return tuple(CertificateRecord(r[0], r[1], _dt(r[2]), _dt(r[3]), _dt(r[4])) for r in rows)
+        return tuple(
+            CertificateRecord(
+                r[0], r[1], from_timestamp(r[2]), from_timestamp(r[3]), from_timestamp(r[4])
+            )
+            for r in rows
+        )
 
     # ------------------------------------------------------------------ tokens
 
@@ -394,9 +311,9 @@ class SQLiteStore:
                     record.token_id,
                     record.secret_hash,
                     record.spiffe_id,
-                    _ts(record.expires_at),
+                    timestamp(record.expires_at),
                     record.uses_left,
-                    _ts(record.created_at),
+                    timestamp(record.created_at),
                 ),
             )
 
@@ -406,9 +323,9 @@ class SQLiteStore:
             token_id=row[0],
             secret_hash=row[1],
             spiffe_id=row[2],
-            expires_at=_dt(row[3]),
+            expires_at=from_timestamp(row[3]),
             uses_left=row[4],
-            created_at=_dt(row[5]),
+            created_at=from_timestamp(row[5]),
         )
 
     def token(self, token_id: str) -> TokenRecord | None:
@@ -438,9 +355,9 @@ class SQLiteStore:
             secret_hash=row[1],
             spiffe_id=row[2],
             instance_id=row[3],
-            expires_at=_dt(row[4]),
-            created_at=_dt(row[5]),
-            spent_at=_dt(row[6]) if row[6] is not None else None,
+            expires_at=from_timestamp(row[4]),
+            created_at=from_timestamp(row[5]),
+            spent_at=from_timestamp(row[6]) if row[6] is not None else None,
         )
 
     def rebootstrap_credential(self, credential_id: str) -> RebootstrapRecord | None:
@@ -465,7 +382,7 @@ class SQLiteStore:
             if spend is not None:
                 cur = db.execute(
                     "UPDATE rebootstrap SET spent_at=? WHERE id=? AND spent_at IS NULL",
-                    (_ts(now), spend),
+                    (timestamp(now), spend),
                 )
                 if cur.rowcount != 1:
                     return False
@@ -474,7 +391,7 @@ class SQLiteStore:
                 (record.spiffe_id, record.instance_id),
             )
             # Spent records stay until they expire, so a replay is told "already used".
-            db.execute("DELETE FROM rebootstrap WHERE expires_at < ?", (_ts(now),))
+            db.execute("DELETE FROM rebootstrap WHERE expires_at < ?", (timestamp(now),))
             db.execute(
                 "INSERT INTO rebootstrap VALUES (?,?,?,?,?,?,NULL)",
                 (
@@ -482,8 +399,8 @@ class SQLiteStore:
                     record.secret_hash,
                     record.spiffe_id,
                     record.instance_id,
-                    _ts(record.expires_at),
-                    _ts(record.created_at),
+                    timestamp(record.expires_at),
+                    timestamp(record.created_at),
                 ),
             )
             return True
