@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshlib_control.xds.outbound import is_ip
+from meshlib_control.xds.clusters import is_ip
 from meshlib_control.xds.translate import (
     BUNDLE_SECRET_FILE,
     SVID_SECRET_FILE,

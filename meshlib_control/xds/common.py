@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
+from meshlib.policy.model import TrafficPolicySpec
+from meshlib.policy.snapshot import ServiceEntry
 from meshlib_control.xds.unsupported import Unsupported
 
 __all__ = [
@@ -47,6 +49,8 @@ __all__ = [
     "cluster_name",
     "common_tls",
     "duration",
+    "entry_path",
+    "entry_policy",
     "hcm",
     "methods_header",
     "protocol_options",
@@ -278,3 +282,17 @@ def protocol_options() -> Json:
             },
         }
     }
+
+
+def entry_policy(entry: ServiceEntry) -> TrafficPolicySpec:
+    """The TrafficPolicy spec of *entry*, or the defaults when it has none."""
+    if entry.traffic_policy is not None and isinstance(
+        entry.traffic_policy.spec, TrafficPolicySpec
+    ):
+        return entry.traffic_policy.spec
+    return TrafficPolicySpec(service=entry.name)
+
+
+def entry_path(entry: ServiceEntry) -> str:
+    """Where *entry*'s policy is, as a note's path: ``services[<svc>.<ns>].spec``."""
+    return f"services[{entry.name}.{entry.namespace}].spec"
