@@ -62,6 +62,7 @@ from meshlib.identity.svid import PeerSVIDValidator
 from meshlib.identity.tls import TLSContexts
 from meshlib.integrations.grpc_server import server_credentials
 from meshlib_control.errors import ApiError
+from meshlib_control.xds.node import NodeError, node_from_request
 from meshlib_control.xds.status import NodeStatus, TypeStatus
 from meshlib_control.xds.translate import TYPE_URLS, EnvoyResources, SidecarNode, translate
 from meshlib_control.xds.unsupported import Unsupported
@@ -69,7 +70,7 @@ from meshlib_control.xds.unsupported import Unsupported
 if TYPE_CHECKING:
     from meshlib_control.plane import ControlPlane
 
-__all__ = ["PUSH_ORDER", "XdsServer", "node_from_request"]
+__all__ = ["PUSH_ORDER", "NodeError", "XdsServer", "node_from_request"]
 
 log = logging.getLogger("meshlib_control.xds")
 
@@ -87,52 +88,6 @@ _MESSAGES: dict[str, Any] = {
 _NAME_KEY = {"listeners": "name", "routes": "name", "clusters": "name", "endpoints": "cluster_name"}
 WATCH_SLICE = 300.0  # seconds one snapshot watch waits before it is renewed
 FIRST_REQUEST_TIMEOUT = 30.0
-
-
-class NodeError(ValueError):
-    """A node description that cannot be served; the message names the field."""
-
-
-def _metadata_int(meta: Json, key: str, *, required: bool) -> int | None:
-    value = meta.get(key)
-    if value is None:
-        if required:
-            raise NodeError(f"node.metadata.{key}: required")
-        return None
-    if not isinstance(value, int | float) or int(value) != value or not 0 < value < 65536:
-        raise NodeError(f"node.metadata.{key}: must be a port number, got {value!r}")
-    return int(value)
-
-
-def _metadata_str(meta: Json, key: str) -> str | None:
-    value = meta.get(key)
-    if value is not None and (not isinstance(value, str) or not value):
-        raise NodeError(f"node.metadata.{key}: must be a non-empty string")
-    return value
-
-
-def node_from_request(node: Any, trust_domain: str) -> tuple[str, SidecarNode]:
-    """``(node id, SidecarNode)`` from an Envoy ``Node`` message; NodeError if incomplete."""
-    if not node.id:
-        raise NodeError("node.id: required (the sidecar's instance id)")
-    if not node.cluster:
-        raise NodeError("node.cluster: required (the service name)")
-    meta = json_format.MessageToDict(node.metadata)
-    inbound = _metadata_int(meta, "inboundPort", required=True)
-    app = _metadata_int(meta, "appPort", required=True)
-    outbound = _metadata_int(meta, "outboundPort", required=True)
-    assert inbound is not None and app is not None and outbound is not None
-    return node.id, SidecarNode(
-        service=node.cluster,
-        namespace=_metadata_str(meta, "namespace") or "default",
-        trust_domain=trust_domain,
-        inbound_port=inbound,
-        app_port=app,
-        outbound_port=outbound,
-        inbound_address=_metadata_str(meta, "inboundAddress") or "0.0.0.0",
-        zone=_metadata_str(meta, "zone"),
-        secrets_dir=_metadata_str(meta, "secretsDir"),
-    )
 
 
 # --------------------------------------------------------------------- one stream
