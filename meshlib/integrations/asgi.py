@@ -1,8 +1,11 @@
-"""Pure ASGI middleware: identity, PeerAuthentication, authorization, rate limit, deadline.
+"""Pure ASGI middleware: the HTTP adapter of the inbound admission.
 
 The peer certificate arrives as the ASGI TLS extension (``scope["extensions"]["tls"]``),
 which :func:`meshlib.serve` provides; meshlib adds one key to it, ``spiffe_id``, computed
-once per connection. A request with no TLS extension came over plaintext.
+once per connection. A request with no TLS extension came over plaintext. The decision —
+identity, PeerAuthentication, authorization, rate limit, deadline — is
+:meth:`meshlib.inbound.Admission.decide`; this module only reads the scope, renders the
+refusal and runs the app.
 
 The caller's identity and remaining deadline reach the app as ``scope["state"]["mesh"]``
 — in FastAPI, ``request.state.mesh`` — a :class:`PeerInfo`. While the app runs, the
@@ -18,26 +21,22 @@ caller's request (PERMISSIVE) carries no XFCC at all, so an app that reads the c
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.propagate import extract
-
+from meshlib.inbound.cache import AdmissionSource
+from meshlib.inbound.peer import PeerInfo
+from meshlib.inbound.refusal import FLAG_HEADER, Refusal
 from meshlib.policy.engine import PolicyEngine
-from meshlib.policy.model import Resource
 from meshlib.resilience.deadline import DEADLINE_HEADER, current_deadline, parse_deadline_header
-from meshlib.resilience.ratelimit import RateLimiter, retry_after_header
-from meshlib.telemetry.metrics import MeshTelemetry
+from meshlib.telemetry.server import ServerCall, propagation_fields, start_server_call
 
 __all__ = ["FLAG_HEADER", "XFCC_HEADER", "MeshMiddleware", "PeerInfo", "set_xfcc"]
 
-FLAG_HEADER = b"x-mesh-flag"
 XFCC_HEADER = b"x-forwarded-client-cert"
 _DEADLINE_KEY = DEADLINE_HEADER.encode()
+_JSON = (b"content-type", b"application/json")
+_EMPTY: dict[str, Any] = {}
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -62,74 +61,36 @@ class EngineHolder(Protocol):
     def engine(self) -> PolicyEngine: ...
 
 
-def _peer_of(scope: Scope) -> str | None:
-    tls = scope.get("extensions", {}).get("tls")
-    return tls.get("spiffe_id") if tls is not None else None
-
-
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """Who called, and how long they will wait.
-
-    Attributes:
-        peer: the caller's SPIFFE ID, None for a plaintext caller.
-        authenticated: True when the caller presented a valid SVID.
-        policy_version: version of the snapshot that admitted the request.
-        deadline: the caller's deadline on this process's monotonic clock, or None.
-    """
-
-    peer: str | None
-    authenticated: bool
-    policy_version: str
-    deadline: float | None = None
-
-    def remaining(self) -> float | None:
-        """Seconds left of the caller's budget (None when the caller set none)."""
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-
 def set_xfcc(scope: Scope, own: str | None, peer: str | None) -> None:
     """Replace any caller-sent XFCC in *scope* with the mesh's own (none for plaintext)."""
     headers = [(k, v) for k, v in scope.get("headers", ()) if k != XFCC_HEADER]
     if peer is not None:
-        value = f"By={own};URI={peer}" if own else f"URI={peer}"
-        headers.append((XFCC_HEADER, value.encode("latin-1")))
+        headers.append((XFCC_HEADER, _xfcc_value(own, peer)))
     scope["headers"] = headers
 
 
-def _own_id(mesh: object) -> str | None:
-    try:
-        own = getattr(mesh, "spiffe_id", None)
-    except Exception:  # no SVID yet: XFCC then names only the caller
-        return None
-    return own if isinstance(own, str) else None
+def _xfcc_value(own: str | None, peer: str) -> bytes:
+    return (f"By={own};URI={peer}" if own else f"URI={peer}").encode("latin-1")
 
 
-async def _refuse(
-    scope: Scope,
-    send: Send,
-    status: int,
-    flag: str,
-    body: dict[str, Any],
-    extra: tuple[tuple[bytes, bytes], ...] = (),
-) -> None:
+async def _refuse(scope: Scope, send: Send, refusal: Refusal) -> None:
     if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1008, "reason": body["error"][:120]})
+        await send({"type": "websocket.close", "code": 1008, "reason": refusal.message[:120]})
         return
-    payload = json.dumps({**body, "flag": flag}).encode()
+    body = refusal.body
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": refusal.status,
             "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (FLAG_HEADER, flag.encode()),
-                *extra,
+                _JSON,
+                (b"content-length", str(len(body)).encode()),
+                (FLAG_HEADER, refusal.flag.encode()),
+                *refusal.http_headers,
             ],
         }
     )
-    await send({"type": "http.response.body", "body": payload})
+    await send({"type": "http.response.body", "body": body})
 
 
 class MeshMiddleware:
@@ -145,174 +106,130 @@ class MeshMiddleware:
     def __init__(self, app: ASGIApp, *, mesh: EngineHolder) -> None:
         self.app = app
         self.mesh = mesh
-        self._limit: tuple[Resource | None, RateLimiter | None] = (None, None)
+        self._admission = AdmissionSource(mesh)
+        self._own: str | None = None
+        self._xfcc: dict[str, bytes] = {}
 
-    def _limiter(self, engine: PolicyEngine) -> RateLimiter | None:
-        spec = engine.snapshot.inbound.rate_limit
-        current, limiter = self._limit
-        if spec is current or spec == current:  # same policy: keep the buckets' state
-            return limiter
-        limiter = RateLimiter(spec.spec) if spec is not None else None  # type: ignore[arg-type]
-        self._limit = (spec, limiter)
-        return limiter
+    def _xfcc_for(self, peer: str) -> bytes:
+        value = self._xfcc.get(peer)
+        if value is None:
+            own = self._own
+            if own is None:
+                own = self._own = _own_id(self.mesh)
+            value = _xfcc_value(own, peer)
+            if own is not None:  # cache only once this workload's ID is known
+                if len(self._xfcc) >= 1024:
+                    self._xfcc.clear()
+                self._xfcc[peer] = value
+        return value
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
             return await self.app(scope, receive, send)
-        state = scope.setdefault("state", {})
-        if "mesh" in state:
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        elif "mesh" in state:
             return await self.app(scope, receive, send)
-        telemetry: MeshTelemetry | None = getattr(self.mesh, "telemetry", None)
-        if telemetry is None or scope["type"] != "http":
-            return await self._admit(scope, receive, send, state)
-        await self._observed(telemetry, scope, receive, send, state)
+        # One pass over the headers: the deadline, a caller-sent XFCC, propagation fields.
+        deadline_value: bytes | None = None
+        forged = False
+        carrier: dict[str, str] | None = None
+        telemetry = getattr(self.mesh, "telemetry", None) if kind == "http" else None
+        fields = propagation_fields() if telemetry is not None else _EMPTY
+        headers = scope.get("headers", ())
+        for key, value in headers:
+            if key == _DEADLINE_KEY:
+                deadline_value = value
+            elif key == XFCC_HEADER:
+                forged = True
+            elif key in fields:
+                if carrier is None:
+                    carrier = {}
+                carrier[key.decode("latin-1")] = value.decode("latin-1")
+        call: ServerCall | None = None
+        if telemetry is not None:
+            call = start_server_call(
+                telemetry,
+                protocol="http",
+                method=scope["method"],
+                path=scope["path"],
+                scheme=scope.get("scheme", "http"),
+                carrier=carrier,
+            )
+        if call is None:
+            await self._admit(scope, receive, send, state, headers, deadline_value, forged)
+            return
+        seen: list[Any] = [500, None]
 
-    async def _observed(
+        async def observing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen[0] = message["status"]
+                for key, value in message.get("headers", ()):
+                    if key == FLAG_HEADER:
+                        seen[1] = value.decode("latin-1")
+            await send(message)
+
+        try:
+            await self._admit(
+                scope, receive, observing_send, state, headers, deadline_value, forged
+            )
+        finally:
+            info = state.get("mesh")
+            if isinstance(info, PeerInfo):
+                peer = info.peer
+            else:
+                tls = scope.get("extensions", _EMPTY).get("tls")
+                peer = tls.get("spiffe_id") if tls is not None else None
+            call.finish(status=seen[0], peer=peer, flag=seen[1])
+
+    async def _admit(
         self,
-        telemetry: MeshTelemetry,
         scope: Scope,
         receive: Receive,
         send: Send,
         state: dict[str, Any],
+        headers: Any,
+        deadline_value: bytes | None,
+        forged: bool,
     ) -> None:
-        """Serve one request inside a SERVER span, then record its metrics."""
-        started = time.perf_counter()
-        seen: dict[str, Any] = {"status": 500, "flag": None}
-        span: trace.Span | None = None
-        token = None
-        try:
-            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            incoming = extract(carrier)  # the caller's span context and its baggage
-            span = telemetry.tracer.start_span(
-                scope["method"],
-                context=incoming,
-                kind=trace.SpanKind.SERVER,
-                attributes={
-                    "http.request.method": scope["method"],
-                    "url.path": scope["path"],
-                    "url.scheme": scope.get("scheme", "http"),
-                },
-            )
-            token = otel_context.attach(trace.set_span_in_context(span, incoming))
-        except Exception:  # telemetry never fails a request
-            span = None
-
-        async def observing_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                seen["status"] = message["status"]
-                for key, value in message.get("headers", ()):
-                    if key == FLAG_HEADER:
-                        seen["flag"] = value.decode("latin-1")
-            await send(message)
-
-        try:
-            await self._admit(scope, receive, observing_send, state)
-        finally:
-            info = state.get("mesh")
-            peer = info.peer if isinstance(info, PeerInfo) else _peer_of(scope)
-            trace_id = None
-            try:
-                if token is not None:
-                    otel_context.detach(token)
-                if span is not None:
-                    span.set_attribute("http.response.status_code", seen["status"])
-                    if peer is not None:
-                        span.set_attribute("mesh.peer.spiffe_id", peer)
-                    if seen["flag"] is not None:
-                        span.set_attribute("mesh.flag", seen["flag"])
-                    if seen["status"] >= 500:
-                        span.set_status(trace.StatusCode.ERROR)
-                    context = span.get_span_context()
-                    trace_id = format(context.trace_id, "032x") if context.is_valid else None
-                    span.end()
-            except Exception:
-                trace_id = None
-            telemetry.http_server_done(
-                method=scope["method"],
-                status=seen["status"],
-                duration=time.perf_counter() - started,
-                peer=peer,
-                flag=seen["flag"],
-                path=scope["path"],
-                trace_id=trace_id,
-            )
-
-    async def _admit(
-        self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any]
-    ) -> None:
-        """Identity, PeerAuthentication, authorization, rate limit, deadline; then the app."""
-        engine = self.mesh.engine
-        tls = scope.get("extensions", {}).get("tls")
-        peer: str | None = None
+        """Decide with the admission of the active snapshot; then refuse or run the app."""
+        admission = self._admission.get()
+        tls = scope.get("extensions", _EMPTY).get("tls")
+        deadline = None
+        if deadline_value is not None:
+            deadline = parse_deadline_header(deadline_value.decode("latin-1"), time.monotonic())
         if tls is not None:
             peer = tls.get("spiffe_id")
-            if peer is None:
-                reason = tls.get("client_cert_error") or "no client certificate"
-                return await _refuse(
-                    scope,
-                    send,
-                    403,
-                    "INVALID_PEER_CERT",
-                    {"error": f"peer certificate is not a valid X.509-SVID: {reason}"},
-                )
-        elif engine.peer_mode == "STRICT":
-            return await _refuse(
-                scope,
-                send,
-                403,
-                "PLAINTEXT_REFUSED",
-                {
-                    "error": "plaintext request refused: PeerAuthentication mode is STRICT, "
-                    "mutual TLS is required",
-                    "mechanism": "PeerAuthentication",
-                },
+            decision = admission.decide(
+                secure=True,
+                peer=peer,
+                method=scope.get("method", "GET"),
+                path=scope["path"],
+                peer_error=None if peer is not None else tls.get("client_cert_error"),
+                deadline=deadline,
             )
-        verdict = engine.authorize(peer, scope.get("method", "GET"), scope["path"])
-        if not verdict.allowed:
-            return await _refuse(
-                scope,
-                send,
-                403,
-                "AUTHZ_DENIED",
-                {
-                    "error": "RBAC: access denied",
-                    "mechanism": "AuthorizationPolicy",
-                    "policy": verdict.policy,
-                    "rule": verdict.rule,
-                    "reason": verdict.reason,
-                    "peer": peer,
-                },
+        else:
+            peer = None
+            decision = admission.decide(
+                secure=False,
+                peer=None,
+                method=scope.get("method", "GET"),
+                path=scope["path"],
+                deadline=deadline,
             )
-        limiter = self._limiter(engine)
-        if limiter is not None:
-            wait = limiter.check(peer)
-            if wait > 0:
-                after = retry_after_header(wait)
-                return await _refuse(
-                    scope,
-                    send,
-                    429,
-                    "RATE_LIMITED",
-                    {"error": "rate limited by RateLimit policy", "mechanism": "RateLimit",
-                     "retryAfter": int(after)},
-                    ((b"retry-after", after.encode()),),
-                )  # fmt: skip
-        deadline = None
-        for key, value in scope.get("headers", ()):
-            if key == _DEADLINE_KEY:
-                now = time.monotonic()
-                deadline = parse_deadline_header(value.decode("latin-1"), now)
-                if deadline is not None and deadline <= now:
-                    return await _refuse(
-                        scope,
-                        send,
-                        504,
-                        "DEADLINE_EXCEEDED",
-                        {"error": "the caller's deadline had passed on arrival"},
-                    )
-                break
-        set_xfcc(scope, _own_id(self.mesh), peer)
-        state["mesh"] = PeerInfo(peer, peer is not None, engine.version, deadline)
+        if isinstance(decision, Refusal):
+            return await _refuse(scope, send, decision)
+        # XFCC is the mesh's: drop a caller-sent one, add ours for an mTLS caller.
+        if forged:
+            headers = [(k, v) for k, v in headers if k != XFCC_HEADER]
+            scope["headers"] = headers
+        if peer is not None:
+            if not isinstance(headers, list):
+                headers = scope["headers"] = list(headers)
+            headers.append((XFCC_HEADER, self._xfcc_for(peer)))
+        state["mesh"] = decision
         if deadline is None:
             return await self.app(scope, receive, send)
         token = current_deadline.set(deadline)
@@ -320,3 +237,11 @@ class MeshMiddleware:
             await self.app(scope, receive, send)
         finally:
             current_deadline.reset(token)
+
+
+def _own_id(mesh: object) -> str | None:
+    try:
+        own = getattr(mesh, "spiffe_id", None)
+    except Exception:  # no SVID yet: XFCC then names only the caller
+        return None
+    return own if isinstance(own, str) else None
