@@ -2,9 +2,10 @@
 
 :class:`AdmissionCache` answers the admission for the engine it is given, rebuilding only
 when that engine is not the one it last saw (one ``is`` comparison per request, no other
-change detection). :func:`admission_of` prefers an admission the mesh already built
-(``mesh.view.admission``) and falls back to a cache shared per mesh object, so the HTTP
-middleware and the gRPC interceptors of one process spend from the same rate limit.
+change detection). :class:`AdmissionSource` prefers the admission the mesh built at install
+(``mesh.view.inbound``, see :mod:`meshlib.runtime.view`) and falls back to a cache shared
+per mesh object, so the HTTP middleware and the gRPC interceptors of one process spend
+from the same rate limit.
 """
 
 from __future__ import annotations
@@ -55,19 +56,21 @@ def _cache_for(mesh: object) -> AdmissionCache:
 class AdmissionSource:
     """Per-adapter handle: the mesh's published admission, else the shared cache's."""
 
-    __slots__ = ("_cache", "_mesh")
+    __slots__ = ("_cache", "_has_view", "_mesh")
 
     def __init__(self, mesh: Any) -> None:
         self._mesh = mesh
         self._cache: AdmissionCache | None = None
+        # Decided once: a holder without an active view (tests, tools) skips the lookup.
+        self._has_view = hasattr(type(mesh), "view") or "view" in getattr(mesh, "__dict__", ())
 
     def get(self) -> Admission:
         """The admission for the mesh's active snapshot."""
         mesh = self._mesh
-        view = getattr(mesh, "view", None)
-        admission = getattr(view, "admission", None) if view is not None else None
-        if isinstance(admission, Admission):
-            return admission
+        if self._has_view:
+            admission = getattr(mesh.view, "inbound", None)
+            if isinstance(admission, Admission):
+                return admission  # built at install: no change detection at all
         cache = self._cache
         if cache is None:
             cache = self._cache = _cache_for(mesh)
