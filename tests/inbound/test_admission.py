@@ -68,13 +68,13 @@ def decide(admission: Admission, peer: str | None = ORDERS, **kw: object) -> obj
     return admission.decide(**args)  # type: ignore[arg-type]
 
 
-def test_mtls_caller_is_admitted_with_its_identity():
+def test_mtls_caller_is_admitted_with_its_identity() -> None:
     """A validated SPIFFE ID comes back as an authenticated PeerInfo of the snapshot."""
     got = decide(Admission.build(engine()))
     assert got == PeerInfo(ORDERS, True, "v1")
 
 
-def test_invalid_peer_certificate_is_refused_with_the_reason():
+def test_invalid_peer_certificate_is_refused_with_the_reason() -> None:
     """A TLS caller without a valid SVID: 403 / UNAUTHENTICATED, the reason in the message."""
     got = decide(Admission.build(engine()), None, secure=True, peer_error="2 URI SANs")
     assert isinstance(got, Refusal)
@@ -84,7 +84,7 @@ def test_invalid_peer_certificate_is_refused_with_the_reason():
     assert isinstance(missing, Refusal) and "no client certificate" in missing.message
 
 
-def test_strict_refuses_plaintext():
+def test_strict_refuses_plaintext() -> None:
     """STRICT: a plaintext caller gets PLAINTEXT_REFUSED, 403 / UNAUTHENTICATED."""
     got = decide(Admission.build(engine("STRICT")), None)
     assert isinstance(got, Refusal)
@@ -92,20 +92,20 @@ def test_strict_refuses_plaintext():
     assert json.loads(got.body)["mechanism"] == "PeerAuthentication"
 
 
-def test_permissive_admits_plaintext_unauthenticated():
+def test_permissive_admits_plaintext_unauthenticated() -> None:
     """PERMISSIVE: plaintext is admitted with no peer; mTLS callers are still identified."""
     admission = Admission.build(engine("PERMISSIVE"))
     assert decide(admission, None) == PeerInfo(None, False, "v1")
     assert decide(admission, ORDERS) == PeerInfo(ORDERS, True, "v1")
 
 
-def test_permissive_still_refuses_an_invalid_certificate():
+def test_permissive_still_refuses_an_invalid_certificate() -> None:
     """PERMISSIVE admits plaintext, not a TLS caller whose certificate failed the rules."""
     got = decide(Admission.build(engine("PERMISSIVE")), None, secure=True, peer_error="cA")
     assert isinstance(got, Refusal) and got.flag == "INVALID_PEER_CERT"
 
 
-def test_authorization_denial_names_policy_and_rule():
+def test_authorization_denial_names_policy_and_rule() -> None:
     """AUTHZ_DENIED: 403 / PERMISSION_DENIED; body and gRPC metadata name policy and rule."""
     admission = Admission.build(engine(authz=ONLY_ORDERS))
     got = decide(admission, FRONTEND)
@@ -120,13 +120,13 @@ def test_authorization_denial_names_policy_and_rule():
     assert decide(admission, ORDERS) == PeerInfo(ORDERS, True, "v1")
 
 
-def test_plaintext_never_matches_a_principal_rule():
+def test_plaintext_never_matches_a_principal_rule() -> None:
     """PERMISSIVE plaintext against a principals rule is denied by authorization."""
     got = decide(Admission.build(engine("PERMISSIVE", ONLY_ORDERS)), None)
     assert isinstance(got, Refusal) and got.flag == "AUTHZ_DENIED" and got.peer is None
 
 
-def test_rate_limit_refuses_with_retry_after():
+def test_rate_limit_refuses_with_retry_after() -> None:
     """An empty bucket: 429 / RESOURCE_EXHAUSTED with Retry-After and retry-after-ms."""
     clock = Clock()
     admission = Admission.build(engine(limit=rate_limit(0.5, 2)), clock=clock)
@@ -143,7 +143,7 @@ def test_rate_limit_refuses_with_retry_after():
     assert isinstance(decide(admission), PeerInfo)
 
 
-def test_refused_before_rate_limited_spends_no_token():
+def test_refused_before_rate_limited_spends_no_token() -> None:
     """Authorization runs before the rate limit: denied callers do not drain the bucket."""
     clock = Clock()
     admission = Admission.build(engine(authz=ONLY_ORDERS, limit=rate_limit(1, 1)), clock=clock)
@@ -153,7 +153,7 @@ def test_refused_before_rate_limited_spends_no_token():
     assert isinstance(decide(admission, ORDERS), PeerInfo)
 
 
-def test_per_caller_rate_limit_keeps_callers_apart():
+def test_per_caller_rate_limit_keeps_callers_apart() -> None:
     """perCaller: one caller's empty bucket does not refuse another caller."""
     clock = Clock()
     admission = Admission.build(engine(limit=rate_limit(1, 1, per_caller=True)), clock=clock)
@@ -162,7 +162,7 @@ def test_per_caller_rate_limit_keeps_callers_apart():
     assert isinstance(decide(admission, FRONTEND), PeerInfo)
 
 
-def test_unchanged_rate_limit_carries_its_bucket_over():
+def test_unchanged_rate_limit_carries_its_bucket_over() -> None:
     """A new snapshot with an equal RateLimit keeps the drained bucket (no refill)."""
     clock = Clock()
     first = Admission.build(engine(limit=rate_limit(1, 1)), clock=clock)
@@ -173,7 +173,7 @@ def test_unchanged_rate_limit_carries_its_bucket_over():
     assert isinstance(got, Refusal) and got.flag == "RATE_LIMITED"
 
 
-def test_changed_rate_limit_starts_a_fresh_bucket():
+def test_changed_rate_limit_starts_a_fresh_bucket() -> None:
     """A changed RateLimit gets a new, full bucket; a removed one admits everything."""
     clock = Clock()
     first = Admission.build(engine(limit=rate_limit(1, 1)), clock=clock)
@@ -187,7 +187,7 @@ def test_changed_rate_limit_starts_a_fresh_bucket():
     assert all(isinstance(decide(removed), PeerInfo) for _ in range(5))
 
 
-def test_expired_deadline_is_refused():
+def test_expired_deadline_is_refused() -> None:
     """A deadline already passed on arrival: 504 / DEADLINE_EXCEEDED."""
     clock = Clock()
     admission = Admission.build(engine(), clock=clock)
@@ -196,21 +196,21 @@ def test_expired_deadline_is_refused():
     assert (got.flag, got.status, got.grpc_code) == ("DEADLINE_EXCEEDED", 504, "DEADLINE_EXCEEDED")
 
 
-def test_live_deadline_reaches_the_peer_info():
+def test_live_deadline_reaches_the_peer_info() -> None:
     """A deadline still ahead is admitted and carried in the PeerInfo."""
     clock = Clock()
     got = decide(Admission.build(engine(), clock=clock), deadline=clock.now + 1.5)
     assert got == PeerInfo(ORDERS, True, "v1", clock.now + 1.5)
 
 
-def test_order_identity_before_authorization_before_rate_limit():
+def test_order_identity_before_authorization_before_rate_limit() -> None:
     """The first failing check decides: an invalid cert is reported, not the authz denial."""
     admission = Admission.build(engine(authz=ONLY_ORDERS, limit=rate_limit(1, 1)))
     got = decide(admission, None, secure=True, peer_error="bad")
     assert isinstance(got, Refusal) and got.flag == "INVALID_PEER_CERT"
 
 
-def test_cache_rebuilds_only_for_a_new_engine():
+def test_cache_rebuilds_only_for_a_new_engine() -> None:
     """AdmissionCache returns the same object for the same engine and carries the bucket."""
     cache = AdmissionCache()
     first_engine = engine(limit=rate_limit(1, 1))
@@ -220,7 +220,7 @@ def test_cache_rebuilds_only_for_a_new_engine():
     assert second is not first and second.limiter is first.limiter
 
 
-def test_source_prefers_the_admission_built_at_install():
+def test_source_prefers_the_admission_built_at_install() -> None:
     """AdmissionSource returns view.inbound when the mesh publishes one."""
     built = Admission.build(engine())
 
@@ -237,7 +237,7 @@ def test_source_prefers_the_admission_built_at_install():
     assert AdmissionSource(MeshWithView()).get() is built
 
 
-def test_source_shares_one_admission_per_mesh():
+def test_source_shares_one_admission_per_mesh() -> None:
     """Two adapters (HTTP and gRPC) of one mesh spend from the same limiter."""
 
     class Holder:
