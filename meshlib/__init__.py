@@ -10,7 +10,7 @@ Public surface (see docs/concepts.md)::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshlib.config import MeshConfig
 from meshlib.errors import (
@@ -30,8 +30,11 @@ from meshlib.errors import (
     StartTimeout,
     UnknownServiceError,
 )
-from meshlib.integrations.asgi import MeshMiddleware, PeerInfo
 from meshlib.mesh import Mesh
+
+if TYPE_CHECKING:
+    from meshlib.integrations.asgi import MeshMiddleware, PeerInfo
+    from meshlib.integrations.uvicorn import MeshServer, aserve, serve
 
 __all__ = [
     "CircuitOpen",
@@ -62,9 +65,14 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # uvicorn is an optional extra: import it only when a server is asked for.
+    # Server-side names are imported on first use: a client-only service never loads them,
+    # and uvicorn is an optional extra.
     if name in ("serve", "aserve", "MeshServer"):
         from meshlib.integrations import uvicorn as _uvicorn
 
         return getattr(_uvicorn, name)
+    if name in ("MeshMiddleware", "PeerInfo"):
+        from meshlib.integrations import asgi as _asgi
+
+        return getattr(_asgi, name)
     raise AttributeError(f"module 'meshlib' has no attribute {name!r}")

@@ -8,10 +8,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import httpx
-from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from meshlib.config import MeshConfig
@@ -27,6 +26,9 @@ from meshlib.runtime.agent import Agent
 from meshlib.telemetry.metrics import MeshTelemetry
 from meshlib.traffic.balancers import StatsRegistry
 from meshlib.traffic.calls import RuntimeRegistry
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
 
 __all__ = ["Mesh"]
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry.metrics import CallbackOptions, Observation
+if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, Observation
 
 __all__ = ["MAX_SERIES", "LocalCounter", "LocalGauge", "LocalHistogram", "LocalMeter"]
 
@@ -121,13 +122,16 @@ class LocalGauge:
         out: list[tuple[Key, float]] = []
         for callback in self._callbacks:
             try:
-                observations = list(callback(CallbackOptions()))
+                # meshlib's own callbacks ignore the options; build none at import time
+                observations = list(callback(_NO_OPTIONS))
             except Exception:
                 continue
             for obs in observations:
                 out.append((tuple((obs.attributes or {}).items()), float(obs.value)))
         return out
 
+
+_NO_OPTIONS: Any = None
 
 Instrument = LocalHistogram | LocalCounter | LocalGauge
 

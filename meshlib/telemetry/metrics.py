@@ -26,13 +26,15 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import trace
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from meshlib.telemetry.local import LocalMeter
 from meshlib.telemetry.prometheus import render_local
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 __all__ = ["DURATION_BUCKETS", "MeshTelemetry", "workload_of"]
 
@@ -194,6 +196,8 @@ class MeshTelemetry:
 
     def _observe(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            from opentelemetry.metrics import Observation  # only when a gauge is read
+
             source = self._gauges.get(name)
             if source is None:
                 return []
