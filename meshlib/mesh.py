@@ -23,9 +23,9 @@ from meshlib.policy.snapshot import encode_snapshot
 from meshlib.resilience.decorator import resilient
 from meshlib.runtime.admin import AdminServer, json_page
 from meshlib.runtime.agent import Agent
+from meshlib.runtime.view import ActiveView, build_view
 from meshlib.telemetry.metrics import MeshTelemetry
 from meshlib.traffic.balancers import StatsRegistry
-from meshlib.traffic.calls import RuntimeRegistry
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -101,7 +101,7 @@ class Mesh:
     ) -> None:
         self.config = config
         self._tls: TLSContexts | None = None
-        self._engine: PolicyEngine | None = None
+        self._view: ActiveView | None = None
         self._installed_at = time.monotonic()
         self.stats = StatsRegistry()
         self.telemetry = MeshTelemetry(
@@ -113,9 +113,6 @@ class Mesh:
         )
         self.telemetry.gauge_source("mesh.certificate.expiry", self._certificate_expiry)
         self.telemetry.gauge_source("mesh.snapshot.age", self._snapshot_age)
-        self.runtimes = RuntimeRegistry(
-            self.stats, zone=config.labels.get("zone"), hooks=self.telemetry
-        )
         self._admin: AdminServer | None = None
         self._agent = Agent(config, on_identity=self._install_identity, on_engine=self._install)
         self._started = False
@@ -142,7 +139,15 @@ class Mesh:
             self._tls.update(svid)
 
     def _install(self, engine: PolicyEngine) -> None:
-        self._engine = engine  # one assignment: the request path never sees a mix
+        """Build the active view of *engine* (on the agent's thread) and publish it."""
+        view = build_view(
+            engine,
+            self._view,
+            stats=self.stats,
+            zone=self.config.labels.get("zone"),
+            hooks=self.telemetry,
+        )
+        self._view = view  # one assignment: the request path never sees a mix
         self._installed_at = time.monotonic()
 
     def _certificate_expiry(self) -> tuple[float, dict[str, str]] | None:
@@ -152,9 +157,10 @@ class Mesh:
         return left.total_seconds(), {"mesh.spiffe_id": str(self._tls.svid.spiffe_id)}
 
     def _snapshot_age(self) -> tuple[float, dict[str, str]] | None:
-        engine = self._engine
-        if engine is None:
+        view = self._view
+        if view is None:
             return None
+        engine = view.engine
         return time.monotonic() - self._installed_at, {"mesh.snapshot.version": engine.version}
 
     # ------------------------------------------------------------------ admin port
@@ -167,15 +173,16 @@ class Mesh:
             return json_page({"live": True})
 
         def ready() -> tuple[int, str, bytes]:
-            ok = self._engine is not None and self._tls is not None
+            ok = self._view is not None and self._tls is not None
             if ok and self._tls is not None:
                 ok = self._tls.svid.not_after > datetime.now(UTC)
             return json_page({"ready": ok}, 200 if ok else 503)
 
         def snapshot() -> tuple[int, str, bytes]:
-            engine = self._engine
-            if engine is None:
+            view = self._view
+            if view is None:
                 return json_page({"error": "no snapshot yet"}, 503)
+            engine = view.engine
             return json_page(
                 {
                     "appliedAgoSeconds": time.monotonic() - self._installed_at,
@@ -215,11 +222,16 @@ class Mesh:
 
     @property
     def engine(self) -> PolicyEngine:
-        """The active policy engine (read on every request, without locks)."""
-        engine = self._engine
-        if engine is None:
+        """The active policy engine."""
+        return self.view.engine
+
+    @property
+    def view(self) -> ActiveView:
+        """The active view (read on every request, without locks; one reference)."""
+        view = self._view
+        if view is None:
             raise MeshError("the mesh is not started: call mesh.start() first")
-        return engine
+        return view
 
     @property
     def tls(self) -> TLSContexts:
@@ -324,27 +336,22 @@ class Mesh:
     def _client_context(self) -> Any:
         return self.tls.client_context()
 
-    def _engine_now(self) -> PolicyEngine:
-        return self.engine
+    def _view_now(self) -> ActiveView:
+        view = self._view
+        if view is None:
+            raise MeshError("the mesh is not started: call mesh.start() first")
+        return view
 
     def transport(self) -> MeshTransport:
         """A sync httpx transport that routes ``http://<service>/…`` over the mesh."""
         return MeshTransport(
-            engine=self._engine_now,
-            tls=self._client_context,
-            stats=self.stats,
-            runtimes=self.runtimes,
-            telemetry=self.telemetry,
+            view=self._view_now, tls=self._client_context, telemetry=self.telemetry
         )
 
     def async_transport(self) -> AsyncMeshTransport:
         """An async httpx transport that routes ``http://<service>/…`` over the mesh."""
         return AsyncMeshTransport(
-            engine=self._engine_now,
-            tls=self._client_context,
-            stats=self.stats,
-            runtimes=self.runtimes,
-            telemetry=self.telemetry,
+            view=self._view_now, tls=self._client_context, telemetry=self.telemetry
         )
 
     def resilient(
@@ -362,7 +369,7 @@ class Mesh:
             DeadlineExceeded: the policy's timeout passed.
             UnknownServiceError: no TrafficPolicy (or service) of that name is in the snapshot.
         """
-        return resilient(self._engine_now, self.runtimes, name, retry_on=retry_on)
+        return resilient(self._view_now, name, retry_on=retry_on)
 
     def client(self, **kwargs: Any) -> httpx.Client:
         """An ``httpx.Client`` whose calls to mesh services go over mTLS, by policy."""

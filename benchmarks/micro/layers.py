@@ -17,11 +17,12 @@ def measure_layers(profile: Profile) -> list[dict[str, Any]]:
     """ns per request of each in-process layer of the mesh transport."""
     from opentelemetry import trace
 
-    from meshlib.integrations.httpx_mesh import MeshTransport, _Call
+    from meshlib.integrations.httpx_call import HttpCall
+    from meshlib.integrations.httpx_mesh import MeshTransport
     from meshlib.resilience.retry import Outcome, build_retrying
+    from meshlib.runtime.view import build_view
     from meshlib.telemetry.metrics import MeshTelemetry
     from meshlib.traffic.balancers import LeastRequest, StatsRegistry
-    from meshlib.traffic.calls import RuntimeRegistry
 
     server_id = f"spiffe://{TRUST_DOMAIN}/ns/default/sa/backend"
     engine = make_engine(
@@ -33,8 +34,10 @@ def measure_layers(profile: Profile) -> list[dict[str, Any]]:
     request = httpx.Request("GET", f"http://backend{PATH}", headers={"accept": "*/*"})
     headers = request.headers
     stats = StatsRegistry()
-    runtimes = RuntimeRegistry(stats, zone=None)
-    runtime = runtimes.get(service)
+    view = build_view(engine, None, stats=stats)
+    destination = view.resolve("backend")
+    assert destination is not None
+    runtime = destination.runtime
     plan = service.route("GET", PATH, headers)
     assert plan.name == "api", plan.name
     endpoint = plan.backends[0].endpoints[0]
@@ -61,12 +64,12 @@ def measure_layers(profile: Profile) -> list[dict[str, Any]]:
         sync(lambda: service.route("GET", PATH, headers)),
         "CompiledService.route",
     )
-    add("routing", "runtime lookup", sync(lambda: runtimes.get(service)), "RuntimeRegistry.get")
+    add("routing", "runtime lookup", sync(lambda: view.resolve("backend")), "ActiveView.resolve")
     add(
         "call",
         "per-call bookkeeping (deadline, retry safety, fault)",
-        sync(lambda: _Call(service, runtime, plan, request, clock)),
-        "httpx_mesh._Call",
+        sync(lambda: HttpCall(destination, plan, request, clock, None)),
+        "httpx_call.HttpCall",
     )
     add(
         "balancer",
@@ -107,29 +110,35 @@ def measure_layers(profile: Profile) -> list[dict[str, Any]]:
     add("admission", "pool admission + budget deposit", sync(admission), "ServiceRuntime.admit")
 
     call_ns = rows[3]["median_ns"]
+
+    def prepare_attempt() -> None:
+        call = HttpCall(destination, plan, request, clock, None)
+        call.driver.begin()  # picks the endpoint (ServiceRuntime.choose), admits
+        call.attempt_request()
+        call.driver.close()
+
     choose_ns = rows[5]["median_ns"]
     add(
         "call",
         "build the attempt (headers copy, deadline header, trace context, request)",
         time_sync(
-            lambda: _Call(service, runtime, plan, request, clock).prepare_attempt(),
+            prepare_attempt,
             profile,
             overhead=empty + call_ns + choose_ns,  # it calls ServiceRuntime.choose
         ),
-        "_Call.prepare_attempt",
+        "HttpCall.attempt_request",
     )
 
     def direct() -> httpx.Response:
         return response
 
     def retried() -> httpx.Response:
-        call = _Call(service, runtime, plan, request, clock)
+        call = HttpCall(destination, plan, request, clock, None)
         retrying = build_retrying(
             plan.retries,
             budget=runtime.budget,
-            should_retry=call.retry_outcome,
-            deadline=call.deadline,
-            on_budget_exhausted=call.on_budget_exhausted,
+            should_retry=lambda _result: None,
+            deadline=call.driver.deadline,
             async_=False,
         )
         result: httpx.Response = retrying(direct)
@@ -146,13 +155,12 @@ def measure_layers(profile: Profile) -> list[dict[str, Any]]:
         return response
 
     async def aretried() -> httpx.Response:
-        call = _Call(service, runtime, plan, request, clock)
+        call = HttpCall(destination, plan, request, clock, None)
         retrying = build_retrying(
             plan.retries,
             budget=runtime.budget,
-            should_retry=call.retry_outcome,
-            deadline=call.deadline,
-            on_budget_exhausted=call.on_budget_exhausted,
+            should_retry=lambda _result: None,
+            deadline=call.driver.deadline,
             async_=True,
         )
         result: httpx.Response = await retrying(adirect)
@@ -175,10 +183,8 @@ def measure_layers(profile: Profile) -> list[dict[str, Any]]:
     try:
         transports = {
             name: MeshTransport(
-                engine=lambda: engine,
+                view=lambda: view,
                 tls=lambda: None,
-                stats=stats,
-                runtimes=runtimes,
                 telemetry=tel,
             )
             for name, tel in (("off", None), ("noop", telemetry_api), ("sdk", telemetry_sdk))

@@ -24,6 +24,7 @@ def _path_clients(
 ) -> dict[str, tuple[str, Callable[[], Any], bool]]:
     """name → (url, client factory, is_async)."""
     from meshlib.integrations.httpx_mesh import AsyncMeshTransport, MeshTransport
+    from meshlib.runtime.view import standalone_view
     from meshlib.traffic.balancers import StatsRegistry
 
     server_id = str(ids.server.spiffe_id)
@@ -36,9 +37,8 @@ def _path_clients(
     def mesh(is_async: bool, telemetry: Any) -> Callable[[], Any]:
         def make() -> Any:
             kwargs: dict[str, Any] = {
-                "engine": lambda: engine,
+                "view": standalone_view(engine, stats=StatsRegistry()),
                 "tls": lambda: ctx,
-                "stats": StatsRegistry(),
                 "telemetry": telemetry,
             }
             if is_async:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from meshlib.errors import PolicyError
@@ -45,6 +45,15 @@ class Endpoint:
     labels: tuple[tuple[str, str], ...]  # sorted by name
     mode: str  # "library" | "sidecar"
     spiffe_id: str
+    # Precomputed once (read several times per request): ``address:port`` with IPv6
+    # addresses in brackets, the key of per-endpoint state; and the ``zone`` label.
+    authority: str = field(init=False, repr=False, compare=False)
+    zone: str | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        object.__setattr__(self, "authority", f"{host}:{self.port}")
+        object.__setattr__(self, "zone", self.label("zone"))
 
     def label(self, name: str) -> str | None:
         """The value of label *name*, or None."""
@@ -52,17 +61,6 @@ class Endpoint:
             if key == name:
                 return value
         return None
-
-    @property
-    def zone(self) -> str | None:
-        """The ``zone`` label, used for locality-aware balancing."""
-        return self.label("zone")
-
-    @property
-    def authority(self) -> str:
-        """``address:port`` (IPv6 addresses in brackets); the key of per-endpoint state."""
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)

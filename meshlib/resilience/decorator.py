@@ -23,14 +23,15 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from meshlib.errors import CircuitOpen, DeadlineExceeded, PeerIdentityError, UnknownServiceError
-from meshlib.policy.engine import CompiledService, PolicyEngine
+from meshlib.policy.engine import CompiledService
 from meshlib.policy.model import DEFAULT_TIMEOUT
+from meshlib.resilience.breaker import BreakerRegistry
+from meshlib.resilience.budget import RetryBudget
 from meshlib.resilience.deadline import deadline_scope, effective_deadline
 from meshlib.resilience.retry import CONNECT_FAILURE, RESET, Outcome, build_retrying
-from meshlib.traffic.calls import RuntimeRegistry, ServiceRuntime
 
 __all__ = ["resilient"]
 
@@ -38,19 +39,42 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class _Runtime(Protocol):
+    """What the decorator uses of a destination's shared runtime."""
+
+    @property
+    def budget(self) -> RetryBudget: ...
+
+    @property
+    def breakers(self) -> BreakerRegistry: ...
+
+
+class _Destination(Protocol):
+    @property
+    def service(self) -> CompiledService: ...
+
+    @property
+    def runtime(self) -> _Runtime: ...
+
+
+class View(Protocol):
+    """The active view, as the decorator reads it (:class:`meshlib.runtime.view.ActiveView`)."""
+
+    def resolve(self, host: str) -> _Destination | None: ...
+
+
 class _Policy:
-    """What one decorated call needs, resolved from the active snapshot."""
+    """What one decorated call needs, resolved from the active view."""
 
     __slots__ = ("deadline", "key", "plan", "runtime", "service")
 
-    def __init__(
-        self, engine: PolicyEngine, runtimes: RuntimeRegistry, name: str, clock: Callable[[], float]
-    ) -> None:
-        service: CompiledService | None = engine.resolve(name)
-        if service is None:
+    def __init__(self, view: View, name: str, clock: Callable[[], float]) -> None:
+        destination = view.resolve(name)
+        if destination is None:
             raise UnknownServiceError(name)
+        service = destination.service
         self.service = service
-        self.runtime: ServiceRuntime = runtimes.get(service)
+        self.runtime: _Runtime = destination.runtime
         self.plan = service.call_plan
         timeout = self.plan.timeout if self.plan.timeout is not None else DEFAULT_TIMEOUT
         self.deadline = effective_deadline(timeout, clock())
@@ -74,8 +98,7 @@ class _Policy:
 
 
 def resilient(
-    engine: Callable[[], PolicyEngine],
-    runtimes: RuntimeRegistry,
+    view: Callable[[], View],
     name: str,
     *,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
@@ -96,7 +119,7 @@ def resilient(
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                policy = _Policy(engine(), runtimes, name, clock)
+                policy = _Policy(view(), name, clock)
 
                 async def attempt() -> Any:
                     policy.admit()
@@ -134,7 +157,7 @@ def resilient(
 
         @functools.wraps(fn)
         def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            policy = _Policy(engine(), runtimes, name, clock)
+            policy = _Policy(view(), name, clock)
 
             def attempt() -> R:
                 policy.admit()

@@ -29,13 +29,14 @@ never starts a retry that could not finish before it.
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, overload
 
 import tenacity
-from tenacity.wait import wait_base, wait_random_exponential
+from tenacity.wait import wait_base
 
 from meshlib.policy.model import GATEWAY_ERROR_STATUSES, Backoff, RetryPolicy
 from meshlib.resilience.budget import RetryBudget
@@ -49,11 +50,13 @@ __all__ = [
     "Outcome",
     "OutcomeKind",
     "attempt_deadline",
+    "backoff_delay",
     "backoff_wait",
     "build_retrying",
     "is_failure",
     "is_retry_safe",
     "is_retryable",
+    "retry_fits",
 ]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -146,16 +149,41 @@ def attempt_deadline(policy: RetryPolicy, deadline: float | None, now: float) ->
     return end if deadline is None else min(end, deadline)
 
 
-def backoff_wait(policy: Backoff) -> wait_base:
-    """Exponential backoff with full jitter, as a tenacity wait strategy.
+def backoff_delay(policy: Backoff, retry: int, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before retry number *retry* (0 for the first): full jitter.
 
-    Before retry *n* (``n = 0`` for the first) the wait is uniform in
-    ``[0, min(max_interval, base_interval * 2**n)]``: Envoy's algorithm, and the "full
-    jitter" of the AWS architecture blog.
+    Uniform in ``[0, min(max_interval, base_interval * 2**retry)]``: Envoy's algorithm,
+    and the "full jitter" of the AWS architecture blog. The one backoff formula of the
+    mesh: the call driver and the tenacity adapter both use it.
     """
-    return wait_random_exponential(
-        multiplier=policy.base_interval, max=max(policy.max_interval, policy.base_interval)
-    )
+    high = min(max(policy.max_interval, policy.base_interval), policy.base_interval * 2.0**retry)
+    return rand() * high
+
+
+class _Backoff(wait_base):
+    def __init__(self, policy: Backoff) -> None:
+        self._policy = policy
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        return backoff_delay(self._policy, retry_state.attempt_number - 1)
+
+
+def backoff_wait(policy: Backoff) -> wait_base:
+    """:func:`backoff_delay` as a tenacity wait strategy."""
+    return _Backoff(policy)
+
+
+def retry_fits(
+    policy: RetryPolicy, tries: int, delay: float, deadline: float | None, now: float
+) -> bool:
+    """Whether another try may start after *tries* tries and a *delay* backoff.
+
+    Within ``1 + attempts`` tries, and the backoff ends before the call's *deadline*. The
+    budget is consulted after this (a token is spent only on a retry that happens).
+    """
+    if tries >= 1 + max(policy.attempts, 0):
+        return False
+    return deadline is None or now + delay < deadline
 
 
 OnRetry: TypeAlias = Callable[[int, Outcome, float], None]
@@ -240,7 +268,6 @@ def build_retrying(
             instead of returning the last result.
         async_: build a ``tenacity.AsyncRetrying`` instead of a ``tenacity.Retrying``.
     """
-    max_attempts = 1 + max(policy.attempts, 0)
     last: list[Outcome | None] = [None]  # the outcome of the latest try, for the hooks
 
     def retry(state: tenacity.RetryCallState) -> bool:
@@ -255,9 +282,7 @@ def build_retrying(
         return outcome is not None and is_retryable(policy, outcome)
 
     def stop(state: tenacity.RetryCallState) -> bool:
-        if state.attempt_number >= max_attempts:
-            return True
-        if deadline is not None and clock() + state.upcoming_sleep >= deadline:
+        if not retry_fits(policy, state.attempt_number, state.upcoming_sleep, deadline, clock()):
             return True
         if budget.try_spend():
             return False
