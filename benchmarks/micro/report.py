@@ -13,7 +13,7 @@ SYNC_PATH = (
     "ServiceRuntime.choose",
     "EndpointStats",
     "ServiceRuntime.admit",
-    "_Call.prepare_attempt",
+    "HttpCall.attempt_request",
     "ServiceRuntime.record",
 )
 
