@@ -29,7 +29,7 @@ from meshlib.inbound.peer import PeerInfo
 from meshlib.inbound.refusal import FLAG_HEADER, Refusal
 from meshlib.policy.engine import PolicyEngine
 from meshlib.resilience.deadline import DEADLINE_HEADER, current_deadline, parse_deadline_header
-from meshlib.telemetry.server import ServerCall, propagation_fields, start_server_call
+from meshlib.telemetry.server import ServerCall, propagation_keys, start_server_call
 
 __all__ = ["FLAG_HEADER", "XFCC_HEADER", "MeshMiddleware", "PeerInfo", "set_xfcc"]
 
@@ -37,6 +37,7 @@ XFCC_HEADER = b"x-forwarded-client-cert"
 _DEADLINE_KEY = DEADLINE_HEADER.encode()
 _JSON = (b"content-type", b"application/json")
 _EMPTY: dict[str, Any] = {}
+_NO_KEYS: frozenset[bytes] = frozenset()
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -137,7 +138,7 @@ class MeshMiddleware:
         forged = False
         carrier: dict[str, str] | None = None
         telemetry = getattr(self.mesh, "telemetry", None) if kind == "http" else None
-        fields = propagation_fields() if telemetry is not None else _EMPTY
+        fields = propagation_keys() if telemetry is not None else _NO_KEYS
         headers = scope.get("headers", ())
         for key, value in headers:
             if key == _DEADLINE_KEY:

@@ -35,28 +35,37 @@ from opentelemetry.propagate import extract, get_global_textmap
 if TYPE_CHECKING:
     from meshlib.telemetry.metrics import MeshTelemetry
 
-__all__ = ["ServerCall", "propagation_fields", "start_server_call"]
+__all__ = ["ServerCall", "propagation_fields", "propagation_keys", "start_server_call"]
 
 log = logging.getLogger("meshlib.telemetry")
 
 Protocol = Literal["http", "grpc"]
 
-_fields: tuple[object, frozenset[str]] = (None, frozenset())
+_fields: tuple[object, frozenset[str], frozenset[bytes]] = (None, frozenset(), frozenset())
 
 
-def propagation_fields() -> frozenset[str]:
-    """The lower-case header names the global propagator reads (cached per propagator)."""
+def _cached_fields() -> tuple[object, frozenset[str], frozenset[bytes]]:
     global _fields
     propagator = get_global_textmap()
-    cached, names = _fields
-    if cached is propagator:
-        return names
+    cached = _fields
+    if cached[0] is propagator:
+        return cached
     try:
         names = frozenset(name.lower() for name in propagator.fields)
     except Exception:
         names = frozenset({"traceparent", "tracestate", "baggage"})
-    _fields = (propagator, names)
-    return names
+    _fields = (propagator, names, frozenset(n.encode("latin-1") for n in names))
+    return _fields
+
+
+def propagation_fields() -> frozenset[str]:
+    """The lower-case header names the global propagator reads (cached per propagator)."""
+    return _cached_fields()[1]
+
+
+def propagation_keys() -> frozenset[bytes]:
+    """:func:`propagation_fields` as ASGI header keys (lower-case bytes)."""
+    return _cached_fields()[2]
 
 
 class ServerCall:

@@ -100,3 +100,57 @@ def test_lifespan_passes_through():
 
     asyncio.run(MeshMiddleware(app, mesh=Holder(engine()))({"type": "lifespan"}, None, None))  # type: ignore[arg-type]
     assert got == ["lifespan"]
+
+
+def test_caller_trace_context_reaches_the_app_with_telemetry_on() -> None:
+    """With telemetry, the caller's traceparent is the trace the app runs in (no SDK needed)."""
+    from opentelemetry import trace
+
+    from meshlib.telemetry.metrics import MeshTelemetry
+
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen["trace"] = format(trace.get_current_span().get_span_context().trace_id, "032x")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    holder = Holder(engine())
+    holder.telemetry = MeshTelemetry(service="inventory", namespace="default")  # type: ignore[attr-defined]
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "headers": [(b"traceparent", f"00-{trace_id}-b7ad6b7169203331-01".encode())],
+        "extensions": {"tls": {"spiffe_id": ORDERS}},
+    }
+    asyncio.run(MeshMiddleware(app, mesh=holder)(scope, None, send))  # type: ignore[arg-type]
+    assert seen["trace"] == trace_id
+
+
+def test_forged_xfcc_is_replaced_by_the_mesh() -> None:
+    """A caller-sent XFCC never reaches the app; an mTLS caller's request gets URI=<peer>."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen["xfcc"] = [v for k, v in scope["headers"] if k == b"x-forwarded-client-cert"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "headers": [(b"x-forwarded-client-cert", b"URI=spiffe://evil/ns/x/sa/y")],
+        "extensions": {"tls": {"spiffe_id": ORDERS}},
+    }
+    asyncio.run(MeshMiddleware(app, mesh=Holder(engine()))(scope, None, send))  # type: ignore[arg-type]
+    assert seen["xfcc"] == [f"URI={ORDERS}".encode()]
