@@ -51,14 +51,14 @@ def call(e: PolicyEngine, tls: dict[str, Any] | None, path: str = "/items/1") ->
     return status, seen.get("info") if status == 200 else json.loads(body)
 
 
-def test_peer_identity_reaches_the_app():
+def test_peer_identity_reaches_the_app() -> None:
     """The caller's SPIFFE ID is exposed as scope['state']['mesh']."""
     status, info = call(engine(), {"spiffe_id": ORDERS, "client_cert_error": None})
     assert status == 200
     assert info == PeerInfo(ORDERS, True, "v1")
 
 
-def test_strict_refuses_plaintext_and_permissive_admits():
+def test_strict_refuses_plaintext_and_permissive_admits() -> None:
     """No TLS extension means plaintext: refused under STRICT, unauthenticated otherwise."""
     status, body = call(engine("STRICT"), None)
     assert status == 403 and body["flag"] == "PLAINTEXT_REFUSED"
@@ -66,14 +66,14 @@ def test_strict_refuses_plaintext_and_permissive_admits():
     assert status == 200 and info.peer is None and info.authenticated is False
 
 
-def test_invalid_peer_certificate_is_refused():
+def test_invalid_peer_certificate_is_refused() -> None:
     """A TLS peer whose certificate is not a valid SVID is refused with the reason."""
     status, body = call(engine(), {"spiffe_id": None, "client_cert_error": "2 URI SANs"})
     assert status == 403
     assert body["flag"] == "INVALID_PEER_CERT" and "2 URI SANs" in body["error"]
 
 
-def test_authorization_denial_names_the_rule():
+def test_authorization_denial_names_the_rule() -> None:
     """A denied request gets 403 with the policy and rule in the JSON body."""
     policy = """
 apiVersion: meshlib.io/v1
@@ -91,7 +91,7 @@ spec:
     assert status == 200
 
 
-def test_lifespan_passes_through():
+def test_lifespan_passes_through() -> None:
     """Non-HTTP scopes reach the app untouched."""
     got: list[str] = []
 
