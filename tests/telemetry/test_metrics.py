@@ -75,3 +75,14 @@ def test_mesh_accepts_meter_provider():
                         meter_provider=provider, admin_port=None)  # fmt: skip
     assert mesh.telemetry.meter_provider is provider and mesh.telemetry.local is None
     provider.shutdown()
+
+
+def test_sdk_metrics_data_still_renders_as_prometheus():
+    """render_prometheus keeps rendering SDK MetricsData (the SDK imported on that call)."""
+    from meshlib.telemetry.prometheus import render_prometheus
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    provider.get_meter("t").create_counter("mesh.x", unit="1").add(2, {"a": "b"})
+    assert 'mesh_x_total{a="b"} 2' in render_prometheus(reader.get_metrics_data())
+    provider.shutdown()
