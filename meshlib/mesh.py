@@ -17,6 +17,7 @@ from meshlib.config import MeshConfig
 from meshlib.errors import IdentityError, MeshError, StartTimeout
 from meshlib.identity.svid import SVID, certificate_fingerprint, load_pem_certificates
 from meshlib.identity.tls import TLSContexts
+from meshlib.inbound import Admission
 from meshlib.integrations.httpx_mesh import AsyncMeshTransport, MeshTransport
 from meshlib.policy.engine import PolicyEngine
 from meshlib.policy.snapshot import encode_snapshot
@@ -146,6 +147,7 @@ class Mesh:
             stats=self.stats,
             zone=self.config.labels.get("zone"),
             hooks=self.telemetry,
+            inbound=Admission.build,
         )
         self._view = view  # one assignment: the request path never sees a mix
         self._installed_at = time.monotonic()

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 from meshlib.errors import UnknownServiceError
-from meshlib.integrations.httpx import AsyncIdentityTransport, IdentityTransport
+from meshlib.transport.checked import AsyncIdentityTransport, IdentityTransport
 from meshlib.integrations.httpx_call import ATTEMPTS_HEADER, HttpCall
 from meshlib.runtime.view import ActiveView, Destination
 from meshlib.telemetry.metrics import MeshTelemetry

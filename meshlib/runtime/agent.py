@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import threading
 import uuid
 from collections.abc import Callable, Coroutine
@@ -30,22 +29,20 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshlib.config import MeshConfig
-from meshlib.errors import ControlPlaneError, IdentityError, MeshError, PolicyError
+from meshlib.errors import ControlPlaneError, MeshError
 from meshlib.identity.keys import build_csr, generate_private_key, private_key_pem
 from meshlib.identity.spiffe import SpiffeId
 from meshlib.identity.svid import SVID
 from meshlib.identity.tls import build_client_context
 from meshlib.policy.engine import PolicyEngine
-from meshlib.policy.snapshot import decode_snapshot
 from meshlib.runtime.cache import WorkloadCache
 from meshlib.runtime.control_client import ControlClient
+from meshlib.runtime.loops import AgentLoops, backoff
 from meshlib.runtime.renewal import (
     RebootstrapCredential,
-    is_refusal,
     is_unusable,
     parse_token_fingerprint,
     rejoin,
-    renewal_backoff,
     sign_with_token,
 )
 
@@ -53,18 +50,12 @@ __all__ = ["Agent", "parse_token_fingerprint"]
 
 log = logging.getLogger("meshlib.agent")
 
-BACKOFF_BASE = 0.2
-BACKOFF_MAX = 5.0
 FIRST_CONTACT_TIMEOUT = 3.0
 STOP_GRACE = 1.0
 WATCH_STOP_GRACE = 0.1
 
 
-def _backoff(attempt: int) -> float:
-    return float(min(BACKOFF_MAX, BACKOFF_BASE * 2.0**attempt) * (0.5 + random.random() / 2))
-
-
-class Agent:
+class Agent(AgentLoops):
     """Background keeper of one workload's SVID, snapshot and registration.
 
     Args:
@@ -213,7 +204,7 @@ class Agent:
                     self.fatal = exc
                     return
                 log.warning("bootstrap failed, retrying: %s", exc)
-                await self._sleep(_backoff(attempt))
+                await self._sleep(backoff(attempt))
                 attempt += 1
             except MeshError as exc:
                 self.last_error = str(exc)
@@ -333,147 +324,3 @@ class Agent:
         self.spiffe_id = svid.spiffe_id
         self._svid_received_at = datetime.now(UTC)
         self._on_identity(svid)
-
-    def _install_snapshot_dict(self, body: dict[str, Any] | None, *, snapshot: Any = None) -> str:
-        """Decode, compile and publish; raises PolicyError (nothing changes) if invalid."""
-        if snapshot is None:
-            snapshot = decode_snapshot(body or {})
-        engine = PolicyEngine.compile(snapshot)
-        self.engine = engine
-        self._on_engine(engine)
-        if body is not None:
-            self.cache.save_snapshot(snapshot)
-        if self.svid is not None:
-            self.ready.set()
-        return str(snapshot.version)
-
-    async def _watch_once(self, version: str, timeout: float, *, wait: float) -> str:
-        assert self._client is not None
-        body = await asyncio.wait_for(
-            self._client.watch(version, wait, self.config.dependencies), timeout
-        )
-        if body is None:
-            return version
-        try:
-            applied = self._install_snapshot_dict(body)
-        except PolicyError as exc:
-            rejected = str(body.get("version", "?"))
-            log.error("rejected snapshot %s: %s", rejected, exc)
-            self.last_error = f"rejected snapshot {rejected}: {exc}"
-            await self._report(rejected, str(exc))
-            # Do not spin on the same bad version: wait for the next one.
-            return rejected
-        await self._report(applied, None)
-        return applied
-
-    async def _report(self, version: str, error: str | None) -> None:
-        assert self._client is not None
-        try:
-            await self._client.report(self.instance_id, version, error)
-        except ControlPlaneError as exc:  # reporting is best effort; the heartbeat repeats it
-            self.last_error = f"report failed: {exc}"
-
-    # ------------------------------------------------------------------ loops
-
-    def _stopping(self) -> bool:
-        return self._stop is not None and self._stop.is_set()
-
-    async def _sleep(self, seconds: float) -> None:
-        assert self._stop is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
-
-    async def _watch_loop(self) -> None:
-        version = self.engine.version if self.engine is not None else ""
-        attempt = 0
-        while not self._stopping():
-            try:
-                version = await self._watch_once(
-                    version, self.config.watch_wait + 15, wait=self.config.watch_wait
-                )
-                attempt = 0
-            except (ControlPlaneError, TimeoutError) as exc:
-                self.last_error = self._describe(exc)
-                await self._sleep(_backoff(attempt))
-                attempt += 1
-
-    def _describe(self, exc: Exception) -> str:
-        """*exc*, prefixed with the real cause when the SVID has expired."""
-        svid = self.svid
-        if svid is not None and is_unusable(svid, datetime.now(UTC)):
-            if self._renewal_error is not None:
-                return self._renewal_error  # the renew loop knows more than "unreachable"
-            return (
-                f"SVID expired at {svid.not_after.isoformat()} (rejoining with the "
-                f"re-bootstrap credential): {exc}"
-            )
-        return str(exc) or repr(exc)
-
-    def _registration(self) -> dict[str, Any]:
-        endpoint = self._endpoint or {}
-        return {
-            "address": endpoint.get("address", ""),
-            "port": endpoint.get("port", 0),
-            "plaintextPort": endpoint.get("plaintextPort"),
-            "adminPort": self.admin_port,
-            "labels": dict(self.config.labels),
-            "mode": self.mode,
-            "appliedVersion": self.engine.version if self.engine is not None else None,
-        }
-
-    async def _heartbeat_loop(self) -> None:
-        assert self._client is not None and self._wake_heartbeat is not None
-        while not self._stopping():
-            self._wake_heartbeat.clear()
-            interval = self.config.heartbeat_interval
-            try:
-                answer = await self._client.register(self.instance_id, self._registration())
-                ttl = answer.get("ttlSeconds")
-                if isinstance(ttl, int | float) and ttl > 0:
-                    # Three heartbeats per lease, so one lost beat never expires a live instance.
-                    interval = min(interval, ttl / 3)
-            except ControlPlaneError as exc:
-                self.last_error = self._describe(exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_heartbeat.wait(), interval)
-
-    def renew_delay(self) -> float:
-        """Seconds until renewal: half of the remaining lifetime, ±10 % jitter."""
-        assert self.svid is not None
-        remaining = (self.svid.not_after - self._svid_received_at).total_seconds()
-        elapsed = (datetime.now(UTC) - self._svid_received_at).total_seconds()
-        due = remaining * (0.5 + random.uniform(-0.1, 0.1))
-        return max(0.5, due - elapsed)
-
-    async def _renew_loop(self) -> None:
-        assert self._client is not None
-        attempt, refused = 0, False
-        while not self._stopping():
-            delay = (
-                self.renew_delay() if attempt == 0 else renewal_backoff(attempt, refused=refused)
-            )
-            await self._sleep(delay)
-            if self._stopping():
-                return
-            try:
-                await self._renew_once()
-                attempt, refused = 0, False
-                self._renewal_error = None
-            except (ControlPlaneError, IdentityError) as exc:
-                refused = isinstance(exc, ControlPlaneError) and is_refusal(exc)
-                self.last_error = self._renewal_error = f"renewal failed: {exc}"
-                log.warning("SVID renewal failed, retrying: %s", exc)
-                attempt += 1
-
-    async def _renew_once(self) -> None:
-        """Renew over mTLS while the SVID is valid; rejoin without it once it is not."""
-        assert self._client is not None and self.svid is not None
-        svid = self.svid
-        if is_unusable(svid, datetime.now(UTC)):
-            await self._rejoin(svid)
-            return
-        key = generate_private_key()
-        answer = await self._client.sign(
-            build_csr(key, svid.spiffe_id), instance_id=self.instance_id
-        )
-        self._accept(answer, key)

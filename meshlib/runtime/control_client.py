@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from meshlib.errors import ControlPlaneError
-from meshlib.integrations.httpx import AsyncIdentityTransport
+from meshlib.transport.checked import AsyncIdentityTransport
 
 __all__ = ["ControlClient", "fetch_bundle_unverified"]
 

@@ -93,8 +93,8 @@ def build_view(
         )
         pool_key = (service.spiffe_id, service.connection_pool.max_connections)
         destinations[service.key] = Destination(service, runtime, pool_key)
-    # SLOT (issue 12 item 2, H2): meshlib.inbound's Admission.build(engine, previous) is
-    # passed in as *inbound* by the Mesh once it exists; until then the view carries None.
+    # The Mesh passes meshlib.inbound's Admission.build: the inbound limiter and decision
+    # tables are built here too, once per snapshot, carried over when unchanged.
     admission = None
     if inbound is not None:
         admission = inbound(engine, previous.inbound if previous is not None else None)
