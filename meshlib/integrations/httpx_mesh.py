@@ -34,11 +34,11 @@ from typing import Any
 import httpx
 
 from meshlib.errors import UnknownServiceError
-from meshlib.transport.checked import AsyncIdentityTransport, IdentityTransport
 from meshlib.integrations.httpx_call import ATTEMPTS_HEADER, HttpCall
 from meshlib.runtime.view import ActiveView, Destination
 from meshlib.telemetry.metrics import MeshTelemetry
 from meshlib.traffic.driver import ABORT, DONE, SLEEP
+from meshlib.transport.checked import AsyncIdentityTransport, IdentityTransport
 
 __all__ = ["ATTEMPTS_HEADER", "AsyncMeshTransport", "MeshTransport"]
 
