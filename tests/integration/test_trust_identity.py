@@ -315,7 +315,7 @@ def test_endpoint_answered_by_another_identity_is_a_connect_failure(tmp_path):
         service = frontend.engine.resolve("orders")
         assert service is not None
         assert [e.port for e in service.endpoints if e.port == stale.port] == [stale.port]
-        runtime = frontend.runtimes.get(service)
+        runtime = frontend.view.destinations[service.key].runtime
         assert runtime.outliers.ejected() == {f"127.0.0.1:{stale.port}"}
     finally:
         if frontend is not None:
