@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import random
-import time
 from typing import Any
 
 import httpx
 from opentelemetry import trace
 from opentelemetry.propagate import inject
 
-from meshlib.errors import PeerIdentityError, RequestError, RetryBudgetExhausted
+from meshlib.errors import PeerIdentityError, RetryBudgetExhausted
 from meshlib.policy.engine import RoutePlan
 from meshlib.policy.model import DEFAULT_TIMEOUT
 from meshlib.policy.snapshot import Endpoint
@@ -26,6 +25,7 @@ from meshlib.resilience.deadline import DEADLINE_HEADER, effective_deadline, for
 from meshlib.resilience.fault import NO_FAULT, decide_fault
 from meshlib.resilience.retry import CONNECT_FAILURE, RESET, TIMEOUT, Outcome, is_retry_safe
 from meshlib.runtime.view import Destination
+from meshlib.telemetry.client import ClientCall, start_client_call
 from meshlib.telemetry.metrics import MeshTelemetry
 from meshlib.traffic.driver import DONE, CallDriver
 
@@ -73,8 +73,7 @@ class HttpCall:
         "driver",
         "plan",
         "request",
-        "span",
-        "started",
+        "telemetry",
         "trace",
         "user_timeout",
     )
@@ -111,12 +110,23 @@ class HttpCall:
             fault=fault,
             clock=clock,
         )
-        self.span: trace.Span | None = None
-        self.trace: dict[str, str] | None = None
-        self.started = 0.0
         self.user_timeout: dict[str, Any] = request.extensions.get("timeout") or {}
+        self.telemetry: ClientCall | None = None
+        self.trace: dict[str, str] | None = None
         if telemetry is not None:
-            self._start_span(telemetry)
+            service = destination.service
+            self.telemetry = start_client_call(
+                telemetry,
+                protocol="http",
+                service=service.key,
+                method=request.method,
+                route=plan.name,
+                url=str(request.url),
+                peer_spiffe_id=service.spiffe_id,
+                fault_delay=fault.delay,
+                fault_abort=fault.abort_http,
+            )
+            self.trace = self.telemetry.trace_headers or None
         elif trace.get_current_span().get_span_context().is_valid:
             # Without telemetry, pass on the trace of the call being served (if any).
             with contextlib.suppress(Exception):
@@ -150,12 +160,9 @@ class HttpCall:
         if driver.attempts == 1:
             if self.trace is not None:
                 headers.update(self.trace)
-        elif self.span is not None:
+        elif self.telemetry is not None:
             endpoint = driver.endpoint.authority if driver.endpoint is not None else ""
-            with contextlib.suppress(Exception):  # telemetry never fails a request
-                self.span.add_event(
-                    "mesh.retry", {"mesh.attempt": driver.attempts, "mesh.endpoint": endpoint}
-                )
+            self.telemetry.retrying(attempt=driver.attempts, endpoint=endpoint)
         return request
 
     # ------------------------------------------------------------------ answers
@@ -213,79 +220,20 @@ class HttpCall:
 
     # ------------------------------------------------------------------ telemetry
 
-    def _start_span(self, telemetry: MeshTelemetry) -> None:
-        self.started = time.perf_counter()
-        with contextlib.suppress(Exception):  # telemetry never fails a request
-            service = self.destination.service
-            request = self.request
-            span = telemetry.tracer.start_span(
-                request.method,
-                kind=trace.SpanKind.CLIENT,
-                attributes={
-                    "http.request.method": request.method,
-                    "url.full": str(request.url),
-                    "server.address": service.key,
-                    "mesh.route": self.plan.name,
-                    "mesh.peer.spiffe_id": service.spiffe_id,
-                },
-            )
-            fault = self.driver.fault
-            if fault.delay > 0 or fault.abort_http is not None:
-                span.set_attribute("mesh.fault.delay", fault.delay)
-                if fault.abort_http is not None:
-                    span.set_attribute("mesh.fault.abort", fault.abort_http)
-            self.span = span
-            if span.is_recording() or span.get_span_context().is_valid:
-                carrier: dict[str, str] = {}
-                inject(carrier, context=trace.set_span_in_context(span))
-                self.trace = carrier or None
-
-    def observe_end(
-        self,
-        telemetry: MeshTelemetry | None,
-        response: httpx.Response | None,
-        error: BaseException | None,
-    ) -> None:
+    def observe_end(self, response: httpx.Response | None, error: BaseException | None) -> None:
         """Close the call's span and record its metrics; never raises."""
-        if telemetry is None:
+        call = self.telemetry
+        if call is None:
             return
-        try:
-            duration = time.perf_counter() - self.started
-            status = response.status_code if response is not None else None
-            flag = response.headers.get(FLAG_HEADER) if response is not None else None
-            if isinstance(error, RequestError):
-                flag = error.flag
-            attempts = self.driver.attempts
-            span = self.span
-            trace_id = None
-            if span is not None:
-                span.set_attribute("mesh.attempts", attempts)
-                if status is not None:
-                    span.set_attribute("http.response.status_code", status)
-                if flag is not None:
-                    span.set_attribute("mesh.flag", flag)
-                if error is not None:
-                    span.set_attribute("error.type", type(error).__name__)
-                    span.set_status(trace.StatusCode.ERROR, str(error)[:200])
-                elif status is not None and status >= 500:
-                    span.set_status(trace.StatusCode.ERROR)
-                context = span.get_span_context()
-                trace_id = format(context.trace_id, "032x") if context.is_valid else None
-                span.end()
-            telemetry.http_client_done(
-                service=self.destination.service.key,
-                method=self.request.method,
-                status=status,
-                error=type(error).__name__ if error is not None else None,
-                duration=duration,
-                attempts=attempts,
-                flag=flag,
-                route=self.plan.name,
-                path=self.request.url.path,
-                trace_id=trace_id,
+        if response is None:
+            call.finish(error=error, attempts=self.driver.attempts)
+        else:
+            call.finish(
+                status=response.status_code,
+                error=error,
+                attempts=self.driver.attempts,
+                flag=response.headers.get(FLAG_HEADER),
             )
-        except Exception:
-            return
 
     # ------------------------------------------------------------------ the loop's steps
 

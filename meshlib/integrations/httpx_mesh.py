@@ -81,7 +81,7 @@ class _Base:
         self, call: HttpCall, response: httpx.Response | None, error: BaseException | None
     ) -> None:
         """Close the call's span and record its metrics; never raises."""
-        call.observe_end(self._telemetry, response, error)
+        call.observe_end(response, error)
 
 
 class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):

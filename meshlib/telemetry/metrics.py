@@ -217,12 +217,22 @@ class MeshTelemetry:
 
     @property
     def tracer(self) -> trace.Tracer:
-        """meshlib's tracer (resolved lazily, so a provider the app sets later is honoured)."""
-        if self._tracer_provider is not None:
-            if self._tracer is None:
-                self._tracer = self._tracer_provider.get_tracer("meshlib")
-            return self._tracer
-        return trace.get_tracer("meshlib")
+        """meshlib's tracer, resolved once.
+
+        Without a provider of its own it is the global one's: before the app sets a global
+        provider that is OpenTelemetry's proxy tracer, which follows the provider set later,
+        so caching it still honours that provider (and spares a provider lookup, which
+        reads the environment, on every call).
+        """
+        tracer = self._tracer
+        if tracer is None:
+            provider = self._tracer_provider
+            tracer = self._tracer = (
+                provider.get_tracer("meshlib")
+                if provider is not None
+                else trace.get_tracer("meshlib")
+            )
+        return tracer
 
     def prometheus(self) -> str:
         """All metrics as Prometheus text (a comment when they go to a given provider)."""
