@@ -11,10 +11,6 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	# xds-protos ships old copies of opentelemetry/proto/*: reinstall the real ones last,
-	# or the OTLP exporter cannot import (docs/observability.md).
-	$(PY) -m pip install --quiet --force-reinstall --no-deps \
-		"opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	touch $(STAMP)
 
 # gRPC stubs for examples/protos/*.proto, generated (never committed) into examples/generated/

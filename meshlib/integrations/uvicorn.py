@@ -35,7 +35,7 @@ try:
     import uvicorn
     from uvicorn.protocols.http.h11_impl import H11Protocol
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("meshlib.serve needs uvicorn: pip install 'meshlib[fastapi]'") from exc
+    raise ImportError("meshlib.serve needs uvicorn: pip install 'inproc-mesh[fastapi]'") from exc
 
 if TYPE_CHECKING:
     from meshlib.mesh import Mesh

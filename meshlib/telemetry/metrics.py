@@ -91,8 +91,7 @@ def _otlp_tracer_provider(service: str, namespace: str) -> trace.TracerProvider 
     except ImportError as exc:
         log.warning(
             "OTEL_* asks for OTLP traces but the OTLP exporter cannot be imported (%s): "
-            "pip install 'meshlib[otlp]' (see docs/observability.md for the xds-protos "
-            "conflict); spans are not exported",
+            "pip install 'inproc-mesh[otlp]'; spans are not exported",
             exc,
         )
         return None

@@ -26,7 +26,7 @@ control service (snapshots are built here, scoped as it scopes them) and, for
 :meth:`TestMesh.client_for`, the TLS handshake of the *test's* call into the app under test
 (the peer certificate arrives as the ASGI TLS extension, as ``meshlib.serve`` provides it).
 
-Serving ``services`` needs uvicorn (``pip install 'meshlib[fastapi]'``); calling the app
+Serving ``services`` needs uvicorn (``pip install 'inproc-mesh[fastapi]'``); calling the app
 under test does not (an in-process ASGI transport, run on one event loop thread).
 """
 

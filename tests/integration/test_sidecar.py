@@ -399,8 +399,9 @@ def test_sidecar_refuses_bad_flags_with_the_field_named(mesh: Mesh, tmp_path: Pa
 def test_ads_refuses_a_node_that_is_not_its_certificate(mesh: Mesh) -> None:
     """The stream's client certificate decides which service's configuration it gets."""
     import grpc
-    from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
     from google.protobuf import json_format
+
+    from meshlib_control.xds.protos.envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
     client = mesh.client("client")
     svid = client.tls.svid

@@ -146,9 +146,10 @@ def ads_control(tmp_path: Path) -> Iterator[Control]:
 
 def _ads_call(control: Control, workload: Workload, node_id: str, service: str) -> Any:
     """An ADS stream as *workload* naming *node_id*; returns (call, requests queue)."""
-    from envoy.config.core.v3 import base_pb2
-    from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
     from google.protobuf import struct_pb2
+
+    from meshlib_control.xds.protos.envoy.config.core.v3 import base_pb2
+    from meshlib_control.xds.protos.envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
     address = httpx.get(f"{control.url}/v1/bundle", verify=_server_context(control)).json()[
         "xdsAddress"
@@ -182,8 +183,9 @@ def _ads_call(control: Control, workload: Workload, node_id: str, service: str) 
 def test_ads_stream_naming_another_identitys_instance_is_refused(ads_control, tmp_path):
     """alpha's SVID cannot open ADS as beta's instance: PERMISSION_DENIED, nothing written
     (no NACK into beta's record, no sidecar entry relabelled as alpha)."""
-    from envoy.service.discovery.v3 import discovery_pb2
     from google.rpc import status_pb2
+
+    from meshlib_control.xds.protos.envoy.service.discovery.v3 import discovery_pb2
 
     alpha = Workload(ads_control, "alpha", tmp_path / "alpha")
     beta = Workload(ads_control, "beta", tmp_path / "beta")
