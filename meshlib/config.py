@@ -3,7 +3,9 @@
 =====================  ===========================================  ====================
 variable               meaning                                      default
 =====================  ===========================================  ====================
-MESH_CONTROL_URL       control service, ``https://host:port``       (required to join)
+MESH_CONTROL_URL       control service(s), ``https://host:port``,   (required to join)
+                       or a comma list of replicas to fail over
+                       between, tried in order
 MESH_SERVICE           this workload's service name                 (required)
 MESH_NAMESPACE         its namespace                                ``default``
 MESH_TOKEN             join token for the first contact             (none: cache only)
@@ -21,13 +23,19 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshlib.errors import ConfigError
 
-__all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "DEFAULT_START_TIMEOUT", "MeshConfig", "parse_labels"]
+__all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_START_TIMEOUT",
+    "MeshConfig",
+    "parse_control_urls",
+    "parse_labels",
+]
 
 DEFAULT_START_TIMEOUT = 30.0
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
@@ -35,6 +43,7 @@ DEFAULT_WATCH_WAIT = 25.0
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_./]{0,61}[A-Za-z0-9])?$")
+_HTTPS_URL = re.compile(r"^https://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][-A-Za-z0-9.]*)(:[0-9]{1,5})?$")
 
 
 def _check_name(field_name: str, value: str) -> str:
@@ -56,6 +65,38 @@ def _parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
+def parse_control_urls(value: str | Sequence[str], source: str) -> tuple[str, ...]:
+    """The control addresses of *value*: one ``https://`` URL, or a comma list of them.
+
+    *value* is text (``https://a:7443,https://b:7443``) or a sequence of such texts (the
+    repeated ``--control`` flag); *source* names where it came from in the errors
+    (``MESH_CONTROL_URL``, ``control_url``, ``--control``). Trailing slashes are dropped.
+
+    Raises:
+        ConfigError: the list is empty, an entry is empty, is not ``https://host[:port]``,
+            or repeats an earlier one; the message names *source* and the entry.
+    """
+    texts = [value] if isinstance(value, str) else list(value)
+    entries = [part.strip() for text in texts for part in str(text).split(",")]
+    if not any(entries):
+        raise ConfigError(f"{source}: no control address given (expected https://host:port)")
+    urls: list[str] = []
+    for position, entry in enumerate(entries, 1):
+        where = f"{source}: entry {position}"
+        if not entry:
+            raise ConfigError(f"{where} is empty (a stray comma?) in {', '.join(entries)!r}")
+        if not entry.startswith("https://"):
+            raise ConfigError(f"{where} {entry!r} must start with https://")
+        url = entry.rstrip("/")
+        match = _HTTPS_URL.match(url)
+        if match is None or (match.group(2) and not 0 < int(match.group(2)[1:]) < 65536):
+            raise ConfigError(f"{where} {entry!r} is not https://host[:port]")
+        if url in urls:
+            raise ConfigError(f"{where} {entry!r} repeats entry {urls.index(url) + 1}")
+        urls.append(url)
+    return tuple(urls)
+
+
 def parse_labels(text: str) -> dict[str, str]:
     """Instance labels from ``key=value,key=value`` text, the form of ``MESH_LABELS``.
 
@@ -67,11 +108,15 @@ def parse_labels(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class MeshConfig:
-    """Validated settings of one meshed workload."""
+    """Validated settings of one meshed workload.
+
+    *control_url* may list several control replicas (a comma list, or a sequence of URLs);
+    it is kept as the normalized comma list, and :attr:`control_urls` gives the entries.
+    """
 
     service: str
     namespace: str = "default"
-    control_url: str | None = None
+    control_url: str | Sequence[str] | None = None
     token: str | None = None
     data_dir: Path | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -88,8 +133,9 @@ class MeshConfig:
             raise ConfigError("admin_port: must be 0..65535 (0 picks a free port), or None")
         _check_name("service", self.service)
         _check_name("namespace", self.namespace)
-        if self.control_url is not None and not self.control_url.startswith("https://"):
-            raise ConfigError(f"control_url: {self.control_url!r} must start with https://")
+        if self.control_url is not None:
+            urls = parse_control_urls(self.control_url, "control_url")
+            object.__setattr__(self, "control_url", ",".join(urls))
         if self.start_timeout <= 0:
             raise ConfigError("start_timeout: must be > 0")
         if self.heartbeat_interval <= 0:
@@ -100,6 +146,13 @@ class MeshConfig:
         for dep in self.dependencies or ():
             for part in dep.split("."):
                 _check_name("dependencies", part)
+
+    @property
+    def control_urls(self) -> tuple[str, ...]:
+        """The control addresses, in order of preference (empty when none is set)."""
+        if self.control_url is None:
+            return ()
+        return parse_control_urls(self.control_url, "control_url")
 
     @property
     def cache_dir(self) -> Path:
@@ -119,7 +172,9 @@ class MeshConfig:
         if "MESH_NAMESPACE" in env:
             values["namespace"] = env["MESH_NAMESPACE"]
         if env.get("MESH_CONTROL_URL"):
-            values["control_url"] = env["MESH_CONTROL_URL"]
+            # Validated here so that the errors name the variable, not the field.
+            urls = parse_control_urls(env["MESH_CONTROL_URL"], "MESH_CONTROL_URL (control_url)")
+            values["control_url"] = ",".join(urls)
         if env.get("MESH_TOKEN"):
             values["token"] = env["MESH_TOKEN"]
         if env.get("MESH_DATA_DIR"):

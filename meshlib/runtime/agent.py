@@ -22,9 +22,9 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -40,6 +40,7 @@ from meshlib.runtime.control_client import ControlClient
 from meshlib.runtime.loops import AgentLoops, backoff
 from meshlib.runtime.renewal import (
     RebootstrapCredential,
+    is_refusal,
     is_unusable,
     parse_token_fingerprint,
     rejoin,
@@ -53,6 +54,8 @@ log = logging.getLogger("meshlib.agent")
 FIRST_CONTACT_TIMEOUT = 3.0
 STOP_GRACE = 1.0
 WATCH_STOP_GRACE = 0.1
+
+T = TypeVar("T")
 
 
 class Agent(AgentLoops):
@@ -237,14 +240,39 @@ class Agent(AgentLoops):
 
     def _control_client(self) -> ControlClient:
         assert self.svid is not None
-        if self.config.control_url is None:
+        if not self.config.control_urls:
             raise ControlPlaneError("MESH_CONTROL_URL: not set")
         td = self.svid.spiffe_id.trust_domain
         return ControlClient(
-            self.config.control_url,
+            self.config.control_urls,
             expected=f"spiffe://{td}/control",
             tls=self._client_context,
         )
+
+    async def _each_address(self, call: Callable[[str], Awaitable[T]]) -> T:
+        """``call(url)`` on each control address until one answers (a 4xx is an answer).
+
+        For the calls made without the agent's client (the first sign with a join token,
+        a rejoin): current address of the client first, then the others in list order.
+        """
+        urls = list(self.config.control_urls)
+        if not urls:
+            raise ControlPlaneError("MESH_CONTROL_URL: not set")
+        if self._client is not None and self._client.url in urls:
+            start = urls.index(self._client.url)
+            urls = urls[start:] + urls[:start]
+        error: ControlPlaneError | None = None
+        for url in urls:
+            try:
+                return await call(url)
+            except ControlPlaneError as exc:
+                if is_refusal(exc):
+                    raise
+                error = exc
+                if len(urls) > 1:
+                    log.warning("control service at %s failed, trying the next: %s", url, exc)
+        assert error is not None
+        raise error
 
     def _client_context(self) -> Any:
         assert self.svid is not None
@@ -263,43 +291,46 @@ class Agent(AgentLoops):
 
     async def _sign_with_token(self, key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
         token = self.config.token
-        url = self.config.control_url
-        if token is None or url is None:
+        if token is None or not self.config.control_urls:
             raise MeshError(
                 "no usable cached SVID and no join token: set MESH_TOKEN "
                 "(from `meshctl token create --service "
                 f"{self.config.service} --namespace {self.config.namespace}`) and MESH_CONTROL_URL"
             )
-        return await sign_with_token(
-            url=url,
-            token=token,
-            namespace=self.config.namespace,
-            service=self.config.service,
-            key=key,
-            instance_id=self.instance_id,
-            files_dir=self.cache.directory,
-        )
+
+        async def sign(url: str) -> dict[str, Any]:
+            return await sign_with_token(
+                url=url,
+                token=token,
+                namespace=self.config.namespace,
+                service=self.config.service,
+                key=key,
+                instance_id=self.instance_id,
+                files_dir=self.cache.directory,
+            )
+
+        return await self._each_address(sign)
 
     async def _rejoin(self, svid: SVID) -> None:
         """New SVID for one that expired (or is about to): see :mod:`meshlib.runtime.renewal`."""
-        url = self.config.control_url
-        if url is None:
-            raise ControlPlaneError("MESH_CONTROL_URL: not set")
         key = generate_private_key()
 
         async def with_token() -> dict[str, Any]:
             return await self._sign_with_token(key)
 
-        answer = await rejoin(
-            url=url,
-            svid=svid,
-            credential=self.cache.load_rebootstrap(),
-            csr_pem=build_csr(key, svid.spiffe_id),
-            instance_id=self.instance_id,
-            files_dir=self.cache.directory,
-            now=datetime.now(UTC),
-            with_token=with_token if self.config.token else None,
-        )
+        async def at(url: str) -> dict[str, Any]:
+            return await rejoin(
+                url=url,
+                svid=svid,
+                credential=self.cache.load_rebootstrap(),
+                csr_pem=build_csr(key, svid.spiffe_id),
+                instance_id=self.instance_id,
+                files_dir=self.cache.directory,
+                now=datetime.now(UTC),
+                with_token=with_token if self.config.token else None,
+            )
+
+        answer = await self._each_address(at)
         self._accept(answer, key)
         log.warning("rejoined as %s after the SVID expired", svid.spiffe_id)
         if self._wake_heartbeat is not None:

@@ -1,8 +1,23 @@
-"""Client of the control service's workload API (HTTPS + mTLS, JSON)."""
+"""Client of the control service's workload API (HTTPS + mTLS, JSON), with failover.
+
+A workload may be given several control replicas (``MESH_CONTROL_URL=https://a,https://b``).
+:class:`ControlClient` sends every call to one of them, the *current* address, and sticks
+to it while it answers. When it stops answering — connection refused or reset, a timeout,
+or a 5xx — the same call moves at once to the next address in the list, and the failed one
+backs off: it is skipped for ``FAILOVER_BASE * 2**(failures-1)`` seconds, capped at
+``FAILOVER_MAX``, jittered to 50-100 %. When every address is backing off, a call tries
+only the one whose backoff ends first, so a mesh with its whole control plane down costs
+one connection attempt per call (the agent's loops pace their calls with their own
+backoff). A 4xx is an answer, not a failure: it is returned to the caller on the address
+that gave it.
+"""
 
 from __future__ import annotations
 
+import random
 import ssl
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -10,9 +25,19 @@ import httpx
 from meshlib.errors import ControlPlaneError
 from meshlib.transport.checked import AsyncIdentityTransport
 
-__all__ = ["ControlClient", "fetch_bundle_unverified"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "FAILOVER_BASE",
+    "FAILOVER_MAX",
+    "ControlClient",
+    "fetch_bundle_unverified",
+    "split_urls",
+]
 
 REQUEST_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 3.0  # a replica that does not accept in 3 s is treated as down
+FAILOVER_BASE = 0.5
+FAILOVER_MAX = 30.0
 
 
 def _error(response: httpx.Response) -> ControlPlaneError:
@@ -24,6 +49,15 @@ def _error(response: httpx.Response) -> ControlPlaneError:
     return ControlPlaneError(
         f"control service answered {response.status_code}: {message}", status=response.status_code
     )
+
+
+def split_urls(url: str | Sequence[str]) -> tuple[str, ...]:
+    """The addresses of *url*: one URL, a comma list, or a sequence (already validated)."""
+    texts = [url] if isinstance(url, str) else list(url)
+    urls = tuple(p.strip().rstrip("/") for t in texts for p in t.split(",") if p.strip())
+    if not urls:
+        raise ControlPlaneError("no control service address given")
+    return urls
 
 
 async def fetch_bundle_unverified(url: str) -> dict[str, Any]:
@@ -47,31 +81,108 @@ async def fetch_bundle_unverified(url: str) -> dict[str, Any]:
 
 
 class ControlClient:
-    """Calls to one control service, verifying it presents *expected* (its SPIFFE ID).
+    """Calls to the control service, verifying it presents *expected* (its SPIFFE ID).
 
     Args:
-        url: ``https://host:port`` of the control service.
+        url: ``https://host:port`` of the control service, or several (a comma list or a
+            sequence) to fail over between, in order of preference.
         expected: the control service's SPIFFE ID, ``spiffe://<td>/control``.
         tls: returns the client SSLContext (with this workload's SVID once it has one).
+        failover_base, failover_max: the backoff of an address that stopped answering.
     """
 
-    def __init__(self, url: str, *, expected: str, tls: Any) -> None:
-        self.url = url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            transport=AsyncIdentityTransport(expected=expected, tls=tls, max_connections=4),
-            base_url=self.url,
-            timeout=REQUEST_TIMEOUT,
-        )
+    def __init__(
+        self,
+        url: str | Sequence[str],
+        *,
+        expected: str,
+        tls: Any,
+        failover_base: float = FAILOVER_BASE,
+        failover_max: float = FAILOVER_MAX,
+    ) -> None:
+        self.urls = split_urls(url)
+        self._expected = expected
+        self._tls = tls
+        self._base = failover_base
+        self._max = failover_max
+        self._clients: list[httpx.AsyncClient | None] = [None] * len(self.urls)
+        self._failures = [0] * len(self.urls)
+        self._retry_at = [0.0] * len(self.urls)
+        self._current = 0
+        self.failovers = 0  # times the current address changed
+
+    @property
+    def url(self) -> str:
+        """The address calls go to now."""
+        return self.urls[self._current]
+
+    def _client(self, index: int) -> httpx.AsyncClient:
+        client = self._clients[index]
+        if client is None:
+            client = self._clients[index] = httpx.AsyncClient(
+                transport=AsyncIdentityTransport(
+                    expected=self._expected, tls=self._tls, max_connections=4
+                ),
+                base_url=self.urls[index],
+                timeout=httpx.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT),
+            )
+        return client
+
+    def _candidates(self) -> list[int]:
+        """Addresses to try, current first, skipping those backing off (all are: the first)."""
+        n, now = len(self.urls), time.monotonic()
+        ring = [(self._current + k) % n for k in range(n)]
+        ready = [i for i in ring if self._retry_at[i] <= now]
+        return ready or [min(ring, key=lambda i: self._retry_at[i])]
+
+    def backoff(self, failures: int) -> float:
+        """Seconds an address is skipped after *failures* failures in a row (jittered)."""
+        delay = min(self._max, self._base * 2.0 ** max(0, failures - 1))
+        return float(delay * (0.5 + random.random() / 2))
+
+    def _failed(self, index: int) -> None:
+        self._failures[index] += 1
+        self._retry_at[index] = time.monotonic() + self.backoff(self._failures[index])
+
+    def _answered(self, index: int) -> None:
+        self._failures[index] = 0
+        self._retry_at[index] = 0.0
+        if index != self._current:
+            self._current = index
+            self.failovers += 1
 
     async def _call(
         self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
     ) -> httpx.Response:
-        try:
-            return await self._client.request(
-                method, path, timeout=timeout or REQUEST_TIMEOUT, **kwargs
+        error: ControlPlaneError | None = None
+        candidates = self._candidates()
+        for index in candidates:
+            try:
+                response = await self._client(index).request(
+                    method, path, timeout=timeout or REQUEST_TIMEOUT, **kwargs
+                )
+            except httpx.HTTPError as exc:
+                self._failed(index)
+                error = ControlPlaneError(
+                    f"control service unreachable at {self.urls[index]}: {exc!r}"
+                )
+                continue
+            if response.status_code >= 500:
+                self._failed(index)
+                error = _error(response)
+                continue
+            self._answered(index)
+            return response
+        assert error is not None
+        if len(self.urls) > 1:
+            rest = len(self.urls) - len(candidates)
+            tail = f", the other {rest} backing off" if rest else ""
+            raise ControlPlaneError(
+                f"{error} (no control address answered: tried {len(candidates)} of "
+                f"{len(self.urls)}{tail})",
+                status=error.status,
             )
-        except httpx.HTTPError as exc:
-            raise ControlPlaneError(f"control service unreachable at {self.url}: {exc!r}") from exc
+        raise error
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = await self._call(method, path, **kwargs)
@@ -136,4 +247,6 @@ class ControlClient:
 
     async def aclose(self) -> None:
         """Close pooled connections."""
-        await self._client.aclose()
+        for client in self._clients:
+            if client is not None:
+                await client.aclose()

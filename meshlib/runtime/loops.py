@@ -61,6 +61,11 @@ class AgentLoops:
     _client: ControlClient | None
     _svid_received_at: datetime
     _renewal_error: str | None
+    # Snapshots the watch received (200 answers), and how many of them carried the very
+    # version the request said it held (a needless re-push; the control service answers
+    # 304 for those, so this stays 0 — the failover tests assert it).
+    snapshots_received: int = 0
+    duplicate_snapshots: int = 0
 
     if TYPE_CHECKING:
 
@@ -88,6 +93,9 @@ class AgentLoops:
         )
         if body is None:
             return version
+        self.snapshots_received += 1
+        if version and str(body.get("version")) == version:
+            self.duplicate_snapshots += 1
         try:
             applied = self._install_snapshot_dict(body)
         except PolicyError as exc:

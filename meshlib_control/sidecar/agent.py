@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from meshlib.config import MeshConfig
-from meshlib.errors import ConfigError, MeshError
+from meshlib.errors import ConfigError, ControlPlaneError, MeshError
 from meshlib.identity.keys import write_private_file
 from meshlib.identity.svid import SVID
 from meshlib.runtime.admin import AdminServer, json_page
@@ -217,31 +217,53 @@ class SidecarAgent:
 
     # ---------------------------------------------------------------- Envoy
 
-    def _xds_address(self) -> tuple[str, int]:
-        address = self.options.xds_address
-        if address is None:
-            if self.config.control_url is None:
-                raise ConfigError("--control (or MESH_CONTROL_URL): required")
-            import asyncio
+    def _xds_addresses(self) -> list[tuple[str, int]]:
+        """The ADS server of every control replica: ``--xds-address``, or each one's bundle.
 
-            bundle = asyncio.run(fetch_bundle_unverified(self.config.control_url))
+        A replica that does not answer now is left out of Envoy's xDS cluster (give
+        ``--xds-address`` to list them all regardless); at least one must answer.
+        """
+        if self.options.xds_address is not None:
+            return [
+                split_hostport(part.strip(), "--xds-address")
+                for part in self.options.xds_address.split(",")
+                if part.strip()
+            ]
+        urls = self.config.control_urls
+        if not urls:
+            raise ConfigError("--control (or MESH_CONTROL_URL): required")
+        import asyncio
+
+        addresses: list[tuple[str, int]] = []
+        errors: list[str] = []
+        for url in urls:
+            try:
+                bundle = asyncio.run(fetch_bundle_unverified(url))
+            except ControlPlaneError as exc:
+                errors.append(str(exc))
+                continue
             address = bundle.get("xdsAddress")
             if not address:
                 raise ConfigError(
-                    f"the control service at {self.config.control_url} serves no xDS: "
+                    f"the control service at {url} serves no xDS: "
                     "start it with --xds-listen HOST:PORT (or give --xds-address)"
                 )
-        return split_hostport(str(address), "--xds-address")
+            hostport = split_hostport(str(address), "--xds-address")
+            if hostport not in addresses:
+                addresses.append(hostport)
+        if not addresses:
+            raise ControlPlaneError("no control service told its xDS address: " + "; ".join(errors))
+        if errors:
+            log.warning("xDS cluster without the replicas that did not answer: %s", errors)
+        return addresses
 
     def _write_bootstrap(self) -> Path:
         svid = self._svid
         assert svid is not None
-        host, port = self._xds_address()
         bootstrap = sidecar_bootstrap(
             node_id=self.agent.instance_id,
             node=self.node,
-            xds_host=host,
-            xds_port=port,
+            xds_addresses=self._xds_addresses(),
             admin_port=self.envoy_admin_port,
             control_spiffe_id=f"spiffe://{svid.spiffe_id.trust_domain}/control",
         )

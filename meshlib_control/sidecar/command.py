@@ -8,7 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from meshlib.config import parse_labels
+from meshlib.config import parse_control_urls, parse_labels
 
 __all__ = ["configure_parser", "run_sidecar"]
 
@@ -27,12 +27,40 @@ def configure_parser(side: argparse.ArgumentParser) -> None:
     )
     side.add_argument("--envoy-admin-port", type=int, default=0, help="(inbound port + 1000)")
     side.add_argument("--address", default="127.0.0.1", help="inbound address, registered")
+    side.add_argument(
+        "--control",
+        dest="sidecar_control",
+        action="append",
+        metavar="URL[,URL...]",
+        help="control service(s) to fail over between, in order: repeat the flag or give a "
+        "comma list (or meshctl --control, or MESH_CONTROL_URL)",
+    )
     side.add_argument("--token", help="join token (or MESH_TOKEN)")
     side.add_argument("--sidecar-data-dir", help="key, SVID, Envoy files (or MESH_DATA_DIR)")
     side.add_argument("--labels", help="instance labels, version=v2,zone=a")
-    side.add_argument("--xds-address", help="ADS server HOST:PORT (default: asked of control)")
+    side.add_argument(
+        "--xds-address",
+        help="ADS server(s) HOST:PORT[,HOST:PORT...] (default: asked of each control replica)",
+    )
     side.add_argument("--base-id", type=int, help="Envoy --base-id (default: the inbound port)")
     side.add_argument("--envoy-log-level", default="warning")
+
+
+def control_urls(args: argparse.Namespace, env: dict[str, str] | os._Environ[str]) -> str | None:
+    """The control addresses, validated, as a comma list: ``sidecar --control`` (repeatable),
+    else ``meshctl --control``, else ``MESH_CONTROL_URL``.
+
+    Raises:
+        ConfigError: an entry is empty, not ``https://``, or repeated (naming the source).
+    """
+    sidecar_flags: list[str] | None = getattr(args, "sidecar_control", None)
+    if sidecar_flags:
+        return ",".join(parse_control_urls(sidecar_flags, "--control"))
+    if getattr(args, "control", None):
+        return ",".join(parse_control_urls(str(args.control), "--control"))
+    if env.get("MESH_CONTROL_URL"):
+        return ",".join(parse_control_urls(env["MESH_CONTROL_URL"], "MESH_CONTROL_URL"))
+    return None
 
 
 def run_sidecar(args: argparse.Namespace) -> int:
@@ -53,7 +81,7 @@ def run_sidecar(args: argparse.Namespace) -> int:
             admin_port=args.admin_port,
             envoy_admin_port=args.envoy_admin_port,
             address=args.address,
-            control_url=args.control or env.get("MESH_CONTROL_URL"),
+            control_url=control_urls(args, env),
             token=args.token or env.get("MESH_TOKEN"),
             data_dir=Path(data_dir) if data_dir else None,
             labels=parse_labels(args.labels or env.get("MESH_LABELS", "")),

@@ -4,13 +4,18 @@ The bootstrap holds only what Envoy needs before it can talk to the control serv
 is (``node``, with the ports and the secrets dir in ``node.metadata``, which the ADS server
 reads back), where its admin page is (127.0.0.1 only), and the ADS cluster, reached over
 mTLS with the workload's own SVID and checked against the control service's SPIFFE ID.
-Everything else arrives over ADS. Certificates come from files the agent writes (0600) and
+Everything else arrives over ADS. With several control replicas, the ADS cluster lists each
+one's ADS server at its own priority, in the order given (the library's failover order):
+Envoy keeps its ADS stream on the first that passes a TCP (TLS handshake) health check, and
+when that one goes away, reconnects (backoff ``ADS_RETRY_BASE`` to ``ADS_RETRY_MAX``) to
+the next healthy one. Certificates come from files the agent writes (0600) and
 Envoy watches (``path_config_source`` + ``watched_directory``): the private key never leaves
 the host, and a rotation is one atomic rename.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from meshlib_control.xds.clusters import is_ip
@@ -28,6 +33,9 @@ Json = dict[str, Any]
 
 XDS_CLUSTER = "xds_cluster"
 STATS_FLUSH_INTERVAL = "1s"
+ADS_RETRY_BASE = "0.25s"  # Envoy's default is 0.5 s, growing to 30 s
+ADS_RETRY_MAX = "5s"
+HEALTH_CHECK_INTERVAL = "1s"  # of each control replica's ADS port, when there are several
 _UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -51,18 +59,29 @@ def sidecar_bootstrap(
     *,
     node_id: str,
     node: SidecarNode,
-    xds_host: str,
-    xds_port: int,
     admin_port: int,
     control_spiffe_id: str,
+    xds_addresses: Sequence[tuple[str, int]] = (),
+    xds_host: str | None = None,
+    xds_port: int | None = None,
 ) -> Json:
     """The Envoy bootstrap of one sidecar (a dict in Envoy's field names).
 
+    Args:
+        xds_addresses: ``(host, port)`` of each control replica's ADS server, in order of
+            preference; or one as *xds_host* and *xds_port*.
+
     Raises:
-        ValueError: *node* has no ``secrets_dir`` (the ADS connection needs the SVID files).
+        ValueError: *node* has no ``secrets_dir`` (the ADS connection needs the SVID files),
+            or no ADS address is given.
     """
     if node.secrets_dir is None:
         raise ValueError("node.secrets_dir: required for a sidecar bootstrap")
+    addresses = list(xds_addresses)
+    if xds_host is not None and xds_port is not None:
+        addresses.insert(0, (xds_host, xds_port))
+    if not addresses:
+        raise ValueError("xds_addresses: at least one ADS server is required")
     ads = {"ads": {}, "resource_api_version": "V3"}
     tls = {
         "@type": _UPSTREAM_TLS,
@@ -96,51 +115,72 @@ def sidecar_bootstrap(
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {
+                            "cluster_name": XDS_CLUSTER,
+                            "retry_policy": {
+                                "retry_back_off": {
+                                    "base_interval": ADS_RETRY_BASE,
+                                    "max_interval": ADS_RETRY_MAX,
+                                }
+                            },
+                        }
+                    }
+                ],
             },
             "cds_config": ads,
             "lds_config": dict(ads),
         },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": XDS_CLUSTER,
-                    "type": "STATIC" if is_ip(xds_host) else "STRICT_DNS",
-                    "connect_timeout": "1s",
-                    # gRPC needs HTTP/2; without it nothing reaches the ADS server (notes §2).
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": _HTTP_OPTIONS,
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": XDS_CLUSTER,
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": xds_host,
-                                                    "port_value": xds_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                    "transport_socket": {
-                        "name": "envoy.transport_sockets.tls",
-                        "typed_config": tls,
-                    },
-                }
-            ]
-        },
+        "static_resources": {"clusters": [_xds_cluster(addresses, tls)]},
     }
+
+
+def _xds_cluster(addresses: list[tuple[str, int]], tls: Json) -> Json:
+    """The ADS cluster: one priority per control replica, health-checked when several."""
+    cluster: Json = {
+        "name": XDS_CLUSTER,
+        "type": "STATIC" if all(is_ip(host) for host, _ in addresses) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        # gRPC needs HTTP/2; without it nothing reaches the ADS server (notes §2).
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [
+                {
+                    "priority": priority,
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": host, "port_value": port}}
+                            }
+                        }
+                    ],
+                }
+                for priority, (host, port) in enumerate(addresses)
+            ],
+        },
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+    }
+    if len(addresses) > 1:
+        # A replica is healthy when it completes a TLS handshake; refused or silent ones
+        # are skipped at once, so the next reconnection goes to a live replica.
+        cluster["health_checks"] = [
+            {
+                "timeout": "1s",
+                "interval": HEALTH_CHECK_INTERVAL,
+                "no_traffic_interval": HEALTH_CHECK_INTERVAL,
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "tcp_health_check": {},
+            }
+        ]
+    return cluster
 
 
 def secret_files(
