@@ -48,6 +48,11 @@ from meshlib.policy.fields import (
     _unique,
     is_dns_label,
 )
+from meshlib.policy.requestauth import (
+    decode_condition,
+    decode_request_authentication,
+    request_principal_glob,
+)
 
 __all__ = [
     "decode_documents",
@@ -92,11 +97,15 @@ def _path_glob(value: Any, path: str) -> str:
 
 
 def _authz_rule(value: Any, path: str, index: int) -> m.AuthzRule:
-    mp = _mapping(value, path, ("name", "from", "to"))
+    mp = _mapping(value, path, ("name", "from", "to", "when"))
     source: Mapping[str, Any] = {}
     target: Mapping[str, Any] = {}
     if "from" in mp:
-        source = _mapping(mp["from"], _at(path, "from"), ("principals", "namespaces"))
+        source = _mapping(
+            mp["from"],
+            _at(path, "from"),
+            ("principals", "namespaces", "requestPrincipals", "notRequestPrincipals"),
+        )
     if "to" in mp:
         target = _mapping(mp["to"], _at(path, "to"), ("methods", "paths"))
     src, dst = _at(path, "from"), _at(path, "to")
@@ -106,6 +115,13 @@ def _authz_rule(value: Any, path: str, index: int) -> m.AuthzRule:
         namespaces=_items(source, "namespaces", src, _namespace_glob, non_empty=True),
         methods=_items(target, "methods", dst, _method, non_empty=True),
         paths=_items(target, "paths", dst, _path_glob, non_empty=True),
+        request_principals=_items(
+            source, "requestPrincipals", src, request_principal_glob, non_empty=True
+        ),
+        not_request_principals=_items(
+            source, "notRequestPrincipals", src, request_principal_glob, non_empty=True
+        ),
+        when=_items(mp, "when", path, decode_condition, non_empty=True),
     )
 
 
@@ -158,6 +174,7 @@ _SPEC_DECODERS: dict[str, Callable[[Any, str], m.Spec]] = {
     "AuthorizationPolicy": _authorization_policy,
     "PeerAuthentication": _peer_authentication,
     "RateLimit": _rate_limit,
+    "RequestAuthentication": decode_request_authentication,
 }
 
 

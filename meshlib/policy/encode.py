@@ -9,6 +9,7 @@ from typing import Any
 
 from meshlib.policy import model as m
 from meshlib.policy.durations import format_duration
+from meshlib.policy.requestauth import encode_conditions, encode_request_authentication
 
 __all__ = ["encode_resource"]
 
@@ -116,14 +117,20 @@ def _encode_traffic_policy(s: m.TrafficPolicySpec) -> dict[str, Any]:
 
 def _encode_rule(r: m.AuthzRule) -> dict[str, Any]:
     out: dict[str, Any] = {"name": r.name}
-    source = {
-        k: list(v) for k, v in (("principals", r.principals), ("namespaces", r.namespaces)) if v
-    }
+    pairs = (
+        ("principals", r.principals),
+        ("namespaces", r.namespaces),
+        ("requestPrincipals", r.request_principals),
+        ("notRequestPrincipals", r.not_request_principals),
+    )
+    source = {k: list(v) for k, v in pairs if v}
     target = {k: list(v) for k, v in (("methods", r.methods), ("paths", r.paths)) if v}
     if source:
         out["from"] = source
     if target:
         out["to"] = target
+    if r.when:
+        out["when"] = encode_conditions(r.when)
     return out
 
 
@@ -139,6 +146,8 @@ def _encode_spec(spec: m.Spec) -> dict[str, Any]:
         out = {} if spec.service is None else {"service": spec.service}
         out["mode"] = spec.mode
         return out
+    if isinstance(spec, m.RequestAuthenticationSpec):
+        return encode_request_authentication(spec)
     return {
         "service": spec.service,
         "requestsPerSecond": spec.requests_per_second,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from meshlib.errors import PolicyError
 from meshlib.policy.authz import Authorizer, Verdict
 from meshlib.policy.routing import CompiledService, RoutePlan, compile_service
@@ -60,15 +63,24 @@ class PolicyEngine:
         self._aliases = aliases
         return self
 
-    def authorize(self, peer: str | None, method: str, path: str) -> Verdict:
+    def authorize(
+        self,
+        peer: str | None,
+        method: str,
+        path: str,
+        principal: str | None = None,
+        claims: Mapping[str, Any] | None = None,
+    ) -> Verdict:
         """Decide an inbound request; see :mod:`meshlib.policy.authz` for the semantics.
 
         Args:
             peer: the caller's SPIFFE ID, or None for a plaintext caller.
             method: upper-case HTTP method (``"POST"`` for gRPC).
             path: request path (``"/pkg.Service/Method"`` for gRPC).
+            principal: ``<iss>/<sub>`` of the request's verified JWT, if any.
+            claims: that token's claims.
         """
-        return self._authorizer.authorize(peer, method, path)
+        return self._authorizer.authorize(peer, method, path, principal, claims)
 
     def resolve(self, host: str) -> CompiledService | None:
         """The service a host name refers to, or None.

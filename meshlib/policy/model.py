@@ -11,6 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
+from meshlib.policy.jwtmodel import (
+    AuthzCondition,
+    ClaimToHeader,
+    JwtHeader,
+    JwtRule,
+    RequestAuthenticationSpec,
+)
+
 __all__ = [
     "API_VERSION",
     "AUTHZ_ACTIONS",
@@ -59,20 +67,25 @@ __all__ = [
     "RETRY_ON_CONDITIONS",
     "AbortFault",
     "AuthorizationPolicySpec",
+    "AuthzCondition",
     "AuthzRule",
     "Backend",
     "Backoff",
     "CircuitBreakerPolicy",
+    "ClaimToHeader",
     "ConnectionPool",
     "DelayFault",
     "FaultPolicy",
     "HeaderMatch",
+    "JwtHeader",
+    "JwtRule",
     "Metadata",
     "MirrorPolicy",
     "OutlierDetection",
     "PathMatch",
     "PeerAuthenticationSpec",
     "RateLimitSpec",
+    "RequestAuthenticationSpec",
     "Resource",
     "RetryBudget",
     "RetryPolicy",
@@ -84,7 +97,13 @@ __all__ = [
 ]
 
 API_VERSION = "meshlib.io/v1"
-KINDS = ("TrafficPolicy", "AuthorizationPolicy", "PeerAuthentication", "RateLimit")
+KINDS = (
+    "TrafficPolicy",
+    "AuthorizationPolicy",
+    "PeerAuthentication",
+    "RateLimit",
+    "RequestAuthentication",
+)
 DEFAULT_NAMESPACE = "default"
 
 # --- ranges ----------------------------------------------------------------------------------
@@ -334,6 +353,9 @@ class AuthzRule:
     namespaces: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
+    request_principals: tuple[str, ...] = ()  # ``<iss>/<sub>`` globs (verified JWT)
+    not_request_principals: tuple[str, ...] = ()
+    when: tuple[AuthzCondition, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,7 +386,11 @@ class RateLimitSpec:
 
 
 Spec: TypeAlias = (
-    TrafficPolicySpec | AuthorizationPolicySpec | PeerAuthenticationSpec | RateLimitSpec
+    TrafficPolicySpec
+    | AuthorizationPolicySpec
+    | PeerAuthenticationSpec
+    | RateLimitSpec
+    | RequestAuthenticationSpec
 )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from meshlib.errors import PolicyError
 from meshlib.policy.decode import decode_resource, encode_resource, is_dns_label
+from meshlib.policy.jwks import check_jwks
 from meshlib.policy.model import PEER_MODES, Resource, TrafficPolicySpec
 
 __all__ = [
@@ -81,11 +82,20 @@ class InboundPolicy:
     peer_mode: str = "STRICT"
     authorization: tuple[Resource, ...] = ()
     rate_limit: Resource | None = None
+    # RequestAuthentications of the workload, and the key sets the control service fetched
+    # for their jwksUris: (uri, canonical JWKS JSON), sorted by uri (meshlib.policy.jwks).
+    request_authentication: tuple[Resource, ...] = ()
+    jwks: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Everything one workload needs; ``services`` is sorted by (namespace, name)."""
+    """Everything one workload needs; ``services`` is sorted by (namespace, name).
+
+    ``trust_bundle`` is the mesh's trust bundle (PEM roots, "" when the control service
+    sent none): it travels in every snapshot so that a root added or retired reaches
+    every workload within the propagation time, not only with its next SVID.
+    """
 
     version: str
     trust_domain: str
@@ -93,6 +103,7 @@ class Snapshot:
     namespace: str
     inbound: InboundPolicy
     services: tuple[ServiceEntry, ...]
+    trust_bundle: str = ""
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -110,8 +121,11 @@ def _encode_endpoint(e: Endpoint) -> dict[str, Any]:
 
 
 def encode_snapshot(s: Snapshot) -> dict[str, Any]:
-    """Encode *s* as a JSON-able dict (camelCase keys, resources in canonical form)."""
-    return {
+    """Encode *s* as a JSON-able dict (camelCase keys, resources in canonical form).
+
+    ``trustBundle`` is present only when the snapshot carries one.
+    """
+    body = {
         "version": s.version,
         "trustDomain": s.trust_domain,
         "service": s.service,
@@ -122,8 +136,22 @@ def encode_snapshot(s: Snapshot) -> dict[str, Any]:
             "rateLimit": None
             if s.inbound.rate_limit is None
             else encode_resource(s.inbound.rate_limit),
+            **_encode_jwt(s.inbound),
         },
         "services": [encode_service_entry(e) for e in s.services],
+    }
+    if s.trust_bundle:
+        body["trustBundle"] = s.trust_bundle
+    return body
+
+
+def _encode_jwt(inbound: InboundPolicy) -> dict[str, Any]:
+    # Only when used: a snapshot without end-user authentication keeps its old form.
+    if not inbound.request_authentication and not inbound.jwks:
+        return {}
+    return {
+        "requestAuthentication": [encode_resource(r) for r in inbound.request_authentication],
+        "jwks": dict(inbound.jwks),
     }
 
 
@@ -290,6 +318,30 @@ def _service(value: Any, path: str) -> ServiceEntry:
     )
 
 
+def _decode_jwks(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, Mapping):
+        raise PolicyError("inbound.jwks", "must be a mapping of jwksUri to key set")
+    out = []
+    for uri, text in value.items():
+        where = f"inbound.jwks[{_show(uri)}]"
+        out.append((_str(uri, where), check_jwks(text, where)))
+    return tuple(sorted(out))
+
+
+PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+MAX_BUNDLE_BYTES = 64 * 1024
+
+
+def _bundle(value: Any) -> str:
+    """The ``trustBundle`` text: PEM certificates (their contents are checked by the
+    agent, which owns the cryptography; this pure layer checks only the shape)."""
+    if not isinstance(value, str) or PEM_CERTIFICATE not in value:
+        raise PolicyError("trustBundle", "must be PEM text holding one or more certificates")
+    if len(value) > MAX_BUNDLE_BYTES:
+        raise PolicyError("trustBundle", f"longer than {MAX_BUNDLE_BYTES} bytes")
+    return value
+
+
 def decode_snapshot(d: Mapping[str, Any]) -> Snapshot:
     """Decode an encoded snapshot; ``services`` are put in (namespace, name) order.
 
@@ -297,8 +349,22 @@ def decode_snapshot(d: Mapping[str, Any]) -> Snapshot:
         PolicyError: anything missing, unknown or malformed, with its path; also duplicate
             services.
     """
+    if isinstance(d, Mapping) and "trustBundle" in d:
+        trust_bundle = _bundle(d["trustBundle"])
+        d = {k: v for k, v in d.items() if k != "trustBundle"}
+    else:
+        trust_bundle = ""
     mp = _fields(d, "", ("version", "trustDomain", "service", "namespace", "inbound", "services"))
-    inbound = _fields(mp["inbound"], "inbound", ("peerMode", "authorization", "rateLimit"))
+    raw_inbound = mp["inbound"]
+    jwt_keys = ("requestAuthentication", "jwks")
+    optional = (
+        {k: v for k, v in raw_inbound.items() if k in jwt_keys}
+        if isinstance(raw_inbound, Mapping)
+        else {}
+    )
+    if optional:
+        raw_inbound = {k: v for k, v in raw_inbound.items() if k not in jwt_keys}
+    inbound = _fields(raw_inbound, "inbound", ("peerMode", "authorization", "rateLimit"))
     if not isinstance(inbound["peerMode"], str) or inbound["peerMode"] not in PEER_MODES:
         raise PolicyError("inbound.peerMode", f"must be one of {', '.join(PEER_MODES)}")
     authz = tuple(
@@ -322,7 +388,19 @@ def decode_snapshot(d: Mapping[str, Any]) -> Snapshot:
         service=_label(mp["service"], "service"),
         namespace=_label(mp["namespace"], "namespace"),
         inbound=InboundPolicy(
-            peer_mode=inbound["peerMode"], authorization=authz, rate_limit=rate_limit
+            peer_mode=inbound["peerMode"],
+            authorization=authz,
+            rate_limit=rate_limit,
+            request_authentication=tuple(
+                _resource(r, f"inbound.requestAuthentication[{i}]", "RequestAuthentication")
+                for i, r in enumerate(
+                    _list(
+                        optional.get("requestAuthentication", []), "inbound.requestAuthentication"
+                    )
+                )
+            ),
+            jwks=_decode_jwks(optional.get("jwks", {})),
         ),
         services=tuple(sorted(services, key=lambda e: (e.namespace, e.name))),
+        trust_bundle=trust_bundle,
     )

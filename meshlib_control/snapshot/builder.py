@@ -13,6 +13,7 @@ from meshlib.policy.model import (
     AuthorizationPolicySpec,
     PeerAuthenticationSpec,
     RateLimitSpec,
+    RequestAuthenticationSpec,
     Resource,
     TrafficPolicySpec,
 )
@@ -40,6 +41,8 @@ class MeshState:
     trust_domain: str
     resources: tuple[Resource, ...]
     instances: tuple[InstanceRecord, ...]
+    jwks: tuple[tuple[str, str], ...] = ()  # (jwksUri, key set) fetched by meshlib_control.jwks
+    trust_bundle: str = ""  # the trust bundle's PEM roots: in every snapshot (root rotation)
 
 
 def _by_name(resources: Sequence[Resource]) -> list[Resource]:
@@ -84,8 +87,24 @@ def _inbound(state: MeshState, service: str, namespace: str) -> InboundPolicy:
         if isinstance(r.spec, AuthorizationPolicySpec) and r.spec.service in (None, service)
     )
     limits = [r for r in local if isinstance(r.spec, RateLimitSpec) and r.spec.service == service]
+    authn = tuple(
+        r
+        for r in local
+        if isinstance(r.spec, RequestAuthenticationSpec) and r.spec.service in (None, service)
+    )
+    uris = {
+        rule.jwks_uri
+        for r in authn
+        if isinstance(r.spec, RequestAuthenticationSpec)
+        for rule in r.spec.jwt_rules
+        if rule.jwks_uri is not None
+    }
     return InboundPolicy(
-        peer_mode=mode, authorization=authz, rate_limit=limits[0] if limits else None
+        peer_mode=mode,
+        authorization=authz,
+        rate_limit=limits[0] if limits else None,
+        request_authentication=authn,
+        jwks=tuple((uri, keys) for uri, keys in state.jwks if uri in uris),
     )
 
 
@@ -171,6 +190,7 @@ def build_snapshot(
             namespace=namespace,
             inbound=inbound,
             services=(),
+            trust_bundle=state.trust_bundle,
         )
     )
     return Snapshot(
@@ -180,4 +200,5 @@ def build_snapshot(
         namespace=namespace,
         inbound=inbound,
         services=tuple(entry for entry, _ in chosen),
+        trust_bundle=state.trust_bundle,
     )

@@ -103,6 +103,16 @@ RATE: dict[str, Any] = {
     "spec": {"service": "orders", "requestsPerSecond": 2.5, "perCaller": True},
 }
 
+REQAUTH: dict[str, Any] = {
+    "apiVersion": "meshlib.io/v1",
+    "kind": "RequestAuthentication",
+    "metadata": {"name": "orders-jwt"},
+    "spec": {
+        "service": "orders",
+        "jwtRules": [{"issuer": "https://issuer.test", "jwksUri": "https://issuer.test/jwks"}],
+    },
+}
+
 _DELETE = object()
 _STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
@@ -493,7 +503,7 @@ def test_decode_documents_prefixes_paths_and_fails_the_whole_batch() -> None:
 
 def test_decode_documents_decodes_every_kind() -> None:
     """A valid batch decodes to one Resource per document, in order."""
-    text = "\n---\n".join(json.dumps(d) for d in (TRAFFIC, AUTHZ, PEER, RATE))
+    text = "\n---\n".join(json.dumps(d) for d in (TRAFFIC, AUTHZ, PEER, RATE, REQAUTH))
     kinds = [r.kind for r in decode_documents(text)]
     assert kinds == list(m.KINDS)
 
