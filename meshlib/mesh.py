@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -43,7 +43,8 @@ class Mesh:
     Args:
         service: this workload's service name (``MESH_SERVICE``).
         namespace: its namespace (``MESH_NAMESPACE``, default ``default``).
-        control_url: the control service (``MESH_CONTROL_URL``).
+        control_url: the control service (``MESH_CONTROL_URL``): one ``https://`` URL, or
+            several replicas to fail over between (a comma list or a sequence of URLs).
         token: join token for the first contact (``MESH_TOKEN``).
         data_dir: cache directory (``MESH_DATA_DIR``).
         labels: instance labels such as ``{"version": "v2", "zone": "b"}``.
@@ -66,7 +67,7 @@ class Mesh:
         *,
         service: str,
         namespace: str = "default",
-        control_url: str | None = None,
+        control_url: str | Sequence[str] | None = None,
         token: str | None = None,
         data_dir: str | Path | None = None,
         labels: dict[str, str] | None = None,

@@ -1,0 +1,187 @@
+"""Workloads fail over between control replicas: SIGKILL the one they watch, lose nothing.
+
+The replicas are real ``meshctl control serve`` processes on one data dir (one SQLite
+database, one CA). A replica reads the shared database when it starts and when it writes,
+so the tests start the survivors after the workloads registered: then every replica holds
+the same state and serves the same snapshot versions, as replicas on one etcd do.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import meshlib
+from tests.integration.harness import MESHCTL, ROOT, Control, Service, wait_endpoints, wait_for
+
+pytestmark = pytest.mark.integration
+
+FAILOVER_WITHIN = 5.0  # seconds from the SIGKILL to the workload's next answered call
+
+PROBE_POLICY = """
+apiVersion: meshlib.io/v1
+kind: TrafficPolicy
+metadata: {name: orders, namespace: default}
+spec:
+  service: orders
+  routes:
+  - name: probe
+    match: {headers: [{name: x-probe, exact: "1"}]}
+    fault: {abort: {percent: 100, httpStatus: 418}}
+"""
+
+
+class Replica(Control):
+    """A control replica: ``meshctl`` commands go to this one (``--control``), not the last
+    one to start on the data dir."""
+
+    def meshctl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*MESHCTL, "--data-dir", str(self.data_dir), "--control", self.url, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no goodbye to the long-polls it holds."""
+        assert self.process.proc is not None
+        self.process.proc.send_signal(signal.SIGKILL)
+        self.process.proc.wait(5)
+
+
+def replicas(root: Path, count: int, *extra: str) -> list[Replica]:
+    return [Replica(root / "control", "--instance-ttl", "5s", *extra) for _ in range(count)]
+
+
+def urls(group: list[Replica]) -> str:
+    return ",".join(r.url for r in group)
+
+
+class Traffic:
+    """Bounded continuous traffic: GETs in a thread until stopped (at most *limit* s)."""
+
+    def __init__(self, call: Any, limit: float = 60.0) -> None:
+        self.call = call
+        self.limit = limit
+        self.sent = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                status = self.call(self.sent)
+                if status != 200:
+                    self.failures.append(f"request {self.sent}: status {status}")
+            except Exception as exc:  # every error is a failed request, counted
+                self.failures.append(f"request {self.sent}: {exc!r}")
+            self.sent += 1
+            time.sleep(0.02)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> Iterator[list[Replica]]:
+    """Three replicas on one data dir; only the first is started."""
+    members = replicas(tmp_path, 3)
+    members[0].start()
+    yield members
+    for member in members:
+        member.stop()
+
+
+def test_library_workloads_fail_over_and_resume_their_watch(group, tmp_path):
+    """SIGKILL the replica every workload uses: they move to the next within seconds, no
+    request fails, the resumed watch gets no re-push, and a change on a survivor arrives."""
+    first, second, third = group
+    orders = Service(first, "orders", tmp_path, env={"MESH_CONTROL_URL": urls(group)}).start()
+    frontend = meshlib.Mesh(
+        service="frontend",
+        control_url=[r.url for r in group],  # the sequence form of the argument
+        token=first.token("frontend"),
+        data_dir=tmp_path / "fe",
+        start_timeout=20,
+    )
+    frontend.start()
+    try:
+        wait_endpoints(frontend, "orders")
+        spare = first.token("inventory")
+        second.start()
+        third.start()
+        agent = frontend._agent
+        assert agent._client is not None and agent._client.url == first.url
+        held, received = frontend.engine.version, agent.snapshots_received
+
+        with frontend.client() as http:
+
+            def call(i: int) -> int:
+                return int(http.get(f"http://orders/items/{i}", timeout=5).status_code)
+
+            with Traffic(call) as traffic:
+                time.sleep(0.5)
+                first.kill()
+                killed = time.monotonic()
+                wait_for(
+                    lambda: agent._client is not None and agent._client.url == second.url,
+                    FAILOVER_WITHIN,
+                    "the frontend's control client on the second replica",
+                    interval=0.05,
+                )
+                moved_after = time.monotonic() - killed
+                # The watch resumed on the survivor with the version it held: the survivor
+                # has that version too, so it answers nothing until something changes.
+                time.sleep(1.5)
+                assert agent.snapshots_received == received
+                assert agent.duplicate_snapshots == 0
+                assert frontend.engine.version == held
+
+                second.apply(PROBE_POLICY)
+                wait_for(lambda: frontend.engine.version != held, 5, "the change from the survivor")
+                assert agent.snapshots_received == received + 1
+                assert agent.duplicate_snapshots == 0
+                assert (
+                    http.get("http://orders/items/p", headers={"x-probe": "1"}).status_code == 418
+                )
+                # orders (a process) moved too: its heartbeats keep it registered on the
+                # survivors past its 5 s lease, though the replica it first used is gone.
+                time.sleep(max(0.0, 6.0 - (time.monotonic() - killed)))
+                live = [i for i in second.instances() if i["service"] == "orders"]
+                assert live and live[0]["port"] == orders.port, live
+                # A new workload joins with the dead replica first in its list.
+                newcomer = meshlib.Mesh(
+                    service="inventory",
+                    control_url=urls(group),
+                    token=spare,
+                    data_dir=tmp_path / "inv",
+                    start_timeout=15,
+                )
+                started = time.monotonic()
+                newcomer.start()
+                newcomer.close()
+                assert time.monotonic() - started < 10
+                time.sleep(0.5)
+        assert traffic.failures == [], traffic.failures[:5]
+        assert traffic.sent >= 50, traffic.sent
+        assert moved_after < FAILOVER_WITHIN
+    finally:
+        frontend.close()
+        orders.stop()

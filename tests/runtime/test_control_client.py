@@ -1,0 +1,122 @@
+"""Control addresses: parsing the lists, and the client's failover order and backoff.
+
+The client tests use real sockets: ports on 127.0.0.1 that nothing listens on refuse the
+connection at once. Failover onto live replicas is tested against real control services
+in tests/integration/test_control_failover*.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+
+from meshlib.config import MeshConfig, parse_control_urls
+from meshlib.errors import ConfigError, ControlPlaneError
+from meshlib.runtime.control_client import ControlClient
+from meshlib_control.cli import _parser
+from meshlib_control.sidecar.command import control_urls
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_comma_list_or_a_sequence_gives_the_addresses_in_order():
+    """Entries are trimmed, trailing slashes dropped, order kept; one URL still works."""
+    env = {"MESH_SERVICE": "a", "MESH_CONTROL_URL": " https://a:7443/, https://b:7443,https://c"}
+    config = MeshConfig.from_env(env)
+    assert config.control_urls == ("https://a:7443", "https://b:7443", "https://c")
+    assert config.control_url == "https://a:7443,https://b:7443,https://c"
+    listed = MeshConfig(service="a", control_url=["https://[::1]:1", "https://b.example:2"])
+    assert listed.control_urls == ("https://[::1]:1", "https://b.example:2")
+    assert MeshConfig(service="a", control_url="https://x:1").control_urls == ("https://x:1",)
+    assert MeshConfig(service="a").control_urls == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("https://a:1,,https://b:2", "entry 2 is empty"),
+        ("https://a:1,", "entry 2 is empty"),
+        (" , ", "no control address given"),
+        ("https://a:1,http://b:2", "entry 2 'http://b:2' must start with https://"),
+        ("https://a:1,https://b:2,https://a:1/", "entry 3 'https://a:1/' repeats entry 1"),
+        ("https://a:1/v1", "entry 1 'https://a:1/v1' is not https://host[:port]"),
+        ("https://a:70000", "entry 1 'https://a:70000' is not https://host[:port]"),
+        ("https://", "entry 1 'https://' is not https://host[:port]"),
+    ],
+)
+def test_bad_lists_name_the_variable_and_the_entry(value, message):
+    """MESH_CONTROL_URL, the control_url argument and --control each name themselves."""
+    text = re.escape(message)
+    with pytest.raises(ConfigError, match=rf"^MESH_CONTROL_URL \(control_url\): {text}"):
+        MeshConfig.from_env({"MESH_SERVICE": "a", "MESH_CONTROL_URL": value})
+    with pytest.raises(ConfigError, match=f"^control_url: {text}"):
+        MeshConfig(service="a", control_url=value)
+    with pytest.raises(ConfigError, match=f"^--control: {text}"):
+        parse_control_urls([value], "--control")
+
+
+def test_sidecar_control_flag_repeats_or_takes_a_list_and_wins_over_the_others():
+    """``meshctl sidecar --control A --control B,C``; else ``meshctl --control``; else env."""
+    base = ["sidecar", "--service", "a", "--app-port", "8000"]
+    args = _parser().parse_args(
+        [*base, "--control", "https://a:1", "--control", "https://b:2,https://c:3"]
+    )
+    env = {"MESH_CONTROL_URL": "https://env:1"}
+    assert control_urls(args, env) == "https://a:1,https://b:2,https://c:3"
+    args = _parser().parse_args(["--control", "https://top:1", *base])
+    assert control_urls(args, env) == "https://top:1"
+    assert control_urls(_parser().parse_args(base), env) == "https://env:1"
+    assert control_urls(_parser().parse_args(base), {}) is None
+    bad = _parser().parse_args([*base, "--control", "https://a:1", "--control", "https://a:1"])
+    with pytest.raises(ConfigError, match=r"^--control: entry 2 'https://a:1' repeats entry 1"):
+        control_urls(bad, env)
+    with pytest.raises(ConfigError, match=r"^MESH_CONTROL_URL: entry 2 is empty"):
+        control_urls(_parser().parse_args(base), {"MESH_CONTROL_URL": "https://a:1,"})
+
+
+def test_failover_backoff_is_exponential_jittered_and_capped():
+    """An address that failed k times in a row is skipped 50-100 % of base * 2**(k-1)."""
+    client = ControlClient("https://127.0.0.1:1", expected="x", tls=None)
+    for failures in range(1, 12):
+        full = min(30.0, 0.5 * 2 ** (failures - 1))
+        for _ in range(20):
+            assert full / 2 <= client.backoff(failures) <= full
+    assert client.backoff(100) <= 30.0
+
+
+def test_every_address_is_tried_once_then_only_the_first_out_of_backoff(tmp_path: Path):
+    """Both refuse: the first call tries both; the next, with both backing off, only one."""
+    ports = [_closed_port(), _closed_port()]
+    ctx = ssl.create_default_context()
+
+    async def scenario() -> tuple[str, str, str]:
+        client = ControlClient(
+            [f"https://127.0.0.1:{p}" for p in ports],
+            expected="spiffe://mesh.local/control",
+            tls=lambda: ctx,
+            failover_base=5.0,
+        )
+        try:
+            with pytest.raises(ControlPlaneError) as first:
+                await client.register("abc", {"port": 0})
+            with pytest.raises(ControlPlaneError) as second:
+                await client.register("abc", {"port": 0})
+            return str(first.value), str(second.value), client.url
+        finally:
+            await client.aclose()
+
+    first, second, current = asyncio.run(scenario())
+    assert "unreachable at https://127.0.0.1:" in first
+    assert "tried 2 of 2" in first
+    assert "tried 1 of 2, the other 1 backing off" in second
+    # Nothing answered, so the client did not move: still the first address.
+    assert current == f"https://127.0.0.1:{ports[0]}"
