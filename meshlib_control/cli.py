@@ -14,6 +14,8 @@ from pathlib import Path
 
 from meshlib.errors import MeshError
 from meshlib_control.admin_client import AdminClient, CLIError
+from meshlib_control.ca.commands import configure_parser as configure_ca
+from meshlib_control.ca.commands import run_ca
 from meshlib_control.commands import ADMIN_COMMANDS, cmd_dashboard
 from meshlib_control.sidecar.command import configure_parser as configure_sidecar
 from meshlib_control.sidecar.command import run_sidecar
@@ -61,6 +63,7 @@ def _cmd_control_serve(args: argparse.Namespace) -> None:
         svid_ttl=ttl("--svid-ttl", args.svid_ttl, defaults.svid_ttl),
         instance_ttl=ttl("--instance-ttl", args.instance_ttl, defaults.instance_ttl),
         rebootstrap_ttl=ttl("--rebootstrap-ttl", args.rebootstrap_ttl, defaults.rebootstrap_ttl),
+        store=args.store,
         **{
             field: getattr(args, field) for field in QUOTA_FLAGS if getattr(args, field) is not None
         },
@@ -98,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--ca-key", help="plugged-in CA private key (PEM)")
     serve.add_argument("--svid-ttl", help="workload certificate lifetime (24h)")
     serve.add_argument("--instance-ttl", help="registration lease without heartbeat (15s)")
+    serve.add_argument(
+        "--store",
+        help="where the state lives: etcd://HOST:PORT[,HOST:PORT...] (replicas share it) or "
+        "sqlite:///PATH (default: mesh.db in the data dir)",
+    )
     serve.add_argument(
         "--rebootstrap-ttl",
         help="lifetime of the one-use credential that lets a workload whose SVID expired "
@@ -159,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("dashboard", help="print the web dashboard's URL (with its access token)")
 
+    configure_ca(sub.add_parser("ca", help="root CA, replica intermediates, trust bundle"))
     configure_sidecar(
         sub.add_parser(
             "sidecar",
@@ -179,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "sidecar":
             return run_sidecar(args)
+        if args.command == "ca":
+            return run_ca(args)
         if args.command == "dashboard":
             cmd_dashboard(args)
             return 0

@@ -55,6 +55,7 @@ async def serve(
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     plane = ControlPlane(settings)
+    plane.follow_store(asyncio.get_running_loop())
     if scrape_interval is not None:
         plane.observer.interval = scrape_interval
     host, port = split_hostport(settings.listen, "--listen")

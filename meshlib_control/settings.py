@@ -13,6 +13,8 @@ __all__ = [
     "DEFAULT_TRUST_DOMAIN",
     "DEFAULT_XDS_LISTEN",
     "Settings",
+    "StoreSpec",
+    "parse_store",
     "split_hostport",
 ]
 
@@ -47,6 +49,43 @@ def split_hostport(value: str, flag: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSpec:
+    """Where the state lives: ``sqlite`` (a file) or ``etcd`` (members and key prefix)."""
+
+    backend: str
+    path: Path | None = None
+    endpoints: tuple[str, ...] = ()
+    prefix: str = "/meshlib/"
+
+
+def parse_store(value: str | None, data_dir: Path) -> StoreSpec:
+    """``--store``: ``etcd://h:p[,h:p…][/prefix]``, ``sqlite:///path``; None: the data dir's.
+
+    Raises:
+        ConfigError: naming ``--store`` and what is wrong.
+    """
+    if value is None:
+        return StoreSpec("sqlite", path=data_dir / "mesh.db")
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        raise ConfigError(f"--store: {value!r} is not etcd://HOST:PORT[,…] or sqlite:///PATH")
+    if scheme == "sqlite":
+        if not rest.startswith("/") or rest == "/":
+            raise ConfigError(f"--store: {value!r}: sqlite:///PATH needs an absolute path")
+        return StoreSpec("sqlite", path=Path(rest))
+    if scheme != "etcd":
+        raise ConfigError(f"--store: scheme {scheme!r} is not etcd or sqlite")
+    members, slash, prefix = rest.partition("/")
+    endpoints = tuple(m.strip() for m in members.split(","))
+    for endpoint in endpoints:
+        split_hostport(endpoint, "--store")
+    if slash and (not prefix or not all(c.isalnum() or c in "-_/." for c in prefix)):
+        raise ConfigError(f"--store: key prefix {prefix!r}: letters, digits, -_./ only")
+    chosen = f"/{prefix.strip('/')}/" if slash else "/meshlib/"
+    return StoreSpec("etcd", endpoints=endpoints, prefix=chosen)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Validated control-service settings."""
 
@@ -68,9 +107,22 @@ class Settings:
     max_watch_keys_per_identity: int = DEFAULT_MAX_WATCH_KEYS_PER_IDENTITY
     max_deps: int = DEFAULT_MAX_DEPS
     scrape_max_bytes: int = DEFAULT_SCRAPE_MAX_BYTES
+    store: str | None = None  # --store; None: SQLite in the data dir
+
+    @property
+    def store_spec(self) -> StoreSpec:
+        """The parsed ``--store``."""
+        return parse_store(self.store, self.data_dir)
 
     def __post_init__(self) -> None:
         split_hostport(self.listen, "--listen")
+        spec = self.store_spec
+        if spec.backend == "etcd" and self.ca_cert is None:
+            # Replicas that each made their own CA would each sign for a different root.
+            raise ConfigError(
+                "--store etcd://: give --ca-cert and --ca-key (every replica signs under "
+                "the same trust bundle; see docs/operations.md, High availability)"
+            )
         if self.xds_listen is not None:
             split_hostport(self.xds_listen, "--xds-listen")
         if (self.ca_cert is None) != (self.ca_key is None):

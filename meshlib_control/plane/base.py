@@ -8,7 +8,8 @@ from meshlib_control.ca.authority import CertificateAuthority
 from meshlib_control.settings import Settings
 from meshlib_control.snapshot.builder import MeshState
 from meshlib_control.snapshot.cache import SnapshotCache
-from meshlib_control.store.sqlite import CertificateRecord, SQLiteStore
+from meshlib_control.store.base import Store
+from meshlib_control.store.records import CertificateRecord
 
 __all__ = ["PlaneBase", "utc_now"]
 
@@ -25,7 +26,7 @@ class PlaneBase:
     """
 
     settings: Settings
-    store: SQLiteStore
+    store: Store
     ca: CertificateAuthority
     cache: SnapshotCache
     trust_domain: str
@@ -35,7 +36,8 @@ class PlaneBase:
         return MeshState(
             trust_domain=self.trust_domain,
             resources=self.store.resources(),
-            instances=tuple(i for i in self.store.instances() if i.expires_at >= utc_now()),
+            instances=self.store.live_instances(utc_now()),
+            trust_bundle=self.ca.bundle_pem.decode(),
         )
 
     def refresh(self) -> int:

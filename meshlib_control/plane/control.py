@@ -7,6 +7,8 @@ anything is written.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -22,16 +24,17 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from meshlib.errors import IdentityError
 from meshlib.identity.keys import write_private_file
 from meshlib.identity.spiffe import SpiffeId
-from meshlib.identity.svid import SVID
+from meshlib.identity.svid import SVID, load_pem_certificates
 from meshlib_control.ca.authority import CertificateAuthority
 from meshlib_control.errors import ApiError
 from meshlib_control.observe.scraper import Observer
 from meshlib_control.plane.admin import AdminOperations
 from meshlib_control.plane.base import utc_now
+from meshlib_control.plane.trust import TrustOperations
 from meshlib_control.plane.workloads import WorkloadOperations
 from meshlib_control.settings import ADMIN_CERT_TTL, CONTROL_CERT_TTL, Settings
 from meshlib_control.snapshot.cache import SnapshotCache
-from meshlib_control.store.sqlite import SQLiteStore
+from meshlib_control.store.open import open_store
 from meshlib_control.xds.status import XdsStatus
 
 __all__ = ["ControlPlane"]
@@ -39,7 +42,7 @@ __all__ = ["ControlPlane"]
 log = logging.getLogger("meshlib_control")
 
 
-class ControlPlane(WorkloadOperations, AdminOperations):
+class ControlPlane(WorkloadOperations, AdminOperations, TrustOperations):
     """CA, store, registry and snapshot cache of one control service."""
 
     def __init__(self, settings: Settings) -> None:
@@ -47,7 +50,7 @@ class ControlPlane(WorkloadOperations, AdminOperations):
         self.data_dir = settings.data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.data_dir, 0o700)
-        self.store = SQLiteStore(self.data_dir / "mesh.db")
+        self.store = open_store(settings.store_spec)
         self.trust_domain = self._trust_domain(settings.trust_domain)
         if settings.ca_cert is not None and settings.ca_key is not None:
             self.ca = CertificateAuthority.from_files(
@@ -55,11 +58,14 @@ class ControlPlane(WorkloadOperations, AdminOperations):
             )
         else:
             self.ca = CertificateAuthority.load_or_create(self.data_dir, self.trust_domain)
+        self.init_trust_bundle()  # the bundle all replicas share; must hold our signing root
         self.control_id = SpiffeId(self.trust_domain, "/control")
         self.admin_id = SpiffeId(self.trust_domain, "/admin")
         # A restarted control service must not expire instances that could not heartbeat
-        # while it was down: give every registration a fresh lease.
-        self._renew_leases()
+        # while it was down: give every registration a fresh lease. Replicas on etcd do
+        # not: the other replicas kept serving, and etcd's leases say who is live.
+        if not self.store.replicated:
+            self._renew_leases()
         self.cache = SnapshotCache(self.state())
         # Read-only dashboard access for a browser (which has no admin SVID): a fresh random
         # token per start, written 0600 next to the admin credentials.
@@ -85,6 +91,34 @@ class ControlPlane(WorkloadOperations, AdminOperations):
         now = utc_now()
         for record in self.store.instances():
             self.store.upsert_instance(replace(record, expires_at=now + self.settings.instance_ttl))
+
+    def follow_store(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Rebuild snapshots on *loop* when another replica changes the mesh state.
+
+        The store calls back from its watch thread; notices that arrive while a rebuild is
+        pending are folded into it, so a burst of changes costs one rebuild.
+        """
+        pending = False
+
+        def rebuild() -> None:
+            nonlocal pending
+            pending = False
+            try:
+                self.refresh()
+            except Exception:  # a bad rebuild must not stop the next one
+                log.exception("snapshot rebuild after a store change failed")
+
+        def notice() -> None:
+            nonlocal pending
+            if not pending:
+                pending = True
+                loop.call_soon(rebuild)
+
+        def from_watch_thread() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the service stopped
+                loop.call_soon_threadsafe(notice)
+
+        self.store.subscribe(from_watch_thread)
 
     def expire(self) -> int:
         """Drop instances that stopped heartbeating; refresh snapshots if any went."""
@@ -115,7 +149,11 @@ class ControlPlane(WorkloadOperations, AdminOperations):
                     (admin_dir / "admin.key").read_bytes(),
                     self.ca.bundle_pem,
                 )
-                reissue = svid.not_after - utc_now() < timedelta(days=7)
+                expiring = svid.not_after - utc_now() < timedelta(days=7)
+                # After a signing switch (root rotation) the old admin certificate chains
+                # to a root that is about to be retired: reissue it from the current CA.
+                leaf = load_pem_certificates(svid.cert_chain_pem)[0]
+                reissue = expiring or not self.ca.is_issuer_of(leaf)
             except (OSError, IdentityError):
                 reissue = True
         if reissue:
@@ -134,7 +172,8 @@ class ControlPlane(WorkloadOperations, AdminOperations):
         return {
             "trustDomain": self.trust_domain,
             "bundle": self.ca.bundle_pem.decode(),
-            "fingerprints": [self.ca.fingerprint],
+            "fingerprints": list(self.ca.bundle_fingerprints),
+            "signingRoot": self.ca.fingerprint,
             "xdsAddress": self.xds_address,
         }
 

@@ -18,7 +18,7 @@ from meshlib_control.ca.tokens import TokenError, check_token, parse_token
 from meshlib_control.errors import ApiError
 from meshlib_control.plane.base import PlaneBase, utc_now
 from meshlib_control.plane.fields import check_labels, int_field
-from meshlib_control.store.sqlite import InstanceRecord
+from meshlib_control.store.records import InstanceRecord
 
 __all__ = ["MODES", "WorkloadOperations"]
 

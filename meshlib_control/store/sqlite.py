@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +33,8 @@ __all__ = ["CertificateRecord", "InstanceRecord", "SQLiteStore"]
 
 class SQLiteStore:
     """All persistent state of one control service, in ``<data-dir>/mesh.db``."""
+
+    replicated = False  # one process: nobody else writes, there is nothing to follow
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -58,6 +60,9 @@ class SQLiteStore:
         """Close the database."""
         with self._lock:
             self._db.close()
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Nothing to follow: this process is the only writer."""
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -184,6 +189,10 @@ class SQLiteStore:
         """Every registered instance (expired ones included until :meth:`expire_instances`)."""
         rows = self._rows("SELECT * FROM instances ORDER BY namespace, service, id")
         return tuple(self._instance(row) for row in rows)
+
+    def live_instances(self, now: datetime) -> tuple[InstanceRecord, ...]:
+        """Instances whose lease (``expires_at``) has not passed at *now*."""
+        return tuple(i for i in self.instances() if i.expires_at >= now)
 
     def delete_instance(self, instance_id: str) -> bool:
         """Remove one instance; False if unknown."""
