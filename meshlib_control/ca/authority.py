@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import (
@@ -31,6 +31,7 @@ from meshlib.identity.spiffe import SpiffeId
 from meshlib.identity.svid import (
     certificate_fingerprint,
 )
+from meshlib_control.ca.bundle import TrustBundle, anchor_of, describe
 from meshlib_control.ca.csr import CSRRejected, check_csr_names, check_ttl, describe_key
 from meshlib_control.ca.roots import (
     CA_CERT_FILE,
@@ -99,9 +100,18 @@ class CertificateAuthority:
         self._cert = signing_cert
         self._key = signing_key
         self._chain = chain
-        self._roots = roots
+        anchor = anchor_of(chain[-1] if chain else signing_cert, roots)
+        if anchor is None:
+            raise ConfigError(
+                f"the signing CA {describe(signing_cert)} does not chain to a root of its "
+                "trust bundle (give the chain up to the root, or the root's bundle)"
+            )
+        self._signing_root = anchor
         self._chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
-        self._bundle_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in roots)
+        # The bundle changes at run time (roots added and retired); one assignment
+        # publishes a new one.
+        self._bundle = TrustBundle(roots)
+        self._bundle_pem = self._bundle.pem
         try:
             ski = signing_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
             self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
@@ -156,8 +166,38 @@ class CertificateAuthority:
 
     @property
     def root(self) -> x509.Certificate:
-        """The (first) root of the trust bundle; the one join tokens pin."""
-        return self._roots[0]
+        """The root the signing certificate chains to (not necessarily the bundle's first)."""
+        return self._signing_root
+
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        """The intermediates served after each leaf (empty when a root signs)."""
+        return self._chain
+
+    @property
+    def bundle(self) -> TrustBundle:
+        """The trust bundle in use."""
+        return self._bundle
+
+    def use_bundle(self, bundle: TrustBundle) -> None:
+        """Serve *bundle* from now on; ConfigError unless it holds :attr:`root`."""
+        if self._signing_root not in bundle.roots:
+            raise ConfigError(
+                f"trust bundle: it lacks {describe(self._signing_root)}, the root this "
+                "control replica signs from: add that root (meshctl ca add-root) before "
+                "starting a replica that signs from it"
+            )
+        self._bundle, self._bundle_pem = bundle, bundle.pem
+
+    def is_issuer_of(self, cert: x509.Certificate) -> bool:
+        """True when the current signing certificate directly issued *cert*."""
+        if cert.issuer != self._cert.subject:
+            return False
+        try:
+            cert.verify_directly_issued_by(self._cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
 
     @property
     def signing_certificate(self) -> x509.Certificate:
@@ -173,6 +213,11 @@ class CertificateAuthority:
     def fingerprint(self) -> str:
         """``sha256:<hex>`` of :attr:`root`'s DER."""
         return certificate_fingerprint(self.root)
+
+    @property
+    def bundle_fingerprints(self) -> tuple[str, ...]:
+        """``sha256:<hex>`` of every root of the bundle: what a join token pins."""
+        return self._bundle.fingerprints
 
     @property
     def not_after(self) -> datetime:

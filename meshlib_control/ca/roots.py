@@ -37,11 +37,13 @@ from meshlib.identity.svid import load_pem_certificates, spiffe_id_from_certific
 __all__ = [
     "CA_CERT_FILE",
     "CA_KEY_FILE",
+    "CA_KEY_USAGE",
     "CLOCK_SKEW",
     "ROOT_VALIDITY",
     "CAMaterial",
     "load_material",
     "load_or_create_material",
+    "make_root",
     "random_serial",
     "trust_domain_uri",
 ]
@@ -49,6 +51,17 @@ __all__ = [
 CA_CERT_FILE = "ca.pem"
 CA_KEY_FILE = "ca.key"
 ROOT_VALIDITY = timedelta(days=3650)
+CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
 # notBefore is back-dated so that a peer whose clock is a little behind accepts the cert.
 CLOCK_SKEW = timedelta(seconds=60)
 
@@ -73,7 +86,7 @@ def load_or_create_material(data_dir: Path, trust_domain: str) -> CAMaterial:
             group or others, the files do not form a CA, or the CA belongs to another
             trust domain.
     """
-    td_uri = trust_domain_uri(trust_domain)
+    trust_domain_uri(trust_domain)  # ConfigError naming trust_domain, before any write
     data_dir = Path(data_dir)
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     cert_path, key_path = data_dir / CA_CERT_FILE, data_dir / CA_KEY_FILE
@@ -95,10 +108,30 @@ def load_or_create_material(data_dir: Path, trust_domain: str) -> CAMaterial:
             )
         return load_material(cert_path, key_path, trust_domain)
 
+    root, key = make_root(trust_domain)
+    # Key first: a crash in between leaves only ca.key, which the next start refuses
+    # with a clear message rather than silently minting a second root.
+    write_private_file(key_path, private_key_pem(key))
+    write_public_file(cert_path, root.public_bytes(serialization.Encoding.PEM))
+    return CAMaterial(signing_cert=root, signing_key=key, chain=(), roots=(root,))
+
+
+def make_root(
+    trust_domain: str,
+    *,
+    validity: timedelta = ROOT_VALIDITY,
+    name: str | None = None,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new self-signed ECDSA P-256 root of *trust_domain* and its key.
+
+    *name* is the common name (``meshlib root CA <trust domain>`` by default); give each
+    root of a rotation its own (e.g. with the year) so that operators tell them apart.
+    """
+    td_uri = trust_domain_uri(trust_domain)
     key = generate_private_key()
     now = datetime.now(UTC)
     subject = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, f"meshlib root CA {trust_domain}")]
+        [x509.NameAttribute(NameOID.COMMON_NAME, name or f"meshlib root CA {trust_domain}")]
     )
     root = (
         x509.CertificateBuilder()
@@ -107,24 +140,11 @@ def load_or_create_material(data_dir: Path, trust_domain: str) -> CAMaterial:
         .public_key(key.public_key())
         .serial_number(random_serial())
         .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + ROOT_VALIDITY)
-        # path_length=1: the root may later sign one intermediate layer (e.g. per
-        # replica), but never a chain of them.
+        .not_valid_after(now + validity)
+        # path_length=1: the root may sign one intermediate layer (one per control
+        # replica, `meshctl ca intermediate`), but never a chain of them.
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(td_uri)]),
@@ -132,11 +152,7 @@ def load_or_create_material(data_dir: Path, trust_domain: str) -> CAMaterial:
         )
         .sign(key, hashes.SHA256())
     )
-    # Key first: a crash in between leaves only ca.key, which the next start refuses
-    # with a clear message rather than silently minting a second root.
-    write_private_file(key_path, private_key_pem(key))
-    write_public_file(cert_path, root.public_bytes(serialization.Encoding.PEM))
-    return CAMaterial(signing_cert=root, signing_key=key, chain=(), roots=(root,))
+    return root, key
 
 
 def load_material(

@@ -1,9 +1,11 @@
 """Join tokens: one-identity, expiring, limited-use credentials for a workload's first SVID.
 
-A token reads ``mesh1.<token_id>.<secret>.<ca_fingerprint_hex>``. The id names the stored
-record; the secret proves possession (only its SHA-256 is stored); the CA fingerprint lets
-the workload pin the control service's trust bundle on first contact, as kubeadm's
-discovery hash does. Everything here is pure: the store persists the records.
+A token reads ``mesh1.<token_id>.<secret>.<ca_fingerprints>``. The id names the stored
+record; the secret proves possession (only its SHA-256 is stored); the fingerprints
+(``-``-separated hex, one per root) pin the trust bundle of the token's creation, so the
+workload authenticates the control service on first contact, as kubeadm's discovery hash
+does, through a root rotation: any replica signing from one of those roots is trusted.
+Everything here is pure: the store persists the records.
 
 Neither a token string nor its secret ever appears in an error message or a ``repr``.
 """
@@ -16,6 +18,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -39,6 +42,7 @@ __all__ = [
 TOKEN_PREFIX = "mesh1"
 FINGERPRINT_PREFIX = "sha256:"
 _SECRET_BYTES = 32
+MAX_PINNED_ROOTS = 8
 
 _ID_RE = re.compile(r"[0-9a-f]{16}")
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -91,12 +95,14 @@ class TokenRecord:
 class ParsedToken:
     """A token string split into its parts; ``repr()`` hides the secret.
 
-    ``ca_fingerprint`` is in the ``sha256:<hex>`` form of ``certificate_fingerprint``.
+    ``ca_fingerprint`` is in the ``sha256:<hex>`` form of ``certificate_fingerprint``: the
+    first pinned root; ``ca_fingerprints`` holds every pinned root (the bundle).
     """
 
     token_id: str
     secret: str = field(repr=False)
     ca_fingerprint: str
+    ca_fingerprints: tuple[str, ...] = ()
 
 
 def _hash_secret(secret: str) -> str:
@@ -113,12 +119,18 @@ def _fingerprint_hex(ca_fingerprint: str) -> str:
 
 
 def new_token(
-    *, spiffe_id: str, ttl: timedelta, uses: int, ca_fingerprint: str, now: datetime
+    *,
+    spiffe_id: str,
+    ttl: timedelta,
+    uses: int,
+    ca_fingerprint: str | Sequence[str],
+    now: datetime,
 ) -> tuple[str, TokenRecord]:
     """Create a token for *spiffe_id*, valid *ttl* from *now*, for *uses* SVIDs.
 
     Args:
-        ca_fingerprint: the CA's ``sha256:<hex>`` fingerprint (bare hex also accepted).
+        ca_fingerprint: the ``sha256:<hex>`` fingerprint (bare hex also accepted) of each
+            root of the trust bundle to pin, or of one root.
         now: aware current time.
 
     Returns:
@@ -140,7 +152,10 @@ def new_token(
         raise ConfigError(f"spiffe_id: {spiffe_id} is a trust domain, not a workload identity")
     if now.tzinfo is None:
         raise ConfigError("now: must be timezone-aware")
-    fingerprint = _fingerprint_hex(ca_fingerprint)
+    pins = [ca_fingerprint] if isinstance(ca_fingerprint, str) else list(ca_fingerprint)
+    if not 1 <= len(pins) <= MAX_PINNED_ROOTS:
+        raise ConfigError(f"ca_fingerprint: 1..{MAX_PINNED_ROOTS} roots, got {len(pins)}")
+    fingerprint = "-".join(_fingerprint_hex(pin) for pin in pins)
     token_id = secrets.token_hex(8)
     secret = base64.urlsafe_b64encode(secrets.token_bytes(_SECRET_BYTES)).rstrip(b"=").decode()
     record = TokenRecord(
@@ -187,11 +202,14 @@ def parse_token(text: str) -> ParsedToken:
         raise _malformed("the secret is not URL-safe base64") from None
     if len(decoded) != _SECRET_BYTES:
         raise _malformed("the secret is not 32 bytes")
-    fingerprint = fingerprint.lower()
-    if not _FINGERPRINT_RE.fullmatch(fingerprint):
-        raise _malformed("the CA fingerprint is not 64 hex digits")
+    pins = fingerprint.lower().split("-")
+    if len(pins) > MAX_PINNED_ROOTS:
+        raise _malformed(f"more than {MAX_PINNED_ROOTS} CA fingerprints")
+    if not all(_FINGERPRINT_RE.fullmatch(pin) for pin in pins):
+        raise _malformed("a CA fingerprint is not 64 hex digits")
+    pinned = tuple(FINGERPRINT_PREFIX + pin for pin in pins)
     return ParsedToken(
-        token_id=token_id, secret=secret, ca_fingerprint=FINGERPRINT_PREFIX + fingerprint
+        token_id=token_id, secret=secret, ca_fingerprint=pinned[0], ca_fingerprints=pinned
     )
 
 
