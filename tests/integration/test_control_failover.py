@@ -8,6 +8,7 @@ the same state and serves the same snapshot versions, as replicas on one etcd do
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -19,7 +20,17 @@ from typing import Any
 import pytest
 
 import meshlib
-from tests.integration.harness import MESHCTL, ROOT, Control, Service, wait_endpoints, wait_for
+from tests.integration.harness import (
+    MESHCTL,
+    ROOT,
+    Control,
+    Service,
+    free_port,
+    stop_all,
+    wait_endpoints,
+    wait_for,
+)
+from tests.integration.sidecars import SidecarService, envoy_available, node_status, sidecars_status
 
 pytestmark = pytest.mark.integration
 
@@ -185,3 +196,83 @@ def test_library_workloads_fail_over_and_resume_their_watch(group, tmp_path):
     finally:
         frontend.close()
         orders.stop()
+
+
+@pytest.mark.skipif(not envoy_available(), reason="envoy binary not installed ([sidecar])")
+def test_envoy_sidecar_fails_over_to_the_next_replica(tmp_path):
+    """The sidecar's Envoy lists every replica's ADS server; SIGKILL the one it streams from:
+    Envoy reconnects to the next within seconds, serves on, and takes a change applied there."""
+    group = [
+        Replica(
+            tmp_path / "control", "--instance-ttl", "5s", "--xds-listen", f"127.0.0.1:{free_port()}"
+        )
+        for _ in range(3)
+    ]
+    first, second, third = group
+    first.start()
+    orders = frontend = None
+    try:
+        orders = Service(first, "orders", tmp_path, env={"MESH_CONTROL_URL": urls(group)})
+        orders.start()
+        second.start()
+        third.start()
+        frontend = SidecarService(first, "frontend", tmp_path)
+        # `meshctl sidecar --control A --control B,C` instead of `meshctl --control A sidecar`.
+        args = frontend.sidecar.process.args
+        at = args.index("--control")
+        del args[at : at + 2]
+        args += ["--control", first.url, "--control", f"{second.url},{third.url}"]
+        frontend.start()
+        sidecar = frontend.sidecar
+        bootstrap = json.loads((sidecar.data_dir / "sidecar" / "envoy-bootstrap.json").read_text())
+        (cluster,) = bootstrap["static_resources"]["clusters"]
+        priorities = [
+            (
+                e["priority"],
+                e["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"],
+            )
+            for e in cluster["load_assignment"]["endpoints"]
+        ]
+        xds_ports = [
+            int(r.process.args[r.process.args.index("--xds-listen") + 1].rsplit(":", 1)[1])
+            for r in group
+        ]
+        assert priorities == list(enumerate(xds_ports))
+        wait_for(
+            lambda: sidecar.get("orders", "/items/1").status_code == 200, 20, "orders via Envoy"
+        )
+        assert node_status(first)["connected"]
+
+        def call(i: int) -> int:
+            return int(sidecar.get("orders", f"/items/{i}", timeout=5).status_code)
+
+        with Traffic(call) as traffic:
+            time.sleep(0.5)
+            first.kill()
+            killed = time.monotonic()
+            wait_for(
+                lambda: any(n["connected"] for n in sidecars_status(second)),
+                FAILOVER_WITHIN,
+                "Envoy's ADS stream on the second replica",
+                interval=0.2,
+            )
+            moved_after = time.monotonic() - killed
+            assert not any(n["connected"] for n in sidecars_status(third))
+            second.apply(PROBE_POLICY)
+            wait_for(
+                lambda: sidecar.get("orders", "/p", headers={"x-probe": "1"}).status_code == 418,
+                10,
+                "the change from the survivor applied by Envoy",
+                interval=0.2,
+            )
+            # The sidecar agent moved too: its heartbeats keep it live past the 5 s lease.
+            time.sleep(max(0.0, 6.0 - (time.monotonic() - killed)))
+            live = [i for i in second.instances() if i["service"] == "frontend"]
+            assert live and live[0]["mode"] == "sidecar", live
+        assert traffic.failures == [], traffic.failures[:5]
+        assert traffic.sent >= 50, traffic.sent
+        assert moved_after < FAILOVER_WITHIN
+    finally:
+        stop_all([*(frontend.processes if frontend else []), *([orders.process] if orders else [])])
+        for member in group:
+            member.stop()
