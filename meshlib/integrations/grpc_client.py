@@ -20,16 +20,10 @@ Per call they
 6. retry unary-request calls by the route's retry policy and the service's retry budget
    (:mod:`meshlib.resilience.retry`). Streams are never retried.
 
-gRPC outcomes are read as the HTTP outcomes the policy speaks of (so ``retryOn`` and
-breakers mean the same thing for both)::
-
-    UNAVAILABLE, no connection could be made     connect-failure  (retried for any method:
-                                                                   nothing was sent)
-    UNAVAILABLE, the connection broke            reset
-    UNAVAILABLE otherwise                        503
-    DEADLINE_EXCEEDED of a per-try timeout       timeout
-    INTERNAL, UNKNOWN, DATA_LOSS                 500
-    RESOURCE_EXHAUSTED 429, UNIMPLEMENTED 501, other codes 4xx (never failures)
+gRPC outcomes are read as the HTTP outcomes the policy speaks of, so ``retryOn``, breakers
+and outlier detection mean the same for both (the table is in
+:mod:`meshlib.integrations.grpc_client_outcomes`); a connect failure is retried for any
+method, as nothing was sent.
 
 Every gRPC call is a POST, so only connect failures are retried unless the method is
 marked idempotent (``idempotent_methods=``), the call carries ``idempotency-key``
@@ -38,9 +32,12 @@ metadata, or the route sets ``allowNonIdempotent``.
 The decisions of a call are the call driver's (:mod:`meshlib.traffic.driver`), over the
 destination's runtime shared with HTTP calls; this module and
 :mod:`meshlib.integrations.grpc_client_aio` only send and sleep
-(:mod:`meshlib.integrations.grpc_client_call` maps the rest). Pool limits (admission),
-locality, mirroring (unary-unary calls), fault delay and abort and outlier detection act
-on gRPC calls as on HTTP ones.
+(:mod:`meshlib.integrations.grpc_client_call` maps the rest, and records the call with
+:mod:`meshlib.telemetry.client`). Pool limits (admission), locality, mirroring
+(unary-unary calls), fault delay and abort and outlier detection act on gRPC calls as on
+HTTP ones. When the retry budget refuses a retry, the last try's error is raised as a
+:class:`BudgetExhaustedRpcError` (its code and details, plus ``x-mesh-flag:
+RETRY_BUDGET_EXHAUSTED``).
 
 Sub-channels follow the mesh: a rotated SVID makes new calls build new channels while the
 old ones are closed after ``grace`` seconds; endpoints that leave the snapshot are closed
@@ -55,10 +52,18 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from meshlib.integrations.grpc_client_aio import AsyncMeshChannel
-from meshlib.integrations.grpc_client_call import Core, GrpcCall, MeshLike, call_kwargs
+from meshlib.integrations.grpc_client_call import (
+    Core,
+    Factories,
+    GrpcCall,
+    MeshLike,
+    Multi,
+    call_kwargs,
+)
 from meshlib.integrations.grpc_client_channels import SubChannels, retire_later
 from meshlib.integrations.grpc_client_outcomes import (
     DEFAULT_GRACE,
+    BudgetExhaustedRpcError,
     MeshRpcError,
     current_deadline,
     outcome_of,
@@ -73,6 +78,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 __all__ = [
     "DEFAULT_GRACE",
     "AsyncMeshChannel",
+    "BudgetExhaustedRpcError",
     "MeshChannel",
     "MeshLike",
     "MeshRpcError",
@@ -81,61 +87,67 @@ __all__ = [
 ]
 
 
-class _SyncMulti:
-    def __init__(self, core: Core, kind: str, method: str, ser: Any, de: Any) -> None:
-        self._core = core
-        self._kind = kind
-        self._method = method
-        self._ser = ser
-        self._de = de
+class _SyncMulti(Multi):
+    """A sync multi-callable of any kind; the four gRPC classes below only name the kind.
 
-    def _inner(self, channel: Any, kind: str | None = None) -> Any:
-        return getattr(channel, kind or self._kind)(
-            self._method,
-            request_serializer=self._ser,
-            response_deserializer=self._de,
-            _registered_method=True,
-        )
+    Unary-unary ``__call__`` and ``with_call`` retry; streams and futures make one try.
+    ``options`` are gRPC's ``credentials``, ``wait_for_ready`` and ``compression``.
+    """
 
-    def _stream(
-        self, request: Any, timeout: float | None, metadata: Any, future: bool = False, **kw: Any
+    def __call__(
+        self, request: Any, timeout: float | None = None, metadata: Any = None, **options: Any
+    ) -> Any:
+        kw = call_kwargs(options)
+        if self._kind == "unary_unary":
+            return self._unary(request, timeout, metadata, kw)[0]
+        if self._kind == "stream_unary":
+            return self._once(request, timeout, metadata, kw).result()
+        return self._once(request, timeout, metadata, kw)
+
+    def with_call(
+        self, request: Any, timeout: float | None = None, metadata: Any = None, **options: Any
+    ) -> Any:
+        """``(response, grpc.Call)``; unary-request kinds only."""
+        kw = call_kwargs(options)
+        if self._kind == "unary_unary":
+            return self._unary(request, timeout, metadata, kw)
+        future = self._once(request, timeout, metadata, kw)
+        return future.result(), future
+
+    def future(
+        self, request: Any, timeout: float | None = None, metadata: Any = None, **options: Any
+    ) -> Any:
+        """One try, no retry (a future cannot be re-sent); unary-request kinds only."""
+        return self._once(request, timeout, metadata, call_kwargs(options), future=True)
+
+    def _once(
+        self, request: Any, timeout: float | None, metadata: Any, kw: Any, future: bool = False
     ) -> Any:
         """One try, no retry (a stream or future cannot be re-sent); recorded when it ends."""
         call = GrpcCall(self._core, self._method, metadata, timeout, streaming=True)
-        try:
-            action = call.begin()
-            if action == SLEEP:
-                time.sleep(call.driver.delay)
-                action = call.resume()
-            if action == ABORT:
-                raise call.fault_error()
-        except BaseException:
-            call.finish("UNKNOWN")
-            raise
+        _, error = call.start_once(time.sleep)
+        if error is not None:
+            raise error
         factory = self._inner(call.channel())
         if future or self._kind == "stream_unary":  # its __call__ blocks: take the future
             factory = factory.future
         began = time.monotonic()
         inner = factory(request, timeout=call.driver.timeout, metadata=call.metadata or None, **kw)
-
         inner.add_done_callback(lambda rpc: call.ended(rpc.code(), rpc, began))
         return inner
 
-    def _unary(self, request: Any, timeout: float | None, metadata: Any, **kw: Any) -> Any:
-        """A unary-request call with retries; returns ``(response, grpc.Call)``."""
+    def _unary(self, request: Any, timeout: float | None, metadata: Any, kw: Any) -> Any:
+        """A unary-unary call with retries; returns ``(response, grpc.Call)``."""
         call = GrpcCall(self._core, self._method, metadata, timeout, streaming=False)
         try:
-            result = self._unary_call(call, request, **kw)
-        except grpc.RpcError as exc:
-            call.finish(exc.code())
-            raise
-        except BaseException:
-            call.finish("UNKNOWN")
+            result = self._tries(call, request, kw)
+        except BaseException as exc:
+            call.failed(exc)
             raise
         call.finish(grpc.StatusCode.OK)
         return result
 
-    def _unary_call(self, call: GrpcCall, request: Any, **kw: Any) -> Any:
+    def _tries(self, call: GrpcCall, request: Any, kw: Any) -> Any:
         driver = call.driver
         action = call.begin()
         while True:  # bounded: the driver allows at most 1 + retries.attempts tries
@@ -145,8 +157,9 @@ class _SyncMulti:
                 continue
             if action == ABORT:
                 raise call.fault_error()
-            if driver.attempts == 1 and self._kind == "unary_unary":
-                self._mirror(call, request, kw)
+            mirror = call.mirror_channel()
+            if mirror is not None:
+                self._mirror(mirror, call, request, kw)
             began = time.monotonic()
             try:
                 result = self._inner(call.channel()).with_call(
@@ -158,10 +171,7 @@ class _SyncMulti:
             call.on_ok()
             return result
 
-    def _mirror(self, call: GrpcCall, request: Any, kw: dict[str, Any]) -> None:
-        channel = call.mirror_channel() if call.driver.plan.mirror is not None else None
-        if channel is None:
-            return
+    def _mirror(self, channel: Any, call: GrpcCall, request: Any, kw: Any) -> None:
         with contextlib.suppress(Exception):  # a mirror never affects the caller
             shadow = self._inner(channel).future(
                 request, timeout=call.driver.timeout, metadata=call.metadata or None, **kw
@@ -170,114 +180,30 @@ class _SyncMulti:
 
 
 class _UnaryUnary(_SyncMulti, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
-    def __call__(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        kw = call_kwargs(credentials, wait_for_ready, compression)
-        return self._unary(request, timeout, metadata, **kw)[0]
-
-    def with_call(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        kw = call_kwargs(credentials, wait_for_ready, compression)
-        return self._unary(request, timeout, metadata, **kw)
-
-    def future(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        """One try, no retry (a future cannot be re-sent); otherwise as ``__call__``."""
-        kw = call_kwargs(credentials, wait_for_ready, compression)
-        return self._stream(request, timeout, metadata, future=True, **kw)
+    pass
 
 
 class _UnaryStream(_SyncMulti, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
-    def __call__(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        kw = call_kwargs(credentials, wait_for_ready, compression)
-        return self._stream(request, timeout, metadata, **kw)
+    pass
 
 
 class _StreamUnary(_SyncMulti, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
-    def __call__(
-        self,
-        request_iterator: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        return self.future(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-        ).result()
-
-    def with_call(
-        self,
-        request_iterator: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        fut = self.future(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-        )
-        return fut.result(), fut
-
-    def future(
-        self,
-        request_iterator: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        kw = call_kwargs(credentials, wait_for_ready, compression)
-        return self._stream(request_iterator, timeout, metadata, **kw)
+    pass
 
 
 class _StreamStream(_SyncMulti, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
-    def __call__(
-        self,
-        request_iterator: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        kw = call_kwargs(credentials, wait_for_ready, compression)
-        return self._stream(request_iterator, timeout, metadata, **kw)
+    pass
 
 
-class MeshChannel(grpc.Channel):  # type: ignore[misc]
+_KINDS: dict[str, type[_SyncMulti]] = {
+    "unary_unary": _UnaryUnary,
+    "unary_stream": _UnaryStream,
+    "stream_unary": _StreamUnary,
+    "stream_stream": _StreamStream,
+}
+
+
+class MeshChannel(Factories, grpc.Channel):  # type: ignore[misc]
     """A sync ``grpc.Channel`` to a mesh service; hand it to a generated stub.
 
     Args:
@@ -306,49 +232,8 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
         )
         self._core = Core(service, mesh, subchannels, idempotent_methods)
 
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _UnaryUnary(
-            self._core, "unary_unary", method, request_serializer, response_deserializer
-        )
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _UnaryStream(
-            self._core, "unary_stream", method, request_serializer, response_deserializer
-        )
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _StreamUnary(
-            self._core, "stream_unary", method, request_serializer, response_deserializer
-        )
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _StreamStream(
-            self._core, "stream_stream", method, request_serializer, response_deserializer
-        )
+    def multi_callable(self, kind: str, method: str, ser: Any, de: Any) -> Any:
+        return _KINDS[kind](self._core, kind, method, ser, de)
 
     def subscribe(self, callback: Callable[[Any], None], try_to_connect: bool = False) -> None:
         """Not supported: connectivity belongs to the per-endpoint channels."""

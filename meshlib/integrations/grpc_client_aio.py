@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from meshlib.integrations.grpc_client_call import Core, GrpcCall, MeshLike, call_kwargs
+from meshlib.errors import RequestError
+from meshlib.integrations.grpc_client_call import (
+    Core,
+    Factories,
+    GrpcCall,
+    MeshLike,
+    Multi,
+    call_kwargs,
+)
 from meshlib.integrations.grpc_client_channels import SubChannels
-from meshlib.integrations.grpc_client_outcomes import DEFAULT_GRACE, MeshRpcError
+from meshlib.integrations.grpc_client_outcomes import (
+    DEFAULT_GRACE,
+    GRPC_METHOD,
+    MeshRpcError,
+    rpc_error,
+)
 from meshlib.resilience.retry import RESET
 from meshlib.traffic.driver import ABORT, SLEEP
 
@@ -118,51 +132,23 @@ class _AioStreamCall:
         return getattr(self._inner, name)
 
 
-class _AioMulti:
-    def __init__(self, core: Core, kind: str, method: str, ser: Any, de: Any) -> None:
-        self._core = core
-        self._kind = kind
-        self._method = method
-        self._ser = ser
-        self._de = de
-
-    def _inner(self, channel: Any) -> Any:
-        return getattr(channel, self._kind)(
-            self._method,
-            request_serializer=self._ser,
-            response_deserializer=self._de,
-            _registered_method=True,
-        )
+class _AioMulti(Multi):
+    """An aio multi-callable of any kind (unary-unary calls retry, streams make one try)."""
 
     def __call__(
-        self,
-        request: Any,
-        *,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
+        self, request: Any, *, timeout: float | None = None, metadata: Any = None, **options: Any
     ) -> Any:
-        kw = call_kwargs(credentials, wait_for_ready, compression)
+        kw = call_kwargs(options)
         if self._kind == "unary_unary":
             return self._unary(request, timeout, metadata, kw)
         return self._stream(request, timeout, metadata, kw)
 
     def _stream(self, request: Any, timeout: float | None, metadata: Any, kw: Any) -> Any:
+        """One try (a stream cannot be re-sent); a fault delay waits for the first read."""
         call = GrpcCall(self._core, self._method, metadata, timeout, streaming=True)
-        delay = 0.0
-        try:
-            action = call.begin()
-            if action == SLEEP:  # applied before the first read, as the stream is started now
-                delay = call.driver.delay
-                action = call.resume()
-        except BaseException:
-            call.finish("UNKNOWN")
-            raise
-        if action == ABORT:
-            call.finish("UNKNOWN")
-            return _AioStreamCall(None, delay, call.fault_error())
+        delay, error = call.start_once(None)
+        if error is not None:
+            return _AioStreamCall(None, delay, error)
         began = time.monotonic()
         inner = self._inner(call.channel())(
             request, timeout=call.driver.timeout, metadata=call.metadata or None, **kw
@@ -173,7 +159,7 @@ class _AioMulti:
     def _unary(self, request: Any, timeout: float | None, metadata: Any, kw: Any) -> Any:
         call = GrpcCall(self._core, self._method, metadata, timeout, streaming=False)
 
-        async def run(last: list[Any]) -> Any:
+        async def tries(last: list[Any]) -> Any:
             driver = call.driver
             action = call.begin()
             while True:  # bounded: the driver allows at most 1 + retries.attempts tries
@@ -183,8 +169,9 @@ class _AioMulti:
                     continue
                 if action == ABORT:
                     raise call.fault_error()
-                if driver.attempts == 1 and driver.plan.mirror is not None:
-                    self._mirror(call, request, kw)
+                mirror = call.mirror_channel()
+                if mirror is not None:
+                    self._mirror(mirror, call, request, kw)
                 began = time.monotonic()
                 rpc = self._inner(call.channel())(
                     request, timeout=driver.timeout, metadata=call.metadata or None, **kw
@@ -200,21 +187,17 @@ class _AioMulti:
 
         async def observed(last: list[Any]) -> Any:
             try:
-                response = await run(last)
-            except grpc.RpcError as exc:
-                call.finish(exc.code())
-                raise
-            except BaseException:
-                call.finish("UNKNOWN")
+                response = await tries(last)
+            except BaseException as exc:
+                call.failed(exc)
                 raise
             call.finish(grpc.StatusCode.OK)
             return response
 
         return _AioUnaryCall(observed)
 
-    def _mirror(self, call: GrpcCall, request: Any, kw: dict[str, Any]) -> None:
-        channel = call.mirror_channel()
-        if channel is None or len(_RECORDING) >= MIRROR_MAX_IN_FLIGHT:
+    def _mirror(self, channel: Any, call: GrpcCall, request: Any, kw: dict[str, Any]) -> None:
+        if len(_RECORDING) >= MIRROR_MAX_IN_FLIGHT:
             return
 
         async def send() -> None:
@@ -250,7 +233,7 @@ def _after_aio_stream(rpc: Any, call: GrpcCall, began: float) -> None:
     _keep(asyncio.get_running_loop().create_task(record()))
 
 
-class AsyncMeshChannel(grpc.aio.Channel):  # type: ignore[misc]
+class AsyncMeshChannel(Factories, grpc.aio.Channel):  # type: ignore[misc]
     """A ``grpc.aio.Channel`` to a mesh service; create and use it on one event loop.
 
     Arguments as :class:`MeshChannel`.
@@ -284,49 +267,8 @@ class AsyncMeshChannel(grpc.aio.Channel):  # type: ignore[misc]
         )
         self._core = Core(service, mesh, subchannels, idempotent_methods)
 
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _AioMulti(
-            self._core, "unary_unary", method, request_serializer, response_deserializer
-        )
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _AioMulti(
-            self._core, "unary_stream", method, request_serializer, response_deserializer
-        )
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _AioMulti(
-            self._core, "stream_unary", method, request_serializer, response_deserializer
-        )
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _AioMulti(
-            self._core, "stream_stream", method, request_serializer, response_deserializer
-        )
+    def multi_callable(self, kind: str, method: str, ser: Any, de: Any) -> Any:
+        return _AioMulti(self._core, kind, method, ser, de)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         """READY when some per-endpoint channel is ready, else IDLE."""
@@ -339,13 +281,17 @@ class AsyncMeshChannel(grpc.aio.Channel):  # type: ignore[misc]
         raise NotImplementedError("a meshed channel has no single connectivity state")
 
     async def channel_ready(self) -> None:
-        """Wait until a channel to one endpoint (picked as a call would) is ready."""
-        call = GrpcCall(self._core, "/grpc.health.v1.Health/Check", None, None, streaming=True)
+        """Wait until a channel to one endpoint (picked as a call would be) is ready.
+
+        Not a call: nothing is admitted, counted or traced.
+        """
+        destination = self._core.destination()
+        plan = destination.service.route(GRPC_METHOD, "/grpc.health.v1.Health/Check", {})
         try:
-            call.begin()
-            channel = call.channel()
-        finally:
-            call.finish("OK")
+            endpoint = destination.runtime.choose(plan, random.random())
+        except RequestError as exc:
+            raise rpc_error(exc) from exc
+        channel = self._core.subchannels.get(endpoint.authority, destination.service.dns_name)
         await channel.channel_ready()
 
     async def close(self, grace: float | None = None) -> None:

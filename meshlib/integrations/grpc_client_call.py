@@ -1,9 +1,11 @@
 """What a gRPC call adds to the call driver: metadata, deadline, outcomes, telemetry.
 
-Shared by the sync and aio channels. The decisions — fault, admission, endpoint, per-try
-timeout, retry, backoff, budget — are the :class:`~meshlib.traffic.driver.CallDriver`'s,
-over the destination's :class:`~meshlib.traffic.runtime.ServiceRuntime`, the same one
-HTTP calls to that service use (one budget, one breaker per endpoint, one outlier view).
+Shared by the sync and aio channels, which only send and sleep. The decisions — fault,
+admission, endpoint, per-try timeout, retry, backoff, budget — are the
+:class:`~meshlib.traffic.driver.CallDriver`'s, over the destination's
+:class:`~meshlib.traffic.runtime.ServiceRuntime`, the same one HTTP calls to that service
+use (one budget, one breaker per endpoint, one outlier view, one pool admission). Spans
+and metrics are :mod:`meshlib.telemetry.client`'s, as for the httpx clients.
 """
 
 from __future__ import annotations
@@ -12,20 +14,22 @@ import contextlib
 import fnmatch
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import grpc  # type: ignore[import-untyped]
 from opentelemetry import trace
 from opentelemetry.propagate import inject
 
-from meshlib.errors import FaultInjected, RequestError, UnknownServiceError
+from meshlib.errors import FaultInjected, RequestError, RetryBudgetExhausted, UnknownServiceError
 from meshlib.identity.tls import TLSContexts
 from meshlib.integrations.grpc_client_channels import SubChannels
 from meshlib.integrations.grpc_client_outcomes import (
     GRPC_METHOD,
     OK,
+    BudgetExhaustedRpcError,
     MeshRpcError,
+    code_of,
     grpc_code,
     note_outcome,
     rpc_error,
@@ -35,10 +39,11 @@ from meshlib.resilience import deadline as _deadline
 from meshlib.resilience.fault import NO_FAULT, decide_fault
 from meshlib.resilience.retry import is_retry_safe
 from meshlib.runtime.view import ActiveView, Destination
+from meshlib.telemetry.client import ClientCall, start_client_call
 from meshlib.telemetry.metrics import MeshTelemetry
-from meshlib.traffic.driver import DONE, CallDriver
+from meshlib.traffic.driver import ABORT, DONE, SLEEP, CallDriver
 
-__all__ = ["Core", "GrpcCall", "MeshLike", "call_kwargs"]
+__all__ = ["CALL_OPTIONS", "Core", "Factories", "GrpcCall", "MeshLike", "Multi", "call_kwargs"]
 
 
 class MeshLike(Protocol):
@@ -87,22 +92,76 @@ class Core:
         return any(fnmatch.fnmatchcase(method, p) for p in self._idempotent_globs)
 
 
-def call_kwargs(credentials: Any, wait_for_ready: bool | None, compression: Any) -> dict[str, Any]:
-    """The optional per-call arguments a caller actually gave."""
-    kwargs: dict[str, Any] = {}
-    if credentials is not None:
-        kwargs["credentials"] = credentials
-    if wait_for_ready is not None:
-        kwargs["wait_for_ready"] = wait_for_ready
-    if compression is not None:
-        kwargs["compression"] = compression
-    return kwargs
+CALL_OPTIONS = frozenset({"credentials", "wait_for_ready", "compression"})
+"""The per-call keyword arguments of gRPC's multi-callables besides timeout and metadata."""
+
+
+def call_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """The per-call options a caller actually gave (None values dropped).
+
+    Raises:
+        TypeError: an option gRPC's multi-callables do not take.
+    """
+    unknown = options.keys() - CALL_OPTIONS
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    return {key: value for key, value in options.items() if value is not None}
+
+
+class Multi:
+    """What the sync and aio multi-callables share: the call's method and codecs."""
+
+    def __init__(self, core: Core, kind: str, method: str, ser: Any, de: Any) -> None:
+        self._core = core
+        self._kind = kind
+        self._method = method
+        self._ser = ser
+        self._de = de
+
+    def _inner(self, channel: Any) -> Any:
+        """The real multi-callable of this kind on a per-endpoint *channel*."""
+        return getattr(channel, self._kind)(
+            self._method,
+            request_serializer=self._ser,
+            response_deserializer=self._de,
+            _registered_method=True,
+        )
+
+
+def _factory(kind: str) -> Callable[..., Any]:
+    def make(
+        self: Any,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        return self.multi_callable(kind, method, request_serializer, response_deserializer)
+
+    make.__name__ = make.__qualname__ = kind
+    make.__doc__ = f"The ``{kind}`` multi-callable of *method* (``/pkg.Service/Method``)."
+    return make
+
+
+class Factories:
+    """The four multi-callable factories of a ``grpc.Channel`` / ``grpc.aio.Channel``.
+
+    A channel flavour defines :meth:`multi_callable`; the signatures are gRPC's.
+    """
+
+    def multi_callable(self, kind: str, method: str, ser: Any, de: Any) -> Any:
+        raise NotImplementedError
+
+    unary_unary = _factory("unary_unary")
+    unary_stream = _factory("unary_stream")
+    stream_unary = _factory("stream_unary")
+    stream_stream = _factory("stream_stream")
 
 
 class GrpcCall:
     """One logical gRPC call: its driver, metadata and telemetry."""
 
-    __slots__ = ("began", "core", "destination", "driver", "metadata", "method", "span")
+    __slots__ = ("core", "destination", "driver", "metadata", "method", "telemetry")
 
     def __init__(
         self, core: Core, method: str, metadata: Any, timeout: float | None, streaming: bool
@@ -132,11 +191,28 @@ class GrpcCall:
             fault=fault,
             retries=not streaming,
         )
+        self.telemetry: ClientCall | None = None
+        telemetry = core.telemetry
+        if telemetry is not None:
+            call = self.telemetry = start_client_call(
+                telemetry,
+                protocol="grpc",
+                service=service.key,
+                method=method,
+                route=plan.name,
+                peer_spiffe_id=service.spiffe_id,
+                fault_delay=fault.delay,
+                fault_abort=fault.abort_grpc,
+            )
+            if call.trace_headers:
+                md = md + tuple(call.trace_headers.items())
+        elif trace.get_current_span().get_span_context().is_valid:
+            # Without telemetry, pass on the trace of the call being served (if any).
+            with contextlib.suppress(Exception):
+                carrier: dict[str, str] = {}
+                inject(carrier)
+                md = md + tuple(carrier.items())
         self.metadata = md
-        self.began = time.perf_counter()
-        self.span: trace.Span | None = None
-        if core.telemetry is not None:
-            self._start_span(core.telemetry)
 
     # ------------------------------------------------------------------ the loop's steps
 
@@ -154,15 +230,54 @@ class GrpcCall:
         except RequestError as exc:
             raise rpc_error(exc) from exc
 
-    def on_error(self, error: Any, began: float) -> int:
-        """The next action after a failed try; raises *error* itself when done."""
+    def start_once(self, sleep: Callable[[float], None] | None) -> tuple[float, Any]:
+        """Start a call that makes one try (a stream, a future): fault delay and abort.
+
+        The fault delay is slept with *sleep* before the endpoint is picked, or, without
+        *sleep*, returned for the caller to apply before the first read. Returns
+        ``(delay still to apply, the abort's error or None)``; mesh refusals are raised.
+        The call is finished here when it ends before its try.
+        """
+        delay = 0.0
         try:
-            action = self.driver.observe(note_outcome(error, self.driver.timeout, began))
+            action = self.begin()
+            if action == SLEEP:
+                delay = self.driver.delay
+                if sleep is not None:
+                    sleep(delay)
+                    delay = 0.0
+                action = self.resume()
+        except BaseException as exc:
+            self.failed(exc)
+            raise
+        if action != ABORT:
+            return delay, None
+        error = self.fault_error()
+        self.failed(error)
+        return delay, error
+
+    def on_error(self, error: Any, began: float) -> int:
+        """The next action after a failed try; raises the call's error when done.
+
+        That is *error* itself, or a :class:`BudgetExhaustedRpcError` wrapping it when the
+        retry budget refused the retry.
+        """
+        driver = self.driver
+        try:
+            action = driver.observe(note_outcome(error, driver.timeout, began))
         except RequestError as exc:  # the next try found no endpoint, or no time
             raise rpc_error(exc) from exc
-        if action == DONE:
-            raise error
-        return action
+        if action != DONE:
+            return action
+        if driver.budget_exhausted:
+            name = driver.runtime.name
+            refused = RetryBudgetExhausted(
+                f"{name}: retry budget exhausted after {driver.attempts} attempt(s); "
+                f"last error: {code_of(error).name}",
+                service=name,
+            )
+            raise BudgetExhaustedRpcError(error, refused) from error
+        raise error
 
     def on_ok(self) -> None:
         """The try succeeded."""
@@ -176,18 +291,21 @@ class GrpcCall:
             self.driver.observe(note_outcome(rpc, self.driver.timeout, began))
         self.finish(code)
 
-    def authority(self) -> str:
-        endpoint = self.driver.endpoint
-        assert endpoint is not None  # set by every ATTEMPT action
-        return endpoint.authority
-
     def channel(self) -> Any:
         """The per-endpoint channel of the driver's current try."""
-        return self.core.subchannels.get(self.authority(), self.destination.service.dns_name)
+        driver = self.driver
+        endpoint = driver.endpoint
+        assert endpoint is not None  # set by every ATTEMPT action
+        if driver.attempts > 1 and self.telemetry is not None:
+            self.telemetry.retrying(attempt=driver.attempts, endpoint=endpoint.authority)
+        return self.core.subchannels.get(endpoint.authority, self.destination.service.dns_name)
 
     def mirror_channel(self) -> Any:
-        """The channel to send this call's shadow copy to, or None this time."""
-        endpoint = self.driver.mirror_endpoint(random.random())
+        """The channel to send this call's shadow copy to, or None (first try only)."""
+        driver = self.driver
+        if driver.plan.mirror is None or driver.attempts != 1:
+            return None
+        endpoint = driver.mirror_endpoint(random.random())
         if endpoint is None:
             return None
         return self.core.subchannels.get(endpoint.authority, self.destination.service.dns_name)
@@ -201,55 +319,24 @@ class GrpcCall:
         )
         return MeshRpcError(grpc_code(fault.abort_grpc or 2), err)
 
-    # ------------------------------------------------------------------ telemetry
+    # ------------------------------------------------------------------ the end
 
-    def _start_span(self, telemetry: MeshTelemetry) -> None:
-        with contextlib.suppress(Exception):  # telemetry never fails a call
-            service = self.destination.service
-            method = self.method.strip("/")
-            rpc_service, _, rpc_method = method.partition("/")
-            span = self.span = telemetry.tracer.start_span(
-                method,
-                kind=trace.SpanKind.CLIENT,
-                attributes={
-                    "rpc.system": "grpc",
-                    "rpc.service": rpc_service,
-                    "rpc.method": rpc_method,
-                    "server.address": service.key,
-                    "mesh.route": self.driver.plan.name,
-                    "mesh.peer.spiffe_id": service.spiffe_id,
-                },
-            )
-            if span.is_recording() or span.get_span_context().is_valid:
-                carrier: dict[str, str] = {}
-                inject(carrier, context=trace.set_span_in_context(span))
-                self.metadata = self.metadata + tuple(carrier.items())
+    def failed(self, exc: BaseException) -> None:
+        """Finish the call with the exception it ended with; never raises."""
+        if isinstance(exc, MeshRpcError):
+            self.finish(exc.code(), exc.mesh_error, exc.mesh_error.flag)
+        elif isinstance(exc, grpc.RpcError):
+            self.finish(code_of(exc))
+        else:
+            self.finish(grpc.StatusCode.UNKNOWN, exc)
 
-    def finish(self, code: Any) -> None:
+    def finish(
+        self, code: Any, error: BaseException | None = None, flag: str | None = None
+    ) -> None:
         """End the call: release its admission, end its span, record it; idempotent."""
         self.driver.close()
-        telemetry, span = self.core.telemetry, self.span
-        if telemetry is None or self.began < 0:
+        call = self.telemetry
+        if call is None:
             return
-        self.began, began = -1.0, self.began
-        try:
-            name = code.name if hasattr(code, "name") else str(code)
-            attempts = max(self.driver.attempts, 1)
-            if span is not None:
-                span.set_attribute("rpc.grpc.status_code", name)
-                span.set_attribute("mesh.attempts", attempts)
-                if name != "OK":
-                    span.set_status(trace.StatusCode.ERROR, name)
-                span.end()
-            service = self.destination.service
-            telemetry.rpc_done(
-                side="client",
-                method=self.method,
-                code=name,
-                duration=time.perf_counter() - began,
-                service=service.key,
-            )
-            if attempts > 1:
-                telemetry.retries.add(attempts - 1, {"mesh.destination.service": service.name})
-        except Exception:
-            return
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        call.finish(code=name, error=error, attempts=self.driver.attempts, flag=flag)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from meshlib.errors import DeadlineExceeded, FaultInjected, RequestError
+from meshlib.errors import DeadlineExceeded, FaultInjected, RequestError, RetryBudgetExhausted
 from meshlib.resilience import deadline as _deadline
 from meshlib.resilience.retry import CONNECT_FAILURE, RESET, TIMEOUT, Outcome
 
@@ -29,7 +29,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 __all__ = [
     "DEFAULT_GRACE",
     "GRPC_METHOD",
+    "BudgetExhaustedRpcError",
     "MeshRpcError",
+    "code_of",
     "current_deadline",
     "grpc_code",
     "note_outcome",
@@ -111,12 +113,46 @@ class MeshRpcError(grpc.RpcError):  # type: ignore[misc]
         return (("x-mesh-flag", self.mesh_error.flag),)
 
 
+class BudgetExhaustedRpcError(MeshRpcError):
+    """The last try's error, raised when the retry budget refused the next try.
+
+    ``code()``, ``details()`` and the metadata are the last try's; the trailing metadata
+    also carries ``x-mesh-flag: RETRY_BUDGET_EXHAUSTED`` (as an HTTP response gets the
+    header), ``mesh_error`` is the :class:`~meshlib.errors.RetryBudgetExhausted` and
+    ``last`` the try's own ``grpc.RpcError``.
+    """
+
+    def __init__(self, last: Any, mesh_error: RetryBudgetExhausted) -> None:
+        super().__init__(code_of(last), mesh_error)
+        self.last = last
+
+    def details(self) -> str:
+        return str(_read(self.last, "details", ""))
+
+    def initial_metadata(self) -> tuple[tuple[str, str], ...]:
+        return tuple(_read(self.last, "initial_metadata", ()) or ())
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        last = tuple(_read(self.last, "trailing_metadata", ()) or ())
+        return (*last, ("x-mesh-flag", self.mesh_error.flag))
+
+
+def _read(error: Any, name: str, default: Any) -> Any:
+    method = getattr(error, name, None)
+    return method() if callable(method) else default
+
+
+def code_of(error: Any) -> grpc.StatusCode:
+    """The status code of a failed call (UNKNOWN when it has none)."""
+    code = _read(error, "code", None)
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
 def outcome_of(error: Any, *, per_try_expired: bool = False) -> Outcome:
     """The policy's view of a failed try (table in the module docstring)."""
-    code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
+    code = code_of(error)
     if code == grpc.StatusCode.UNAVAILABLE:
-        details = str(error.details() if callable(getattr(error, "details", None)) else "")
-        lowered = details.lower()
+        lowered = str(_read(error, "details", "")).lower()
         if any(hint in lowered for hint in _CONNECT_HINTS):
             return CONNECT_FAILURE
         if any(hint in lowered for hint in _RESET_HINTS):

@@ -4,8 +4,8 @@ Each call: start the server telemetry, decide with
 :func:`~meshlib.integrations.grpc_server_admission.admit` (the admission of the active
 snapshot, built once per snapshot), abort with the refusal's status, details and trailing
 metadata, or run the handler with the caller published (:func:`current_peer`) and its
-deadline ambient; finish the telemetry. The sync and aio flavours differ only in how they
-await.
+deadline ambient; finish the telemetry. One ``with`` block (:class:`_Served`) does all of
+that for the four handler kinds of both flavours, which differ only in how they await.
 """
 
 from __future__ import annotations
@@ -19,13 +19,7 @@ from meshlib.identity.tls import TLSContexts
 from meshlib.inbound.cache import AdmissionSource
 from meshlib.inbound.peer import PeerInfo
 from meshlib.inbound.refusal import Refusal
-from meshlib.integrations.grpc_server_admission import (
-    admit,
-    deadline_of,
-    enter,
-    exit_call,
-    peer_id,
-)
+from meshlib.integrations.grpc_server_admission import admit, deadline_of, enter, exit_call
 from meshlib.policy.engine import PolicyEngine
 from meshlib.telemetry.server import ServerCall, propagation_fields, start_server_call
 
@@ -50,6 +44,52 @@ class MeshLike(Protocol):
     def tls(self) -> TLSContexts: ...
 
 
+def _method_name(details: Any) -> str:
+    method = details.method
+    return method.decode() if isinstance(method, bytes) else str(method)
+
+
+class _Served:
+    """One served call, as a ``with`` block: its telemetry, admission and published peer.
+
+    :meth:`admit` decides (a :class:`Refusal` is returned for the flavour to abort with);
+    leaving the block unpublishes the peer and finishes the telemetry with the call's
+    code. Both flavours, unary and streaming, use it the same way.
+    """
+
+    __slots__ = ("_call", "_context", "_peer", "_tokens")
+
+    def __init__(self, mesh: Any, method: str, context: Any) -> None:
+        self._context = context
+        self._peer: str | None = None
+        self._tokens: Tokens | None = None
+        self._call = _start(mesh, method, context)
+
+    def admit(self, gate: _Gate, method: str) -> Refusal | None:
+        """Decide; a refusal's metadata is set and the refusal returned for the abort."""
+        try:
+            decision = gate.decide(method, self._context)
+        except BaseException as exc:  # not a decision: the call ends here
+            self.__exit__(type(exc), exc, None)
+            raise
+        if isinstance(decision, Refusal):
+            self._context.set_trailing_metadata(decision.grpc_metadata)
+            return decision
+        self._peer = decision.peer
+        self._tokens = enter(decision)
+        return None
+
+    def __enter__(self) -> _Served:
+        return self
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        if self._tokens is not None:
+            exit_call(self._tokens)
+            self._tokens = None
+        if self._call is not None:
+            _finish(self._call, self._context, error, self._peer)
+
+
 def _start(mesh: Any, method: str, context: Any) -> ServerCall | None:
     telemetry = getattr(mesh, "telemetry", None)
     if telemetry is None:
@@ -67,11 +107,7 @@ def _start(mesh: Any, method: str, context: Any) -> ServerCall | None:
     return start_server_call(telemetry, protocol="grpc", method=method, carrier=carrier)
 
 
-def _finish(
-    call: ServerCall | None, context: Any, error: BaseException | None, peer: str | None
-) -> None:
-    if call is None:
-        return
+def _finish(call: ServerCall, context: Any, error: BaseException | None, peer: str | None) -> None:
     try:
         code = context.code()
         if code is None:
@@ -80,11 +116,6 @@ def _finish(
     except Exception:
         name = "UNKNOWN"
     call.finish(code=name, peer=peer)
-
-
-def _method_name(details: Any) -> str:
-    method = details.method
-    return method.decode() if isinstance(method, bytes) else str(method)
 
 
 class _Gate:
@@ -103,7 +134,20 @@ class _Gate:
             context.auth_context(),
             self._mesh.tls.peer_validator,
             deadline_of(context),
+            context.invocation_metadata(),
         )
+
+
+def _abort_args(refusal: Refusal) -> tuple[Any, str]:
+    return grpc.StatusCode[refusal.grpc_code], refusal.grpc_details
+
+
+def _fields(handler: Any) -> tuple[str, bool]:
+    """The handler's behaviour field and whether it answers once (unary response)."""
+    for field in ("unary_unary", "stream_unary", "unary_stream", "stream_stream"):
+        if getattr(handler, field) is not None:
+            return field, field.endswith("_unary")
+    raise ValueError("a gRPC method handler without a behaviour")
 
 
 class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -117,14 +161,6 @@ class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._mesh = mesh
         self._gate = _Gate(mesh)
 
-    def _enter(self, method: str, context: Any) -> Tokens:
-        decision = self._gate.decide(method, context)
-        if isinstance(decision, Refusal):
-            context.set_trailing_metadata(decision.grpc_metadata)
-            context.abort(grpc.StatusCode[decision.grpc_code], decision.grpc_details)  # raises
-            raise AssertionError("context.abort returned")  # pragma: no cover
-        return enter(decision)
-
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any
     ) -> Any:
@@ -132,51 +168,27 @@ class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = _method_name(handler_call_details)
-        gate = self._enter
-        mesh = self._mesh
-        if handler.unary_unary is not None or handler.stream_unary is not None:
-            field = "unary_unary" if handler.unary_unary is not None else "stream_unary"
-            behavior = getattr(handler, field)
+        gate, mesh = self._gate, self._mesh
+        field, unary_response = _fields(handler)
+        behavior = getattr(handler, field)
 
-            def unary(request: Any, context: Any) -> Any:
-                call = _start(mesh, method, context)
-                error: BaseException | None = None
-                peer: str | None = None
-                try:
-                    tokens = gate(method, context)
-                    peer = peer_id()
-                    try:
-                        return behavior(request, context)
-                    finally:
-                        exit_call(tokens)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    _finish(call, context, error, peer)
+        def served(context: Any) -> _Served:
+            call = _Served(mesh, method, context)
+            refusal = call.admit(gate, method)
+            if refusal is not None:
+                with call:
+                    context.abort(*_abort_args(refusal))  # raises
+            return call
 
-            return handler._replace(**{field: unary})
-        field = "unary_stream" if handler.unary_stream is not None else "stream_stream"
-        streaming_behavior = getattr(handler, field)
+        def unary(request: Any, context: Any) -> Any:
+            with served(context):
+                return behavior(request, context)
 
         def streaming(request: Any, context: Any) -> Iterator[Any]:
-            call = _start(mesh, method, context)
-            error: BaseException | None = None
-            peer: str | None = None
-            try:
-                tokens = gate(method, context)
-                peer = peer_id()
-                try:
-                    yield from streaming_behavior(request, context)
-                finally:
-                    exit_call(tokens)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                _finish(call, context, error, peer)
+            with served(context):
+                yield from behavior(request, context)
 
-        return handler._replace(**{field: streaming})
+        return handler._replace(**{field: unary if unary_response else streaming})
 
 
 class AsyncMeshServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -190,14 +202,6 @@ class AsyncMeshServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         self._mesh = mesh
         self._gate = _Gate(mesh)
 
-    async def _enter(self, method: str, context: Any) -> Tokens:
-        decision = self._gate.decide(method, context)
-        if isinstance(decision, Refusal):
-            context.set_trailing_metadata(decision.grpc_metadata)
-            await context.abort(grpc.StatusCode[decision.grpc_code], decision.grpc_details)
-            raise AssertionError("context.abort returned")  # pragma: no cover
-        return enter(decision)
-
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
     ) -> Any:
@@ -205,57 +209,33 @@ class AsyncMeshServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         if handler is None:
             return None
         method = _method_name(handler_call_details)
-        gate = self._enter
-        mesh = self._mesh
-        if handler.unary_unary is not None or handler.stream_unary is not None:
-            field = "unary_unary" if handler.unary_unary is not None else "stream_unary"
-            behavior = getattr(handler, field)
+        gate, mesh = self._gate, self._mesh
+        field, unary_response = _fields(handler)
+        behavior = getattr(handler, field)
 
-            async def unary(request: Any, context: Any) -> Any:
-                call = _start(mesh, method, context)
-                error: BaseException | None = None
-                peer: str | None = None
-                try:
-                    tokens = await gate(method, context)
-                    peer = peer_id()
-                    try:
-                        result = behavior(request, context)
-                        return await result if inspect.isawaitable(result) else result
-                    finally:
-                        exit_call(tokens)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    _finish(call, context, error, peer)
+        async def served(context: Any) -> _Served:
+            call = _Served(mesh, method, context)
+            refusal = call.admit(gate, method)
+            if refusal is not None:
+                with call:
+                    await context.abort(*_abort_args(refusal))  # raises
+            return call
 
-            return handler._replace(**{field: unary})
-        field = "unary_stream" if handler.unary_stream is not None else "stream_stream"
-        streaming_behavior = getattr(handler, field)
+        async def unary(request: Any, context: Any) -> Any:
+            with await served(context):
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
 
         async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-            call = _start(mesh, method, context)
-            error: BaseException | None = None
-            peer: str | None = None
-            try:
-                tokens = await gate(method, context)
-                peer = peer_id()
-                try:
-                    result = streaming_behavior(request, context)
-                    if hasattr(result, "__aiter__"):
-                        async for item in result:
-                            yield item
-                    elif inspect.isawaitable(result):
-                        await result  # the handler writes with context.write()
-                    elif result is not None:
-                        for item in result:
-                            yield item
-                finally:
-                    exit_call(tokens)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                _finish(call, context, error, peer)
+            with await served(context):
+                result = behavior(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                elif inspect.isawaitable(result):
+                    await result  # the handler writes with context.write()
+                elif result is not None:
+                    for item in result:
+                        yield item
 
-        return handler._replace(**{field: streaming})
+        return handler._replace(**{field: unary if unary_response else streaming})

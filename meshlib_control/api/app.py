@@ -199,6 +199,21 @@ def create_app(plane: ControlPlane) -> FastAPI:
         admin(request)
         return plane.revoke_rebootstrap(await _json_body(request))
 
+    @app.get("/v1/admin/ca")
+    async def ca_status(request: Request) -> dict[str, Any]:
+        admin(request)
+        return plane.ca_status()
+
+    @app.post("/v1/admin/ca/roots")
+    async def add_root(request: Request) -> dict[str, Any]:
+        admin(request)
+        return plane.add_root(await _json_body(request))
+
+    @app.post("/v1/admin/ca/roots/retire")
+    async def retire_root(request: Request) -> dict[str, Any]:
+        admin(request)
+        return plane.retire_root(await _json_body(request))
+
     def dashboard_reader(request: Request) -> None:
         """Read-only dashboard data: the dashboard bearer token, or the admin SVID."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
