@@ -21,6 +21,7 @@ from meshlib_control.ca.authority import CertificateAuthority
 from meshlib_control.errors import ApiError
 from meshlib_control.observe.instances import InstanceState, PlaneView, expected_versions
 from meshlib_control.observe.scraper import Observer
+from meshlib_control.observe.trust_checks import bundle_check, signing_checks
 from meshlib_control.store.sqlite import InstanceRecord
 from meshlib_control.xds.status import XdsStatus
 
@@ -141,6 +142,7 @@ async def run_checks(plane: CheckedPlane, observer: Observer) -> list[dict[str, 
         )
     ]
     checks.extend(root_checks(plane.ca.bundle_pem, now))
+    checks.extend(signing_checks(plane.ca.chain, now))
 
     admin = [r for r in records if r.admin_port]
     identities, snapshots = await asyncio.gather(
@@ -174,6 +176,8 @@ async def run_checks(plane: CheckedPlane, observer: Observer) -> list[dict[str, 
         summary += f"; {unchecked} not checked (no admin port or unreachable)"
     checks.append(_check("instance certificates", _worst(cert_problems), summary))
     checks.extend(cert_problems)
+    trusting = [(_who(r), by_id[r.id][0]) for r in admin]
+    checks.append(bundle_check(plane.ca.bundle_fingerprints, trusting))
 
     # Admin pages are the workload's word: a malformed one is reported here, never raised.
     page_problems: list[dict[str, str]] = []

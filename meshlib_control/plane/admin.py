@@ -122,7 +122,7 @@ class AdminOperations(PlaneBase):
                 spiffe_id=str(spiffe_id),
                 ttl=ttl,
                 uses=uses,
-                ca_fingerprint=self.ca.fingerprint,
+                ca_fingerprint=self.ca.bundle_fingerprints,  # the bundle, not one root
                 now=utc_now(),
             )
         except ConfigError as exc:
