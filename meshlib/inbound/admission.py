@@ -8,9 +8,11 @@ vary. :meth:`Admission.decide` then answers one request, in this order:
 
 1. identity: a TLS caller whose certificate failed the X.509-SVID rules is refused;
 2. PeerAuthentication: a plaintext caller is refused under STRICT;
-3. AuthorizationPolicy;
-4. the local RateLimit;
-5. the deadline: a caller whose deadline had passed on arrival is refused.
+3. RequestAuthentication: a token that is present and fails verification is refused with
+   401 (:mod:`meshlib.inbound.jwt`); no token leaves the request without an end user;
+4. AuthorizationPolicy (on the peer and the verified end user);
+5. the local RateLimit;
+6. the deadline: a caller whose deadline had passed on arrival is refused.
 
 It returns a :class:`~meshlib.inbound.peer.PeerInfo` (admitted) or a
 :class:`~meshlib.inbound.refusal.Refusal`. It does no I/O and imports no framework: the
@@ -20,13 +22,16 @@ ASGI middleware and both gRPC server interceptors are thin adapters around it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
+from meshlib.inbound.jwt import JwtFailure, JwtVerifier, RequestAuth
 from meshlib.inbound.peer import PeerInfo
 from meshlib.inbound.refusal import (
     AUTHZ_DENIED,
     DEADLINE_EXCEEDED,
     INVALID_PEER_CERT,
+    JWT_INVALID,
     PLAINTEXT_REFUSED,
     RATE_LIMITED,
     Refusal,
@@ -75,8 +80,10 @@ class Admission:
     __slots__ = (
         "_admitted",
         "_clock",
+        "_jwt_refusals",
         "_strict",
         "engine",
+        "jwt",
         "limiter",
         "peer_mode",
         "service",
@@ -88,6 +95,8 @@ class Admission:
     service: str
     peer_mode: str
     limiter: RateLimiter | None
+    jwt: JwtVerifier | None
+    _jwt_refusals: dict[str, Refusal]
     _strict: bool
     _clock: Callable[[], float]
     _admitted: dict[str | None, PeerInfo]
@@ -126,6 +135,8 @@ class Admission:
         else:
             self.limiter = RateLimiter(spec, clock=clock)
         self._admitted = {}
+        self.jwt = JwtVerifier.build(engine.snapshot)
+        self._jwt_refusals = {}
         return self
 
     def decide(
@@ -137,6 +148,8 @@ class Admission:
         path: str,
         peer_error: str | None = None,
         deadline: float | None = None,
+        headers: Iterable[Any] = (),
+        query: bytes = b"",
     ) -> Decision:
         """Admit or refuse one request.
 
@@ -148,6 +161,9 @@ class Admission:
             path: the request path (``"/pkg.Service/Method"`` for gRPC).
             peer_error: why a secure caller has no *peer* (shown in the refusal).
             deadline: the caller's absolute deadline on *clock*, or None.
+            headers: the request headers (ASGI bytes pairs, or gRPC metadata), read only
+                when a RequestAuthentication applies.
+            query: the raw query string (for tokens in ``fromParams``).
 
         Returns:
             A :class:`PeerInfo` for an admitted request, else a :class:`Refusal`.
@@ -157,7 +173,16 @@ class Admission:
                 return _invalid_peer(peer_error or "no client certificate")
         elif self._strict:
             return _PLAINTEXT
-        verdict = self.engine.authorize(peer, method, path)
+        auth: RequestAuth | None = None
+        if self.jwt is not None:
+            result = self.jwt.verify(headers, query)
+            if isinstance(result, JwtFailure):
+                return self._unauthenticated(result)
+            auth = result
+        if auth is None:
+            verdict = self.engine.authorize(peer, method, path)
+        else:
+            verdict = self.engine.authorize(peer, method, path, auth.principal, auth.claims)
         if not verdict.allowed:
             return _denied(verdict, peer, method, path)
         limiter = self.limiter
@@ -165,6 +190,10 @@ class Admission:
             wait = limiter.check(peer)
             if wait > 0.0:
                 return self._limited(wait)
+        if auth is not None:
+            if deadline is not None and deadline <= self._clock():
+                return _EXPIRED
+            return PeerInfo(peer, peer is not None, self.version, deadline, auth)
         if deadline is None:
             info = self._admitted.get(peer)
             if info is None:  # one PeerInfo per caller and snapshot: no per-request object
@@ -177,6 +206,22 @@ class Admission:
         if deadline <= self._clock():
             return _EXPIRED
         return PeerInfo(peer, peer is not None, self.version, deadline)
+
+    def _unauthenticated(self, failure: JwtFailure) -> Refusal:
+        refusal = self._jwt_refusals.get(failure.reason)
+        if refusal is None:  # one per reason and snapshot
+            refusal = Refusal(
+                JWT_INVALID,
+                401,
+                "UNAUTHENTICATED",
+                failure.reason,
+                "RequestAuthentication",
+                reason=failure.reason,
+                www_authenticate=f'Bearer realm="{self.service}", error="invalid_token"',
+            )
+            if len(self._jwt_refusals) < 64:
+                self._jwt_refusals[failure.reason] = refusal
+        return refusal
 
     def _limited(self, wait: float) -> Refusal:
         return Refusal(

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from meshlib.inbound.jwt import RequestAuth
 
 __all__ = ["PeerInfo"]
 
@@ -17,12 +21,15 @@ class PeerInfo:
         authenticated: True when the caller presented a valid SVID.
         policy_version: version of the snapshot that admitted the request.
         deadline: the caller's deadline on this process's monotonic clock, or None.
+        auth: the end user, from the JWT a RequestAuthentication verified (None without
+            one): ``auth.principal`` (``<iss>/<sub>``) and ``auth.claims``.
     """
 
     peer: str | None
     authenticated: bool
     policy_version: str
     deadline: float | None = None
+    auth: RequestAuth | None = None
 
     def remaining(self) -> float | None:
         """Seconds left of the caller's budget (None when the caller set none)."""

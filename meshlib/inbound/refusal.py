@@ -7,6 +7,7 @@ Flags, and the statuses each protocol gives them::
     AUTHZ_DENIED        403  PERMISSION_DENIED   names the deciding policy and rule
     RATE_LIMITED        429  RESOURCE_EXHAUSTED  the local token bucket is empty
     DEADLINE_EXCEEDED   504  DEADLINE_EXCEEDED   the caller's deadline passed on arrival
+    JWT_INVALID         401  UNAUTHENTICATED     a token was sent and failed verification
 
 The gRPC status is carried as its name (``grpc.StatusCode[name]``) so this module imports
 no framework.
@@ -25,6 +26,7 @@ __all__ = [
     "DEADLINE_EXCEEDED",
     "FLAG_HEADER",
     "INVALID_PEER_CERT",
+    "JWT_INVALID",
     "PLAINTEXT_REFUSED",
     "RATE_LIMITED",
     "Refusal",
@@ -38,6 +40,7 @@ PLAINTEXT_REFUSED = "PLAINTEXT_REFUSED"
 AUTHZ_DENIED = "AUTHZ_DENIED"
 RATE_LIMITED = "RATE_LIMITED"
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+JWT_INVALID = "JWT_INVALID"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,7 @@ class Refusal:
         peer: the caller's SPIFFE ID as verified (None for plaintext or unverified).
         retry_after: seconds until the rate limit admits a request again, if rate limited.
         grpc_details: the gRPC status details (defaults to *message*).
+        www_authenticate: the ``WWW-Authenticate`` challenge of a 401, if any.
     """
 
     flag: str
@@ -69,6 +73,7 @@ class Refusal:
     peer: str | None = None
     retry_after: float | None = None
     grpc_details: str = ""
+    www_authenticate: str | None = None
     _body: bytes = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -83,7 +88,9 @@ class Refusal:
 
     @property
     def http_headers(self) -> tuple[tuple[bytes, bytes], ...]:
-        """Extra HTTP response headers (``Retry-After`` when rate limited)."""
+        """Extra HTTP response headers (``Retry-After``, ``WWW-Authenticate``)."""
+        if self.www_authenticate is not None:
+            return ((b"www-authenticate", self.www_authenticate.encode("latin-1", "replace")),)
         if self.retry_after is None:
             return ()
         return ((b"retry-after", retry_after_header(self.retry_after).encode()),)
@@ -107,6 +114,8 @@ def _render_body(refusal: Refusal) -> bytes:
         body.update(
             policy=refusal.policy, rule=refusal.rule, reason=refusal.reason, peer=refusal.peer
         )
+    if refusal.flag == JWT_INVALID:
+        body["reason"] = refusal.reason
     if refusal.retry_after is not None:
         body["retryAfter"] = int(retry_after_header(refusal.retry_after))
     body["flag"] = refusal.flag

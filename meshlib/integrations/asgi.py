@@ -210,6 +210,8 @@ class MeshMiddleware:
                 path=scope["path"],
                 peer_error=None if peer is not None else tls.get("client_cert_error"),
                 deadline=deadline,
+                headers=headers,
+                query=scope.get("query_string", b""),
             )
         else:
             peer = None
@@ -219,6 +221,8 @@ class MeshMiddleware:
                 method=scope.get("method", "GET"),
                 path=scope["path"],
                 deadline=deadline,
+                headers=headers,
+                query=scope.get("query_string", b""),
             )
         if isinstance(decision, Refusal):
             return await _refuse(scope, send, decision)
@@ -230,6 +234,8 @@ class MeshMiddleware:
             if not isinstance(headers, list):
                 headers = scope["headers"] = list(headers)
             headers.append((XFCC_HEADER, self._xfcc_for(peer)))
+        if decision.auth is not None:  # the verified JWT's header edits (RequestAuthentication)
+            headers = scope["headers"] = decision.auth.rewrite(headers)
         state["mesh"] = decision
         if deadline is None:
             return await self.app(scope, receive, send)

@@ -53,6 +53,7 @@ def admit(
     auth: Mapping[str, Sequence[bytes]],
     validator: PeerSVIDValidator,
     deadline: float | None = None,
+    metadata: Any = (),
 ) -> Decision:
     """Decide one inbound call from its auth context; pure, shared by both interceptors.
 
@@ -63,10 +64,16 @@ def admit(
             ``ssl``) for a plaintext call.
         validator: the X.509-SVID rules for the caller's leaf (``x509_pem_cert``).
         deadline: the call's absolute deadline on the monotonic clock, or None.
+        metadata: the call's invocation metadata (where a JWT is read from).
     """
     if _first(auth, "transport_security_type") != "ssl":
         return admission.decide(
-            secure=False, peer=None, method=GRPC_METHOD, path=method, deadline=deadline
+            secure=False,
+            peer=None,
+            method=GRPC_METHOD,
+            path=method,
+            deadline=deadline,
+            headers=metadata or (),
         )
     pems = auth.get("x509_pem_cert", ())
     peer: str | None = None
@@ -85,6 +92,7 @@ def admit(
         path=method,
         peer_error=reason,
         deadline=deadline,
+        headers=metadata or (),
     )
 
 
