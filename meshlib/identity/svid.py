@@ -11,7 +11,7 @@ import random
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -303,6 +303,26 @@ class SVID:
             not_before=leaf.not_valid_before_utc,
             not_after=leaf.not_valid_after_utc,
         )
+
+    def with_bundle(self, bundle_pem: bytes) -> SVID:
+        """This SVID trusting *bundle_pem* instead (a root added or retired).
+
+        Raises:
+            IdentityError: the bundle holds no certificate, one that does not parse, or
+                one that is not a CA certificate.
+        """
+        try:
+            roots = load_pem_certificates(bundle_pem)
+        except IdentityError as exc:
+            raise IdentityError(f"trust bundle: {exc}") from exc
+        for index, root in enumerate(roots):
+            try:
+                is_ca = root.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+            except x509.ExtensionNotFound:
+                is_ca = False
+            if not is_ca:
+                raise IdentityError(f"trust bundle: certificate {index} is not a CA certificate")
+        return replace(self, bundle_pem=bundle_pem)
 
     @property
     def lifetime(self) -> timedelta:

@@ -29,12 +29,13 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshlib.config import MeshConfig
-from meshlib.errors import ControlPlaneError, MeshError
+from meshlib.errors import ControlPlaneError, IdentityError, MeshError, PolicyError
 from meshlib.identity.keys import build_csr, generate_private_key, private_key_pem
 from meshlib.identity.spiffe import SpiffeId
 from meshlib.identity.svid import SVID
 from meshlib.identity.tls import build_client_context
 from meshlib.policy.engine import PolicyEngine
+from meshlib.policy.snapshot import decode_snapshot
 from meshlib.runtime.cache import WorkloadCache
 from meshlib.runtime.control_client import ControlClient
 from meshlib.runtime.loops import AgentLoops, backoff
@@ -162,7 +163,9 @@ class Agent(AgentLoops):
                 asyncio.create_task(self._heartbeat_loop()),
                 asyncio.create_task(self._renew_loop()),
             ]
-            watch = [asyncio.create_task(self._watch_loop())] if self.mode == "library" else []
+            # A sidecar's agent watches too, for the trust bundle only (its Envoy's SDS
+            # bundle file follows it); its policy reaches Envoy over xDS.
+            watch = [asyncio.create_task(self._watch_loop())]
             tasks = watch + others
             await self._stop.wait()
             self._wake_heartbeat.set()
@@ -347,6 +350,33 @@ class Agent(AgentLoops):
             self.cache.save_rebootstrap(credential)
 
     # ------------------------------------------------------------------ installing
+
+    def _install_snapshot_dict(self, body: dict[str, Any] | None, *, snapshot: Any = None) -> str:
+        """Adopt a live snapshot's trust bundle, then (library mode) its policy."""
+        if body is not None:
+            snapshot = decode_snapshot(body)
+            self._adopt_bundle(snapshot.trust_bundle)
+            if self.mode != "library":
+                return str(snapshot.version)
+        return super()._install_snapshot_dict(body, snapshot=snapshot)
+
+    def _adopt_bundle(self, bundle: str) -> None:
+        """Trust *bundle* from now on: every TLS context and the sidecar's SDS file follow.
+
+        Raises:
+            PolicyError: the bundle is unusable; the whole snapshot is rejected.
+        """
+        svid = self.svid
+        if not bundle or svid is None or bundle.encode() == svid.bundle_pem:
+            return
+        try:
+            updated = svid.with_bundle(bundle.encode())
+        except IdentityError as exc:
+            raise PolicyError("trustBundle", str(exc)) from exc
+        received = self._svid_received_at  # same certificate: renewal stays on schedule
+        self._install_svid(updated, save=True)
+        self._svid_received_at = received
+        log.warning("trust bundle from the snapshot installed (%d root(s))", bundle.count("BEGIN"))
 
     def _install_svid(self, svid: SVID, *, save: bool) -> None:
         if save:

@@ -38,6 +38,7 @@ __all__ = [
     "is_refusal",
     "is_unusable",
     "parse_token_fingerprint",
+    "parse_token_fingerprints",
     "rejoin",
     "renewal_backoff",
     "sign_with_credential",
@@ -112,14 +113,23 @@ def renewal_backoff(attempt: int, *, refused: bool = False) -> float:
     return float(min(cap, RETRY_BASE * 2.0 ** max(0, attempt)) * (0.5 + random.random() / 2))
 
 
-def parse_token_fingerprint(token: str) -> str:
-    """The CA fingerprint a join token pins (``mesh1.<id>.<secret>.<fingerprint>``)."""
+def parse_token_fingerprints(token: str) -> tuple[str, ...]:
+    """The roots a join token pins (``mesh1.<id>.<secret>.<fp>[-<fp>…]``), ``sha256:<hex>``.
+
+    The control service pins the whole trust bundle of the token's creation, so a token
+    made during a root rotation works against replicas signing from either root.
+    """
     parts = token.split(".")
-    if len(parts) != 4 or parts[0] != "mesh1":
+    if len(parts) != 4 or parts[0] != "mesh1" or not parts[3]:
         raise ConfigError(
             "MESH_TOKEN: not a meshlib join token (expected mesh1.<id>.<secret>.<ca>)"
         )
-    return "sha256:" + parts[3]
+    return tuple("sha256:" + pin.lower() for pin in parts[3].split("-"))
+
+
+def parse_token_fingerprint(token: str) -> str:
+    """The first root a join token pins (see :func:`parse_token_fingerprints`)."""
+    return parse_token_fingerprints(token)[0]
 
 
 async def sign_with_token(
@@ -132,22 +142,29 @@ async def sign_with_token(
     instance_id: str,
     files_dir: Path,
 ) -> dict[str, Any]:
-    """``/v1/sign`` with a join token; the first contact is pinned to the CA it names."""
-    pinned = parse_token_fingerprint(token)
+    """``/v1/sign`` with a join token; the first contact trusts only the roots it pins.
+
+    The bundle is fetched without verification, and only the roots whose fingerprints
+    the token carries are kept: the control service must present a chain to one of them.
+    """
+    pinned = set(parse_token_fingerprints(token))
     bundle = await fetch_bundle_unverified(url)
     roots = [
         c
         for c in load_pem_certificates(bundle["bundle"].encode())
-        if certificate_fingerprint(c) == pinned
+        if certificate_fingerprint(c) in pinned
     ]
     if not roots:
+        shown = ", ".join(sorted(p[:19] + "…" for p in pinned))
         raise ControlPlaneError(
-            f"the control service at {url} does not hold the CA pinned by the join token "
-            f"({pinned[:19]}…); refusing to trust it",
+            f"the control service at {url} holds none of the roots pinned by the join "
+            f"token ({shown}); refusing to trust it",
             status=495,
         )
     td = bundle["trustDomain"]
-    ctx = build_client_context(None, roots[0].public_bytes(Encoding.PEM), files_dir)
+    ctx = build_client_context(
+        None, b"".join(r.public_bytes(Encoding.PEM) for r in roots), files_dir
+    )
     client = ControlClient(url, expected=f"spiffe://{td}/control", tls=lambda: ctx)
     try:
         spiffe_id = SpiffeId.for_service(td, namespace, service)

@@ -34,7 +34,7 @@ from typing import Any
 from meshlib.config import MeshConfig
 from meshlib.errors import ConfigError, ControlPlaneError, MeshError
 from meshlib.identity.keys import write_private_file
-from meshlib.identity.svid import SVID
+from meshlib.identity.svid import SVID, certificate_fingerprint, load_pem_certificates
 from meshlib.runtime.admin import AdminServer, json_page
 from meshlib.runtime.agent import Agent
 from meshlib.runtime.control_client import fetch_bundle_unverified
@@ -209,6 +209,9 @@ class SidecarAgent:
                     "notBefore": svid.not_before.isoformat(),
                     "notAfter": svid.not_after.isoformat(),
                     "certificateChain": svid.cert_chain_pem.decode(),
+                    "bundleFingerprints": [
+                        certificate_fingerprint(c) for c in load_pem_certificates(svid.bundle_pem)
+                    ],
                     "envoyRestarts": self.restarts,
                 }
             )
