@@ -62,6 +62,7 @@ async def serve(
     tls_dir = settings.data_dir / "tls"
     tls_dir.mkdir(mode=0o700, exist_ok=True)
     contexts = TLSContexts(plane.control_svid(), files_dir=tls_dir)
+    plane.on_bundle_change(lambda pem: contexts.update(contexts.svid.with_bundle(pem)))
     config = uvicorn.Config(
         create_app(plane),
         host=host,

@@ -9,6 +9,7 @@ never goes there: each replica signs with its own intermediate, from its own fil
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
@@ -39,6 +40,24 @@ def certificate_info(cert: x509.Certificate) -> dict[str, Any]:
 class TrustOperations(PlaneBase):
     """Keep the trust bundle in the store; add and retire roots."""
 
+    _bundle_listeners: list[Callable[[bytes], None]]
+
+    def on_bundle_change(self, listener: Callable[[bytes], None]) -> None:
+        """Call *listener* with the new bundle's PEM each time this replica adopts one
+        (the server re-trusts its callers with it: a retired root's clients are refused)."""
+        if not hasattr(self, "_bundle_listeners"):
+            self._bundle_listeners = []
+        self._bundle_listeners.append(listener)
+
+    def _adopt(self, bundle: TrustBundle) -> None:
+        """Make *bundle* this replica's; ConfigError when it lacks the signing root."""
+        self.ca.use_bundle(bundle)
+        for listener in getattr(self, "_bundle_listeners", ()):
+            try:
+                listener(bundle.pem)
+            except Exception:  # one failing listener must not keep the bundle from others
+                log.exception("trust bundle listener failed")
+
     def init_trust_bundle(self) -> None:
         """At start: adopt the stored bundle, or store the CA's own on first start.
 
@@ -50,7 +69,7 @@ class TrustOperations(PlaneBase):
         if stored is None:
             self.store.set_meta(BUNDLE_META_KEY, self.ca.bundle_pem.decode())
             return
-        self.ca.use_bundle(TrustBundle.from_pem(stored, field="stored trust bundle"))
+        self._adopt(TrustBundle.from_pem(stored, field="stored trust bundle"))
 
     def sync_trust_bundle(self) -> None:
         """Adopt the stored bundle if another replica (or an operator) changed it."""
@@ -58,7 +77,7 @@ class TrustOperations(PlaneBase):
         if stored is None or stored.encode() == self.ca.bundle_pem:
             return
         try:
-            self.ca.use_bundle(TrustBundle.from_pem(stored, field="stored trust bundle"))
+            self._adopt(TrustBundle.from_pem(stored, field="stored trust bundle"))
         except ConfigError as exc:
             # Serving the last good bundle beats serving one this replica cannot sign for.
             log.error("not adopting the stored trust bundle: %s", exc)
@@ -70,7 +89,7 @@ class TrustOperations(PlaneBase):
 
     def _store_bundle(self, bundle: TrustBundle) -> None:
         try:
-            self.ca.use_bundle(bundle)
+            self._adopt(bundle)
         except ConfigError as exc:
             raise ApiError(409, "conflict", str(exc), path="fingerprint") from exc
         self.store.set_meta(BUNDLE_META_KEY, bundle.pem.decode())
