@@ -16,6 +16,7 @@ Two layers, each wrapping the next (the httpx way):
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -28,6 +29,7 @@ from meshlib.errors import IdentityError, PeerIdentityError
 from meshlib.identity.spiffe import SpiffeId
 from meshlib.identity.svid import PeerSVIDValidator
 from meshlib.policy.engine import PolicyEngine
+from meshlib.transport.aio import AsyncioBackend
 
 __all__ = ["AsyncIdentityTransport", "IdentityTransport", "check_peer", "expected_validator"]
 
@@ -145,9 +147,22 @@ class _AsyncCheckedStream(httpcore.AsyncNetworkStream):
 
 class _AsyncCheckedBackend(httpcore.AsyncNetworkBackend):
     def __init__(self, expected: str, tls: ContextSource) -> None:
-        self._inner = httpcore.AnyIOBackend()
+        self._asyncio = AsyncioBackend()
+        self._anyio: httpcore.AsyncNetworkBackend | None = None
         self._expected = _Expectation(expected)
         self._tls = tls
+
+    def _inner(self) -> httpcore.AsyncNetworkBackend:
+        # asyncio's own transports (meshlib.transport.aio) under asyncio, AnyIO otherwise.
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # another event loop (trio)
+            pass
+        else:
+            return self._asyncio
+        if self._anyio is None:
+            self._anyio = httpcore.AnyIOBackend()
+        return self._anyio
 
     async def connect_tcp(
         self,
@@ -157,11 +172,12 @@ class _AsyncCheckedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Any = None,
     ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        inner = self._inner()
+        stream = await inner.connect_tcp(host, port, timeout, local_address, socket_options)
         return _AsyncCheckedStream(stream, f"{host}:{port}", self._expected, self._tls)
 
     async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+        await self._inner().sleep(seconds)
 
 
 class _CheckedStream(httpcore.NetworkStream):
