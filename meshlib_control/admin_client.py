@@ -1,8 +1,14 @@
-"""The admin API client of ``meshctl``: mTLS with the admin SVID of a data dir."""
+"""The admin API client of ``meshctl``: mTLS with the admin SVID of a data dir.
+
+The URL is ``--control``, else ``$MESH_CONTROL_URL``, else the one the control service
+wrote into the data dir's ``control.json``. A comma list names replicas: a call that
+cannot connect to one is tried on the next.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,7 @@ class AdminClient:
     """The admin API of the control service owning *data_dir*."""
 
     def __init__(self, data_dir: Path, url: str | None = None) -> None:
+        url = url or os.environ.get("MESH_CONTROL_URL") or None
         info_path = data_dir / "control.json"
         admin = data_dir / "admin"
         try:
@@ -30,25 +37,36 @@ class AdminClient:
         except FileNotFoundError:
             raise CLIError(
                 f"no control service found in {data_dir} (missing control.json): start one with "
-                f"`meshctl --data-dir {data_dir} control serve`, or pass --data-dir"
+                f"`meshctl control serve --data-dir {data_dir}`, or pass --data-dir (or set "
+                "MESHCTL_DATA_DIR)"
             ) from None
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.load_verify_locations(cafile=admin / "bundle.pem")
         ctx.load_cert_chain(admin / "admin.pem", admin / "admin.key")
-        self.url = (url or info["url"]).rstrip("/")
+        urls = [u.strip().rstrip("/") for u in (url or info["url"]).split(",") if u.strip()]
+        if not urls or not all(u.startswith("https://") for u in urls):
+            raise CLIError(f"--control: {url!r} is not an https:// URL (or a comma list of them)")
+        self.urls = urls
+        self.url = urls[0]
         self._http = httpx.Client(
             transport=IdentityTransport(expected=info["controlId"], tls=lambda: ctx),
-            base_url=self.url,
             timeout=15.0,
         )
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One admin call; raises CLIError with the server's message on failure."""
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except (httpx.HTTPError, MeshError) as exc:
-            raise CLIError(f"control service unreachable at {self.url}: {exc}") from exc
+        failures = []
+        for url in self.urls:
+            try:
+                response = self._http.request(method, url + path, **kwargs)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                failures.append(f"{url}: {exc}")
+            except (httpx.HTTPError, MeshError) as exc:
+                raise CLIError(f"control service unreachable at {url}: {exc}") from exc
+        else:
+            raise CLIError(f"control service unreachable at {'; '.join(failures)}")
         if response.status_code >= 400:
             try:
                 message = response.json()["error"]["message"]

@@ -1,14 +1,18 @@
 """``meshctl``: the operator CLI (and ``meshctl control serve``, the control service).
 
-Every command but ``control serve`` talks to the admin API over mTLS with the admin SVID
-found in the data dir (``--data-dir``, default ``./.mesh``); ``--control URL`` overrides the
-URL recorded there.
+Every command but ``control serve``, ``sidecar``, ``version`` and ``completion`` talks to
+the admin API over mTLS with the admin SVID found in the data dir (``--data-dir``, else
+``$MESHCTL_DATA_DIR``, else ``$MESH_DATA_DIR``, else ``./.mesh``); ``--control URL`` (else
+``$MESH_CONTROL_URL``) overrides the URL recorded there. Global flags may come before or
+after the subcommand. The reference is docs/cli.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,11 +20,18 @@ from meshlib.errors import MeshError
 from meshlib_control.admin_client import AdminClient, CLIError
 from meshlib_control.ca.commands import configure_parser as configure_ca
 from meshlib_control.ca.commands import run_ca
+from meshlib_control.cli_parser import (
+    HelpFormatter,
+    add_admin_parsers,
+    add_global_flags,
+    spread_global_flags,
+)
 from meshlib_control.commands import ADMIN_COMMANDS, cmd_dashboard
+from meshlib_control.completion import SHELLS, completion_script
 from meshlib_control.sidecar.command import configure_parser as configure_sidecar
 from meshlib_control.sidecar.command import run_sidecar
 
-__all__ = ["AdminClient", "CLIError", "main"]
+__all__ = ["AdminClient", "CLIError", "main", "missing_extra", "version"]
 
 # Settings fields that are plain integer limits, each a ``control serve`` flag
 # (``max_labels`` → ``--max-labels``); documented in docs/operations.md, "Quotas".
@@ -35,6 +46,38 @@ QUOTA_FLAGS = {
     "max_deps": "services named in one `deps`",
     "scrape_max_bytes": "bytes of one admin page the observer reads",
 }
+DISTRIBUTION = "inproc-mesh"
+# Top-level modules of optional dependencies → the extra that installs them.
+EXTRAS = {
+    "uvicorn": "control",
+    "fastapi": "control",
+    "starlette": "control",
+    "httptools": "control",
+    "grpc": "control",
+    "google": "control",
+    "envoy": "sidecar",
+}
+
+
+def version() -> str:
+    """The installed distribution's version (``0+unknown`` when run from a bare tree)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def missing_extra(exc: ModuleNotFoundError, command: str) -> str:
+    """The one line that answers a missing optional dependency: what to install."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top, "all")
+    return (
+        f"meshctl {command} needs the [{extra}] extra (missing module {exc.name!r}): "
+        f"pip install '{DISTRIBUTION}[{extra}]'"
+    )
 
 
 def _cmd_control_serve(args: argparse.Namespace) -> None:
@@ -71,7 +114,7 @@ def _cmd_control_serve(args: argparse.Namespace) -> None:
     run(settings, scrape_interval=args.scrape_interval)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _add_serve_parser(control_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from meshlib_control.settings import (
         DEFAULT_LISTEN,
         DEFAULT_TRUST_DOMAIN,
@@ -79,16 +122,18 @@ def _parser() -> argparse.ArgumentParser:
         Settings,
     )
 
-    parser = argparse.ArgumentParser(prog="meshctl", description="Operate a meshlib mesh.")
-    parser.add_argument("--data-dir", default=".mesh", help="control service data dir (.mesh)")
-    parser.add_argument("--control", help="control service URL (default: from the data dir)")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    control = sub.add_parser("control", help="the control service")
-    control_sub = control.add_subparsers(dest="control_command", required=True)
-    serve = control_sub.add_parser("serve", help="run the control service")
-    serve.add_argument("--data-dir", dest="data_dir_serve")
-    serve.add_argument("--listen", default=DEFAULT_LISTEN)
+    serve = control_sub.add_parser(
+        "serve",
+        help="run the control service",
+        description="Run the control service (CA, registry, snapshots, admin API) until "
+        "SIGINT or SIGTERM. It writes the admin SVID and control.json into the data dir.",
+        epilog="examples:\n  meshctl control serve --data-dir /var/lib/mesh\n"
+        "  meshctl control serve --listen 0.0.0.0:7443 --xds-listen 127.0.0.1:18000",
+        formatter_class=HelpFormatter,
+    )
+    serve.add_argument(
+        "--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help="HTTPS (mTLS) address"
+    )
     serve.add_argument(
         "--xds-listen",
         default=None,
@@ -96,18 +141,24 @@ def _parser() -> argparse.ArgumentParser:
         help=f"serve ADS to Envoy sidecars here (e.g. {DEFAULT_XDS_LISTEN}; port 0: any free); "
         "off when not given",
     )
-    serve.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
-    serve.add_argument("--ca-cert", help="plugged-in CA certificate (PEM)")
-    serve.add_argument("--ca-key", help="plugged-in CA private key (PEM)")
-    serve.add_argument("--svid-ttl", help="workload certificate lifetime (24h)")
-    serve.add_argument("--instance-ttl", help="registration lease without heartbeat (15s)")
+    serve.add_argument(
+        "--trust-domain", default=DEFAULT_TRUST_DOMAIN, metavar="DOMAIN", help="SPIFFE trust domain"
+    )
+    serve.add_argument("--ca-cert", metavar="PEM", help="plugged-in CA certificate (PEM file)")
+    serve.add_argument("--ca-key", metavar="PEM", help="plugged-in CA private key (PEM file)")
+    serve.add_argument("--svid-ttl", metavar="TTL", help="workload certificate lifetime (24h)")
+    serve.add_argument(
+        "--instance-ttl", metavar="TTL", help="registration lease without heartbeat (15s)"
+    )
     serve.add_argument(
         "--store",
+        metavar="URL",
         help="where the state lives: etcd://HOST:PORT[,HOST:PORT...] (replicas share it) or "
         "sqlite:///PATH (default: mesh.db in the data dir)",
     )
     serve.add_argument(
         "--rebootstrap-ttl",
+        metavar="TTL",
         help="lifetime of the one-use credential that lets a workload whose SVID expired "
         "rejoin (7d)",
     )
@@ -121,91 +172,107 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--scrape-interval",
         type=float,
+        metavar="SECONDS",
         help="seconds between scrapes of the instances' admin ports (5)",
     )
 
-    token = sub.add_parser("token", help="join tokens")
-    token_sub = token.add_subparsers(dest="token_command", required=True)
-    create = token_sub.add_parser("create", help="create a join token; prints it alone")
-    create.add_argument("--service", required=True)
-    create.add_argument("--namespace", default="default")
-    create.add_argument("--ttl", default="1h")
-    create.add_argument("--uses", type=int, default=1)
-    revoke = token_sub.add_parser(
-        "revoke",
-        help="revoke an identity's re-bootstrap credentials (an expired SVID cannot rejoin)",
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshctl",
+        description="Operate a meshlib mesh: run the control service, apply policy, inspect "
+        "services, instances and golden metrics, run Envoy sidecars.",
+        epilog="examples:\n  meshctl control serve\n  meshctl apply -f policy.yaml --dry-run\n"
+        "  meshctl get services\n  meshctl stat orders -o json\n  meshctl check\n\n"
+        "environment: MESHCTL_DATA_DIR or MESH_DATA_DIR (--data-dir), MESH_CONTROL_URL "
+        "(--control), MESH_LOG_LEVEL=debug (--debug)",
+        formatter_class=HelpFormatter,
     )
-    revoke.add_argument("--service", required=True)
-    revoke.add_argument("--namespace", default="default")
+    parser.add_argument("--version", action="version", version=f"meshctl {version()}")
+    add_global_flags(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    apply = sub.add_parser("apply", help="create or update resources from YAML")
-    apply.add_argument("-f", "--file", required=True, help="file, or - for stdin")
+    control = sub.add_parser("control", help="the control service", formatter_class=HelpFormatter)
+    control_sub = control.add_subparsers(dest="control_command", required=True, metavar="COMMAND")
+    _add_serve_parser(control_sub)
 
-    get = sub.add_parser("get", help="show resources, services, instances, certificates, tokens")
-    get.add_argument("kind")
-    get.add_argument("name", nargs="?")
-    get.add_argument("-n", "--namespace")
-    get.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
-
-    delete = sub.add_parser("delete", help="delete a resource")
-    delete.add_argument("kind")
-    delete.add_argument("name")
-    delete.add_argument("-n", "--namespace")
-
-    stat = sub.add_parser("stat", help="golden metrics per service and edge")
-    stat.add_argument("service", nargs="?")
-    stat.add_argument("-n", "--namespace")
-    stat.add_argument("-o", "--output", choices=("table", "json"), default="table")
-
-    check = sub.add_parser("check", help="health of the mesh; exit 1 on any failure")
-    check.add_argument("-o", "--output", choices=("text", "json"), default="text")
-
-    explain = sub.add_parser("explain", help="the policy each instance of a service applies")
-    explain.add_argument("service")
-    explain.add_argument("-n", "--namespace")
-    explain.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
-
-    sub.add_parser("dashboard", help="print the web dashboard's URL (with its access token)")
+    add_admin_parsers(sub)
 
     configure_ca(sub.add_parser("ca", help="root CA, replica intermediates, trust bundle"))
     configure_sidecar(
         sub.add_parser(
             "sidecar",
             help="run an Envoy sidecar for an unmodified app (agent: identity, secrets, Envoy)",
+            formatter_class=HelpFormatter,
         )
     )
+    sub.add_parser("version", help="print meshctl's version", formatter_class=HelpFormatter)
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        epilog='examples:\n  eval "$(meshctl completion bash)"\n'
+        "  meshctl completion zsh > ~/.zfunc/_meshctl",
+        formatter_class=HelpFormatter,
+    )
+    completion.add_argument("shell", choices=SHELLS, help="the shell to complete for")
+    spread_global_flags(parser)
     return parser
 
 
+def _debug(args: argparse.Namespace | None) -> bool:
+    return bool(getattr(args, "debug", False)) or (
+        os.environ.get("MESH_LOG_LEVEL", "").lower() == "debug"
+    )
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    nested = getattr(args, f"{args.command}_command", None)
+    return f"{args.command} {nested}" if nested else str(args.command)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "control":
+        _cmd_control_serve(args)
+        return 0
+    if args.command == "version":
+        print(f"meshctl {version()}")
+        return 0
+    if args.command == "completion":
+        print(completion_script(_parser(), args.shell), end="")
+        return 0
+    if args.command == "sidecar":
+        return run_sidecar(args)
+    if args.command == "ca":
+        return run_ca(args)
+    if args.command == "dashboard":
+        cmd_dashboard(args)
+        return 0
+    client = AdminClient(Path(args.data_dir), args.control)
+    try:
+        return ADMIN_COMMANDS[args.command](client, args) or 0
+    finally:
+        client.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``meshctl`` console script."""
+    """Entry point of the ``meshctl`` console script.
+
+    Errors are one ``error: …`` line on stderr and exit code 1 (2 for bad usage, 130 on
+    Ctrl-C); ``--debug`` or ``MESH_LOG_LEVEL=debug`` adds the traceback.
+    """
     args = _parser().parse_args(argv)
     try:
-        if args.command == "control":
-            if args.data_dir_serve:
-                args.data_dir = args.data_dir_serve
-            _cmd_control_serve(args)
-            return 0
-        if args.command == "sidecar":
-            return run_sidecar(args)
-        if args.command == "ca":
-            return run_ca(args)
-        if args.command == "dashboard":
-            cmd_dashboard(args)
-            return 0
-        client = AdminClient(Path(args.data_dir), args.control)
-        try:
-            code = ADMIN_COMMANDS[args.command](client, args)
-        finally:
-            client.close()
-        if code:
-            return code
+        return _run(args)
     except MeshError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        message = f"error: {exc}"
+    except ModuleNotFoundError as exc:
+        message = f"error: {missing_extra(exc, _command_name(args))}"
     except KeyboardInterrupt:
         return 130
-    return 0
+    if _debug(args):
+        traceback.print_exc()
+    print(message, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

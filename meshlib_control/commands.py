@@ -53,12 +53,43 @@ def _kind(name: str) -> str:
     return kind
 
 
-def _print(items: list[dict[str, Any]], output: str, columns: Sequence[tuple[str, str]]) -> None:
+def _dump(data: Any, output: str) -> bool:
+    """Print *data* as JSON or YAML when *output* asks for it; False for ``table``."""
     if output == "json":
-        print(json.dumps(items, indent=2))
-        return
+        print(json.dumps(data, indent=2))
+        return True
     if output == "yaml":
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+        return True
+    return False
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == []:
+        return "-"
+    if isinstance(value, list | tuple):
+        return ",".join(_cell(v) for v in value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _table(rows: list[list[str]], right: int = 0) -> None:
+    """Print *rows* (the first is the header) in aligned columns; the last *right* of each
+    row are right-aligned (numbers)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    split = len(widths) - right
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row[:split], widths[:split], strict=True)]
+        cells += [c.rjust(w) for c, w in zip(row[split:], widths[split:], strict=True)]
+        print("  ".join(cells).rstrip())
+
+
+def _print(items: list[dict[str, Any]], output: str, columns: Sequence[tuple[str, str]]) -> None:
+    if output == "yaml":  # one YAML document per item, as kubectl prints a list of objects
         print(yaml.safe_dump_all(items, sort_keys=False), end="")
+        return
+    if _dump(items, output):
         return
     rows = [[h for h, _ in columns]]
     for item in items:
@@ -67,18 +98,17 @@ def _print(items: list[dict[str, Any]], output: str, columns: Sequence[tuple[str
             value: Any = item
             for part in key.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
-            row.append("-" if value is None else str(value))
+            row.append(_cell(value))
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    _table(rows)
 
 
 _COLUMNS = {
     "services": [("NAMESPACE", "namespace"), ("NAME", "name"), ("INSTANCES", "instances"),
                  ("MODES", "modes")],
     "instances": [("ID", "id"), ("SERVICE", "service"), ("NAMESPACE", "namespace"),
-                  ("ADDRESS", "address"), ("PORT", "port"), ("MODE", "mode"),
+                  ("ADDRESS", "address"), ("PORT", "port"), ("ADMIN", "adminPort"),
+                  ("MODE", "mode"),
                   ("APPLIED", "appliedVersion"), ("REJECTED", "rejectedVersion")],
     "certificates": [("SERIAL", "serial"), ("SPIFFE ID", "spiffeId"), ("NOT AFTER", "notAfter")],
     "tokens": [("ID", "id"), ("SPIFFE ID", "spiffeId"), ("EXPIRES", "expiresAt"),
@@ -110,21 +140,28 @@ def _cmd_apply(client: AdminClient, args: argparse.Namespace) -> None:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
     except OSError as exc:
         raise CLIError(f"-f: cannot read {args.file}: {exc.strerror}") from exc
-    results = client.call(
+    answer = client.call(
         "POST",
         "/v1/admin/resources",
+        params={"dryRun": "true"} if args.dry_run else None,
         content=text.encode(),
         headers={"content-type": "application/yaml"},
-    )["results"]
-    for r in results:
-        print(f"{r['kind'].lower()}/{r['namespace']}/{r['name']} {r['action']}")
+    )
+    for warning in answer.get("warnings", []):
+        print(f"warning: {warning['message']}", file=sys.stderr)
+    if _dump(answer, args.output):
+        return
+    suffix = " (dry run)" if args.dry_run else ""
+    for r in answer["results"]:
+        print(f"{r['kind'].lower()}/{r['namespace']}/{r['name']} {r['action']}{suffix}")
 
 
 def _cmd_delete(client: AdminClient, args: argparse.Namespace) -> None:
     kind = _kind(args.kind)
     ns = args.namespace or "default"
-    client.call("DELETE", f"/v1/admin/resources/{kind}/{ns}/{args.name}")
-    print(f"{kind.lower()}/{ns}/{args.name} deleted")
+    answer = client.call("DELETE", f"/v1/admin/resources/{kind}/{ns}/{args.name}")
+    if not _dump(answer, args.output):
+        print(f"{kind.lower()}/{ns}/{args.name} deleted")
 
 
 def _cmd_token(client: AdminClient, args: argparse.Namespace) -> None:
@@ -149,7 +186,8 @@ def _cmd_token(client: AdminClient, args: argparse.Namespace) -> None:
             "uses": args.uses,
         },
     )
-    print(answer["token"])
+    if not _dump(answer, args.output):
+        print(answer["token"])
 
 
 def _ms(value: Any) -> str:
@@ -176,21 +214,17 @@ def _svc_name(name: str, namespace: str) -> str:
 def _cmd_stat(client: AdminClient, args: argparse.Namespace) -> None:
     params = {k: v for k, v in (("service", args.service), ("namespace", args.namespace)) if v}
     answer = client.call("GET", "/v1/admin/stats", params=params)
-    if args.output == "json":
-        print(json.dumps(answer, indent=2))
+    if _dump(answer, args.output):
         return
     rows = [["SERVICE/EDGE", "RPS", "SUCCESS", "P50", "P95", "P99", "TOTAL"]]
     for svc in answer["services"]:
-        rows.append(_stat_row(_svc_name(svc["service"], svc["namespace"]), svc))
+        name = _svc_name(svc["service"], svc["namespace"])
+        rows.append(_stat_row(name, svc))
         for edge in answer["edges"]:
             if (edge["service"], edge["namespace"]) == (svc["service"], svc["namespace"]):
                 source = _svc_name(edge["source"], edge["sourceNamespace"])
-                rows.append(_stat_row(f"  {source} -> {rows[-1][0].strip()}", edge))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = [row[0].ljust(widths[0])]
-        cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
-        print("  ".join(cells).rstrip())
+                rows.append(_stat_row(f"  {source} -> {name}", edge))
+    _table(rows, right=len(rows[0]) - 1)
     window = answer.get("windowSeconds")
     scraped = answer.get("instances", {})
     print(
@@ -207,9 +241,7 @@ def _cmd_check(client: AdminClient, args: argparse.Namespace) -> int:
         checks = client.call("GET", "/v1/admin/check")["checks"]
     except CLIError as exc:
         checks = [{"name": "control service", "status": "fail", "message": str(exc)}]
-    if args.output == "json":
-        print(json.dumps(checks, indent=2))
-    else:
+    if not _dump(checks, args.output):
         for check in checks:
             mark = CHECK_MARKS.get(check["status"], "?")
             print(f"{mark} {check['name']}: {check['message']}")
@@ -222,9 +254,8 @@ def _cmd_check(client: AdminClient, args: argparse.Namespace) -> int:
 def _cmd_explain(client: AdminClient, args: argparse.Namespace) -> None:
     namespace = args.namespace or "default"
     answer = client.call("GET", f"/v1/admin/explain/{namespace}/{args.service}")
-    if args.output == "json":
-        print(json.dumps(answer, indent=2))
-    else:
+    # The answer is nested (per instance: its policy); its table form is the YAML text.
+    if not _dump(answer, args.output):
         print(yaml.safe_dump(answer, sort_keys=False), end="")
 
 
@@ -236,7 +267,7 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     except (OSError, ValueError, KeyError) as exc:
         raise CLIError(
             f"no dashboard credentials in {data_dir} ({exc}): is the control service of this "
-            "data dir running? Pass --data-dir"
+            "data dir running? Pass --data-dir (or set MESHCTL_DATA_DIR)"
         ) from None
     print(f"{url.rstrip('/')}/dashboard#token={token}")
 

@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from datetime import UTC, datetime
 from typing import Any
 
 import uvicorn
 
+from meshlib.errors import ConfigError
 from meshlib.identity.tls import TLSContexts
 from meshlib.integrations.uvicorn import tls_protocol
 from meshlib_control.api.app import create_app
@@ -45,6 +47,25 @@ async def _renew_own_certificate(plane: ControlPlane, contexts: TLSContexts) -> 
             log.warning("renewed the control service's own certificate")
 
 
+def _bind(host: str, port: int, flag: str) -> socket.socket:
+    """The listening socket, bound here so a taken port is one clear error, not uvicorn's
+    log line, traceback and ``SystemExit(3)``."""
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {host}:{port}: cannot listen: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"{flag} {host}:{port}: cannot listen: {exc.strerror or exc}") from None
+    return sock
+
+
 async def serve(
     settings: Settings, *, ready: Any = None, scrape_interval: float | None = None
 ) -> None:
@@ -54,6 +75,7 @@ async def serve(
     """
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
+    sock = _bind(*split_hostport(settings.listen, "--listen"), "--listen")
     plane = ControlPlane(settings)
     plane.follow_store(asyncio.get_running_loop())
     if scrape_interval is not None:
@@ -94,10 +116,11 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, shutdown)
-    serving = asyncio.create_task(server.serve())
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not serving.done():
         await asyncio.sleep(0.02)
     xds = None
+    failure: ConfigError | None = None
     if server.started and settings.xds_listen is not None:
         from meshlib_control.xds.ads import XdsServer  # the Envoy protobufs: only when used
 
@@ -105,7 +128,7 @@ async def serve(
         try:
             xds_port = await xds.start(settings.xds_listen)
         except (OSError, RuntimeError) as exc:
-            log.error("%s", exc)
+            failure = ConfigError(f"--xds-listen {settings.xds_listen}: {exc}")
             shutdown()
         else:
             xds_host, _ = split_hostport(settings.xds_listen, "--xds-listen")
@@ -116,7 +139,10 @@ async def serve(
         url = f"https://{host}:{bound}"
         plane.write_admin_credentials(url)
         log.warning(
-            "meshlib control service listening on %s (trust domain %s)", url, plane.trust_domain
+            "meshlib control service listening on %s as %s (trust domain %s)",
+            url,
+            plane.control_id,
+            plane.trust_domain,
         )
         if ready is not None:
             ready(url)
@@ -130,6 +156,9 @@ async def serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         plane.store.close()
+        sock.close()
+    if failure is not None:
+        raise failure
 
 
 def run(settings: Settings, *, scrape_interval: float | None = None) -> None:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import signal
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -133,6 +134,8 @@ class MeshServer:
         host, port: the mTLS listener.
         plaintext_port: optional second listener without TLS (see PeerAuthentication).
         advertise: address registered for this instance (default: *host*, or 127.0.0.1).
+        announce: print one line on stderr once listening (what, where, as whom);
+            :func:`serve` and :func:`aserve` turn it on.
         uvicorn_options: passed to ``uvicorn.Config``.
     """
 
@@ -145,9 +148,11 @@ class MeshServer:
         port: int = 8443,
         plaintext_port: int | None = None,
         advertise: str | None = None,
+        announce: bool = False,
         **uvicorn_options: Any,
     ) -> None:
         self.mesh = mesh
+        self.announce = announce
         self.host = host
         self.port = port
         self.plaintext_port = plaintext_port
@@ -232,6 +237,8 @@ class MeshServer:
                 self.mesh.set_endpoint(
                     self.advertise, self.bound_port(), plaintext_port=self._plain_bound_port()
                 )
+                if self.announce:
+                    print(self.listening_line(), file=sys.stderr, flush=True)
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             # Withdraw first, so callers stop picking this instance, then drain and close.
             await asyncio.to_thread(self.mesh.clear_endpoint)
@@ -249,6 +256,20 @@ class MeshServer:
                         await task
             if started_here:  # we own it: deregister and stop its agent
                 await self.mesh.aclose()
+
+    def listening_line(self) -> str:
+        """``meshlib: orders.default listening on https://…:8443 (mTLS) as spiffe://…``."""
+        config = self.mesh.config
+        line = (
+            f"meshlib: {config.service}.{config.namespace} listening on "
+            f"https://{self.host}:{self.bound_port()} (mTLS) as {self.mesh.spiffe_id}"
+        )
+        plain = self._plain_bound_port()
+        if plain is not None:
+            line += f"; plaintext http://{self.host}:{plain}"
+        if self.mesh.admin_port is not None:
+            line += f"; admin http://127.0.0.1:{self.mesh.admin_port}"
+        return line + f"; control {config.control_url}"
 
     def _install_signal_handlers(self) -> None:
         # uvicorn re-raises SIGINT/SIGTERM once its serve() returns, which would end the
@@ -291,7 +312,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 async def aserve(app: ASGIApp, *, mesh: Mesh, **options: Any) -> None:
     """Async form of :func:`serve`."""
-    await MeshServer(app, mesh=mesh, **options).serve()
+    await MeshServer(app, mesh=mesh, **({"announce": True} | options)).serve()
 
 
 def serve(app: ASGIApp, *, mesh: Mesh, **options: Any) -> None:

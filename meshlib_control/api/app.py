@@ -7,17 +7,26 @@ the admin SVID written to the data dir at first start.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from meshlib.errors import IdentityError
 from meshlib.identity.spiffe import SpiffeId
 from meshlib_control.api.limits import MAX_BODY, parse_json_object, read_body
+from meshlib_control.api.schema import (
+    YAML_BODY,
+    errors,
+    install_openapi,
+    json_body,
+    validation_error,
+)
 from meshlib_control.errors import ApiError
 from meshlib_control.observe.checks import explain, run_checks
 from meshlib_control.plane import ControlPlane
+from meshlib_control.plane.references import policy_checks
 
 __all__ = ["MAX_WAIT", "create_app"]
 
@@ -93,9 +102,26 @@ def _dependencies(deps: str | None, max_deps: int) -> tuple[str, ...] | None:
     return tuple(sorted(names))
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("inproc-mesh")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def create_app(plane: ControlPlane) -> FastAPI:
     """Build the control service's ASGI app around *plane*."""
-    app = FastAPI(title="meshlib control service", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="meshlib control service",
+        version=_version(),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # served below, to authenticated callers only
+    )
+    install_openapi(app)
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -117,27 +143,35 @@ def create_app(plane: ControlPlane) -> FastAPI:
     async def bundle() -> dict[str, Any]:
         return plane.bundle()
 
-    @app.post("/v1/sign")
+    @app.post("/v1/sign", openapi_extra=json_body("sign"), responses=errors(400, 401, 403, 413))
     async def sign(request: Request) -> dict[str, Any]:
         return plane.sign(await _json_body(request), peer_of(request))
 
-    @app.put("/v1/instances/{instance_id}")
+    @app.put(
+        "/v1/instances/{instance_id}",
+        openapi_extra=json_body("register"),
+        responses=errors(400, 401, 403, 413, 429),
+    )
     async def register(instance_id: str, request: Request) -> dict[str, Any]:
         return plane.register(
             instance_id, await _json_body(request), _require_peer(request), source=_source(request)
         )
 
-    @app.delete("/v1/instances/{instance_id}")
+    @app.delete("/v1/instances/{instance_id}", responses=errors(400, 401, 403, 404))
     async def deregister(instance_id: str, request: Request) -> dict[str, Any]:
         plane.deregister(instance_id, _require_peer(request))
         return {}
 
-    @app.post("/v1/instances/{instance_id}/report")
+    @app.post(
+        "/v1/instances/{instance_id}/report",
+        openapi_extra=json_body("report"),
+        responses=errors(400, 401, 403, 404, 413),
+    )
     async def report(instance_id: str, request: Request) -> dict[str, Any]:
         plane.report(instance_id, await _json_body(request), _require_peer(request))
         return {}
 
-    @app.get("/v1/snapshot", response_model=None)
+    @app.get("/v1/snapshot", response_model=None, responses=errors(304, 400, 401, 403, 429))
     async def snapshot(
         request: Request, version: str = "", wait: float = 0.0, deps: str | None = None
     ) -> Response | dict[str, Any]:
@@ -166,35 +200,42 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
     # -------------------------------------------------------------- admin API
 
-    @app.post("/v1/admin/resources")
-    async def apply(request: Request) -> dict[str, Any]:
+    @app.post("/v1/admin/resources", openapi_extra=YAML_BODY, responses=errors(400, 403, 413))
+    async def apply(
+        request: Request, dry_run: Annotated[bool, Query(alias="dryRun")] = False
+    ) -> dict[str, Any]:
+        """Create or update resources; with ``dryRun=true`` validate only, store nothing."""
         admin(request)
         raw = await read_body(request.headers, request.stream(), limit=MAX_BODY)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ApiError(400, "invalid", "body: not UTF-8 text", path="body") from exc
-        return {"results": plane.apply(text)}
+        return plane.apply(text, dry_run=dry_run)
 
-    @app.get("/v1/admin/resources/{kind}")
+    @app.get("/v1/admin/resources/{kind}", responses=errors(400, 403, 404))
     async def get(
         kind: str, request: Request, namespace: str | None = None, name: str | None = None
     ) -> dict[str, Any]:
         admin(request)
         return {"items": plane.get(kind, namespace, name)}
 
-    @app.delete("/v1/admin/resources/{kind}/{namespace}/{name}")
+    @app.delete("/v1/admin/resources/{kind}/{namespace}/{name}", responses=errors(400, 403, 404))
     async def delete(kind: str, namespace: str, name: str, request: Request) -> dict[str, Any]:
         admin(request)
         plane.delete(kind, namespace, name)
         return {"deleted": {"kind": kind, "namespace": namespace, "name": name}}
 
-    @app.post("/v1/admin/tokens")
+    @app.post("/v1/admin/tokens", openapi_extra=json_body("token"), responses=errors(400, 403, 413))
     async def create_token(request: Request) -> dict[str, Any]:
         admin(request)
         return plane.create_token(await _json_body(request))
 
-    @app.post("/v1/admin/tokens/revoke")
+    @app.post(
+        "/v1/admin/tokens/revoke",
+        openapi_extra=json_body("revoke"),
+        responses=errors(400, 403, 413),
+    )
     async def revoke_rebootstrap(request: Request) -> dict[str, Any]:
         admin(request)
         return plane.revoke_rebootstrap(await _json_body(request))
@@ -230,24 +271,27 @@ def create_app(plane: ControlPlane) -> FastAPI:
             "`meshctl dashboard`) or the admin SVID",
         )
 
-    @app.get("/v1/admin/stats")
+    @app.get("/v1/admin/stats", responses=errors(400, 403))
     async def stats(
         request: Request, service: str | None = None, namespace: str | None = None
     ) -> dict[str, Any]:
         admin(request)
         return plane.observer.stats(service, namespace)
 
-    @app.get("/v1/admin/check")
+    @app.get("/v1/admin/check", responses=errors(403))
     async def check(request: Request) -> dict[str, Any]:
         admin(request)
-        return {"checks": await run_checks(plane, plane.observer)}
+        checks = await run_checks(plane, plane.observer)
+        state = plane.state()
+        checks.extend(policy_checks(plane.store, state.resources, state.instances))
+        return {"checks": checks}
 
-    @app.get("/v1/admin/explain/{namespace}/{service}")
+    @app.get("/v1/admin/explain/{namespace}/{service}", responses=errors(400, 403, 404))
     async def explain_service(namespace: str, service: str, request: Request) -> dict[str, Any]:
         admin(request)
         return await explain(plane, plane.observer, namespace, service)
 
-    @app.get("/v1/admin/dashboard-data")
+    @app.get("/v1/admin/dashboard-data", responses=errors(401, 403))
     async def dashboard_data(request: Request) -> JSONResponse:
         dashboard_reader(request)
         body = {
@@ -270,7 +314,13 @@ def create_app(plane: ControlPlane) -> FastAPI:
             },
         )
 
-    @app.get("/v1/admin/{listing}")
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_document(request: Request) -> JSONResponse:
+        """This API's OpenAPI document: for the admin SVID or the dashboard token only."""
+        dashboard_reader(request)
+        return JSONResponse(app.openapi())
+
+    @app.get("/v1/admin/{listing}", responses=errors(403, 404))
     async def listing(listing: str, request: Request) -> dict[str, Any]:
         admin(request)
         lists = {

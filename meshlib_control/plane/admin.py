@@ -12,6 +12,11 @@ from meshlib_control.api.limits import check_yaml
 from meshlib_control.ca.tokens import MAX_TOKEN_TTL, MAX_TOKEN_USES, new_token, parse_ttl
 from meshlib_control.errors import ApiError
 from meshlib_control.plane.base import PlaneBase, utc_now
+from meshlib_control.plane.references import (
+    dry_run_actions,
+    known_services,
+    unknown_service_warnings,
+)
 from meshlib_control.xds.status import XdsStatus
 
 __all__ = ["AdminOperations"]
@@ -22,12 +27,14 @@ class AdminOperations(PlaneBase):
 
     xds_status: XdsStatus
 
-    def apply(self, text: str) -> list[dict[str, str]]:
+    def apply(self, text: str, *, dry_run: bool = False) -> dict[str, Any]:
         """Validate every document, then store them all in one transaction.
 
         The text is first scanned for nesting depth and alias expansion
         (:func:`~meshlib_control.api.limits.check_yaml`): a billion-laughs document is
-        refused before it is built.
+        refused before it is built. With *dry_run* nothing is stored: the answer says what
+        would be done. Either way, resources naming a service the control service does not
+        know are stored (services may register later) and listed under ``warnings``.
         """
         check_yaml(text)
         try:
@@ -36,17 +43,27 @@ class AdminOperations(PlaneBase):
             raise ApiError(400, "invalid", str(exc), path=exc.path) from exc
         if not resources:
             raise ApiError(400, "invalid", "no documents in the input", path="documents")
-        results = self.store.apply(resources, utc_now())
-        self.refresh()
-        return [
-            {
-                "kind": r.kind,
-                "namespace": r.metadata.namespace,
-                "name": r.metadata.name,
-                "action": action,
-            }
-            for r, action in results
-        ]
+        warnings = unknown_service_warnings(
+            resources, known_services(self.store, self.state().instances)
+        )
+        if dry_run:
+            results = dry_run_actions(resources, self.store)
+        else:
+            results = self.store.apply(resources, utc_now())
+            self.refresh()
+        return {
+            "results": [
+                {
+                    "kind": r.kind,
+                    "namespace": r.metadata.namespace,
+                    "name": r.metadata.name,
+                    "action": action,
+                }
+                for r, action in results
+            ],
+            "warnings": warnings,
+            "dryRun": dry_run,
+        }
 
     @staticmethod
     def _check_kind(kind: str) -> None:

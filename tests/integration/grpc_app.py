@@ -7,7 +7,11 @@ PLAINTEXT_PORT (an insecure port too; PeerAuthentication decides who gets in).
 
     flaky:<key>:<n>   UNAVAILABLE for the first n calls with that key, then an answer
     down:<key>        always UNAVAILABLE
+    fail-at:<port>    UNAVAILABLE from the instance serving on that port, an answer elsewhere
     sleep:<seconds>   answer after sleeping that long
+    hits:<name>       an answer whose ``stock`` is how many GetItem(<name>) this instance got
+
+Every other GetItem is counted under its item name before it is answered.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ LABELS = dict(p.split("=", 1) for p in os.environ.get("MESH_LABELS", "").split("
 PORT = int(os.environ.get("PORT", "0"))
 IDEMPOTENT = ["/meshlib.demo.inventory.v1.Inventory/GetItem"]
 _failures: dict[str, int] = {}
+_hits: dict[str, int] = {}
 _lock = threading.Lock()
 
 
@@ -81,10 +86,25 @@ def item(name: str) -> Any:
     )
 
 
+def get_item(name: str) -> Any:
+    """The answer of GetItem(*name*) (``hits:`` queries answered from the counts)."""
+    if name.startswith("hits:"):
+        with _lock:
+            seen = _hits.get(name[5:], 0)
+        return pb.Item(item=name, stock=seen, service=SERVICE, port=PORT)
+    return item(name)
+
+
 def failure(name: str) -> str | None:
-    """Why GetItem(*name*) must fail now, or None."""
+    """Why GetItem(*name*) must fail now, or None (counted as a hit either way)."""
+    if name.startswith("hits:"):
+        return None
+    with _lock:
+        _hits[name] = _hits.get(name, 0) + 1
     if name.startswith("down:"):
         return "down on purpose"
+    if name.startswith("fail-at:"):
+        return "failing on purpose here" if name[8:] == str(PORT) else None
     if name.startswith("flaky:"):
         _, key, n = name.split(":")
         with _lock:
@@ -109,7 +129,7 @@ class SyncInventory(pb_grpc.InventoryServicer):  # type: ignore[misc]
         if why is not None:
             context.abort(grpc.StatusCode.UNAVAILABLE, why)
         time.sleep(delay(request.item))
-        return item(request.item)
+        return get_item(request.item)
 
     def WatchStock(self, request: Any, context: Any) -> Any:
         for _ in range(request.count):
@@ -146,7 +166,7 @@ class AioInventory(pb_grpc.InventoryServicer):  # type: ignore[misc]
         if why is not None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, why)
         await asyncio.sleep(delay(request.item))
-        return item(request.item)
+        return get_item(request.item)
 
     async def WatchStock(self, request: Any, context: Any) -> Any:
         for _ in range(request.count):
@@ -234,6 +254,7 @@ class GrpcService:
         labels: str = "",
         port: int | None = None,
         plaintext: bool = False,
+        token: str | None = None,
     ) -> None:
         from tests.integration.harness import Process, free_port
 
@@ -243,7 +264,7 @@ class GrpcService:
         env = {
             "MESH_CONTROL_URL": control.url,
             "MESH_SERVICE": service,
-            "MESH_TOKEN": control.token(service),
+            "MESH_TOKEN": control.token(service) if token is None else token,
             "MESH_DATA_DIR": str(workdir / f"grpc-{service}-{self.port}"),
             "MESH_LABELS": labels,
             "PORT": str(self.port),
@@ -259,9 +280,17 @@ class GrpcService:
         )
 
     def start(self) -> GrpcService:
+        return self.launch().wait()
+
+    def launch(self) -> GrpcService:
+        """Start the process without waiting (several start faster together)."""
+        self.process.start()
+        return self
+
+    def wait(self) -> GrpcService:
+        """Wait until the launched server is serving (at most 30 s)."""
         from tests.integration.harness import wait_for
 
-        self.process.start()
         wait_for(self._serving, 30, f"gRPC {self.service} serving")
         return self
 
