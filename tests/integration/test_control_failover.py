@@ -1,9 +1,9 @@
 """Workloads fail over between control replicas: SIGKILL the one they watch, lose nothing.
 
-The replicas are real ``meshctl control serve`` processes on one data dir (one SQLite
-database, one CA). A replica reads the shared database when it starts and when it writes,
-so the tests start the survivors after the workloads registered: then every replica holds
-the same state and serves the same snapshot versions, as replicas on one etcd do.
+The replicas are real ``meshctl control serve`` processes on a real 3-member etcd cluster
+(``--store etcd://…``, tests/etcd_cluster.py), each with its own data dir, all signing with
+one CA (``--ca-cert/--ca-key``). Every replica follows the store, so all serve the same
+snapshot versions.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 
 import meshlib
+from meshlib_control.ca.authority import CertificateAuthority
+from tests.etcd_cluster import EtcdCluster
 from tests.integration.harness import (
     MESHCTL,
     ROOT,
@@ -34,6 +36,7 @@ from tests.integration.sidecars import SidecarService, envoy_available, node_sta
 
 pytestmark = pytest.mark.integration
 
+LEASE = 3.0  # instance lease: a workload that stopped heartbeating is gone after it
 FAILOVER_WITHIN = 5.0  # seconds from the SIGKILL to the workload's next answered call
 
 PROBE_POLICY = """
@@ -70,8 +73,32 @@ class Replica(Control):
         self.process.proc.wait(5)
 
 
-def replicas(root: Path, count: int, *extra: str) -> list[Replica]:
-    return [Replica(root / "control", "--instance-ttl", "5s", *extra) for _ in range(count)]
+def replicas(root: Path, store: str, *extra: str) -> list[Replica]:
+    """Three replicas on *store*, each with its own data dir, all signing with one CA."""
+    ca_dir = root / "ca"
+    CertificateAuthority.load_or_create(ca_dir, "mesh.local")
+    group = []
+    for i in range(3):
+        data_dir = root / f"replica{i}" / "data"
+        data_dir.parent.mkdir(parents=True)
+        ca = ("--ca-cert", str(ca_dir / "ca.pem"), "--ca-key", str(ca_dir / "ca.key"))
+        group.append(
+            Replica(data_dir, "--instance-ttl", f"{LEASE:g}s", "--store", store, *ca, *extra)
+        )
+    return group
+
+
+def start_all(group: list[Replica]) -> None:
+    """Start the replicas side by side, then wait (bounded) until each is ready."""
+    for member in group:
+        member.process.start()
+    for member in group:
+        wait_for(
+            lambda m=member: "ready at" in m.process.output() or not m.process.alive(),  # type: ignore[misc]
+            40,
+            "control replica",
+        )
+        assert member.process.alive(), member.process.output()
 
 
 def urls(group: list[Replica]) -> str:
@@ -110,14 +137,28 @@ class Traffic:
         self._thread.join(10)
 
 
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd")).start()
+    yield cluster
+    cluster.stop()
+
+
+def store(etcd: EtcdCluster, tmp_path: Path) -> str:
+    """*etcd* under a key prefix of this test's own: tests share the cluster, not the state."""
+    return f"{etcd.store_url}/{tmp_path.name.replace('_', '-')[-40:]}"
+
+
 @pytest.fixture
-def group(tmp_path: Path) -> Iterator[list[Replica]]:
-    """Three replicas on one data dir; only the first is started."""
-    members = replicas(tmp_path, 3)
-    members[0].start()
-    yield members
-    for member in members:
-        member.stop()
+def group(tmp_path: Path, etcd: EtcdCluster) -> Iterator[list[Replica]]:
+    """Three running replicas on the etcd cluster."""
+    members = replicas(tmp_path, store(etcd, tmp_path))
+    try:
+        start_all(members)
+        yield members
+    finally:
+        for member in members:
+            member.stop()
 
 
 def test_library_workloads_fail_over_and_resume_their_watch(group, tmp_path):
@@ -136,8 +177,6 @@ def test_library_workloads_fail_over_and_resume_their_watch(group, tmp_path):
     try:
         wait_endpoints(frontend, "orders")
         spare = first.token("inventory")
-        second.start()
-        third.start()
         agent = frontend._agent
         assert agent._client is not None and agent._client.url == first.url
         held, received = frontend.engine.version, agent.snapshots_received
@@ -165,7 +204,8 @@ def test_library_workloads_fail_over_and_resume_their_watch(group, tmp_path):
                 assert agent.duplicate_snapshots == 0
                 assert frontend.engine.version == held
 
-                second.apply(PROBE_POLICY)
+                # Applied on the other survivor: it reaches the watch on the second via etcd.
+                third.apply(PROBE_POLICY)
                 wait_for(lambda: frontend.engine.version != held, 5, "the change from the survivor")
                 assert agent.snapshots_received == received + 1
                 assert agent.duplicate_snapshots == 0
@@ -173,8 +213,8 @@ def test_library_workloads_fail_over_and_resume_their_watch(group, tmp_path):
                     http.get("http://orders/items/p", headers={"x-probe": "1"}).status_code == 418
                 )
                 # orders (a process) moved too: its heartbeats keep it registered on the
-                # survivors past its 5 s lease, though the replica it first used is gone.
-                time.sleep(max(0.0, 6.0 - (time.monotonic() - killed)))
+                # survivors past its lease, though the replica it first used is gone.
+                time.sleep(max(0.0, LEASE + 1 - (time.monotonic() - killed)))
                 live = [i for i in second.instances() if i["service"] == "orders"]
                 assert live and live[0]["port"] == orders.port, live
                 # A new workload joins with the dead replica first in its list.
@@ -199,23 +239,19 @@ def test_library_workloads_fail_over_and_resume_their_watch(group, tmp_path):
 
 
 @pytest.mark.skipif(not envoy_available(), reason="envoy binary not installed ([sidecar])")
-def test_envoy_sidecar_fails_over_to_the_next_replica(tmp_path):
+def test_envoy_sidecar_fails_over_to_the_next_replica(tmp_path, etcd):
     """The sidecar's Envoy lists every replica's ADS server; SIGKILL the one it streams from:
     Envoy reconnects to the next within seconds, serves on, and takes a change applied there."""
-    group = [
-        Replica(
-            tmp_path / "control", "--instance-ttl", "5s", "--xds-listen", f"127.0.0.1:{free_port()}"
-        )
-        for _ in range(3)
-    ]
+    group = replicas(tmp_path, store(etcd, tmp_path), "--xds-listen", "127.0.0.1:0")
+    for member in group:  # fixed ports: the test checks Envoy's bootstrap lists them
+        at = member.process.args.index("--xds-listen")
+        member.process.args[at + 1] = f"127.0.0.1:{free_port()}"
     first, second, third = group
-    first.start()
     orders = frontend = None
     try:
+        start_all(group)
         orders = Service(first, "orders", tmp_path, env={"MESH_CONTROL_URL": urls(group)})
         orders.start()
-        second.start()
-        third.start()
         frontend = SidecarService(first, "frontend", tmp_path)
         # `meshctl sidecar --control A --control B,C` instead of `meshctl --control A sidecar`.
         args = frontend.sidecar.process.args
@@ -258,15 +294,15 @@ def test_envoy_sidecar_fails_over_to_the_next_replica(tmp_path):
             )
             moved_after = time.monotonic() - killed
             assert not any(n["connected"] for n in sidecars_status(third))
-            second.apply(PROBE_POLICY)
+            third.apply(PROBE_POLICY)
             wait_for(
                 lambda: sidecar.get("orders", "/p", headers={"x-probe": "1"}).status_code == 418,
                 10,
                 "the change from the survivor applied by Envoy",
                 interval=0.2,
             )
-            # The sidecar agent moved too: its heartbeats keep it live past the 5 s lease.
-            time.sleep(max(0.0, 6.0 - (time.monotonic() - killed)))
+            # The sidecar agent moved too: its heartbeats keep it live past the lease.
+            time.sleep(max(0.0, LEASE + 1 - (time.monotonic() - killed)))
             live = [i for i in second.instances() if i["service"] == "frontend"]
             assert live and live[0]["mode"] == "sidecar", live
         assert traffic.failures == [], traffic.failures[:5]
