@@ -104,6 +104,7 @@ async def serve(
     sweeper = asyncio.create_task(_sweep(plane))
     renewer = asyncio.create_task(_renew_own_certificate(plane, contexts))
     scraper = asyncio.create_task(plane.observer.run())
+    fetcher = asyncio.create_task(plane.jwks.run(plane.refresh))  # RequestAuthentication keys
 
     def shutdown() -> None:
         # Stop expiring instances first: while the listener drains, heartbeats cannot
@@ -151,7 +152,7 @@ async def serve(
     finally:
         if xds is not None:
             await xds.stop(grace=0.5)
-        for task in (sweeper, renewer, scraper):
+        for task in (sweeper, renewer, scraper, fetcher):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

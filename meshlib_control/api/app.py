@@ -171,6 +171,10 @@ def create_app(plane: ControlPlane) -> FastAPI:
         plane.report(instance_id, await _json_body(request), _require_peer(request))
         return {}
 
+    @app.post("/v1/jwks/refresh", responses=errors(400, 401, 403, 413))
+    async def jwks_refresh(request: Request) -> dict[str, Any]:
+        return plane.jwks_refresh(await _json_body(request), _require_peer(request))
+
     @app.get("/v1/snapshot", response_model=None, responses=errors(304, 400, 401, 403, 429))
     async def snapshot(
         request: Request, version: str = "", wait: float = 0.0, deps: str | None = None

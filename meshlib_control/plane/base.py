@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from meshlib_control.ca.authority import CertificateAuthority
+from meshlib_control.jwks import JwksCache
 from meshlib_control.settings import Settings
 from meshlib_control.snapshot.builder import MeshState
 from meshlib_control.snapshot.cache import SnapshotCache
@@ -30,14 +31,18 @@ class PlaneBase:
     ca: CertificateAuthority
     cache: SnapshotCache
     trust_domain: str
+    jwks: JwksCache
 
     def state(self) -> MeshState:
-        """The current resources and live instances."""
+        """The current resources and live instances (and the key sets of their jwksUris)."""
+        resources = self.store.resources()
+        self.jwks.notice(resources)
         return MeshState(
             trust_domain=self.trust_domain,
-            resources=self.store.resources(),
+            resources=resources,
             instances=self.store.live_instances(utc_now()),
             trust_bundle=self.ca.bundle_pem.decode(),
+            jwks=self.jwks.key_sets(),
         )
 
     def refresh(self) -> int:

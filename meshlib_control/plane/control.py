@@ -27,6 +27,7 @@ from meshlib.identity.spiffe import SpiffeId
 from meshlib.identity.svid import SVID, load_pem_certificates
 from meshlib_control.ca.authority import CertificateAuthority
 from meshlib_control.errors import ApiError
+from meshlib_control.jwks import JwksCache
 from meshlib_control.observe.scraper import Observer
 from meshlib_control.plane.admin import AdminOperations
 from meshlib_control.plane.base import utc_now
@@ -66,6 +67,7 @@ class ControlPlane(WorkloadOperations, AdminOperations, TrustOperations):
         # not: the other replicas kept serving, and etcd's leases say who is live.
         if not self.store.replicated:
             self._renew_leases()
+        self.jwks = JwksCache()  # key sets of jwksUris: fetched by the server's task
         self.cache = SnapshotCache(self.state())
         # Read-only dashboard access for a browser (which has no admin SVID): a fresh random
         # token per start, written 0600 next to the admin credentials.

@@ -16,6 +16,7 @@ from meshlib_control.ca.rebootstrap import (
 )
 from meshlib_control.ca.tokens import TokenError, check_token, parse_token
 from meshlib_control.errors import ApiError
+from meshlib_control.jwks import jwks_uris
 from meshlib_control.plane.base import PlaneBase, utc_now
 from meshlib_control.plane.fields import check_labels, int_field
 from meshlib_control.store.records import InstanceRecord
@@ -278,3 +279,29 @@ class WorkloadOperations(PlaneBase):
         if error is not None and not isinstance(error, str):
             raise ApiError(400, "invalid", "error: must be a string or null", path="error")
         self.store.record_report(instance_id, version, error)
+
+    def jwks_refresh(self, body: dict[str, Any], peer: SpiffeId) -> dict[str, Any]:
+        """A workload met a token whose ``kid`` its key set lacks: refresh that jwksUri.
+
+        Only a URI that a RequestAuthentication of the caller's namespace names may be
+        asked for; within ``min_gap`` of the last fetch the request is answered
+        ``scheduled: false`` and nothing is fetched (a flood costs one fetch per gap).
+        """
+        if not peer.is_workload or peer.namespace is None:
+            raise ApiError(403, "forbidden", f"{peer} is not a workload identity")
+        uri, kid = body.get("jwksUri"), body.get("kid")
+        if not isinstance(uri, str) or not uri:
+            raise ApiError(400, "invalid", "jwksUri: required, a string", path="jwksUri")
+        if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
+            raise ApiError(400, "invalid", "kid: a string of at most 256 characters", path="kid")
+        if uri not in jwks_uris(self.store.resources(), peer.namespace):
+            raise ApiError(
+                400,
+                "invalid",
+                f"jwksUri: no RequestAuthentication of namespace {peer.namespace} names it",
+                path="jwksUri",
+            )
+        scheduled = self.jwks.request(uri)
+        if scheduled:
+            log.info("%s: unknown kid %r, refreshing %s", peer, kid, uri)
+        return {"scheduled": scheduled}

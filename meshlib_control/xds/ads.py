@@ -53,6 +53,9 @@ from meshlib_control.xds.protos.envoy.config.endpoint.v3 import endpoint_pb2
 from meshlib_control.xds.protos.envoy.config.listener.v3 import listener_pb2
 from meshlib_control.xds.protos.envoy.config.route.v3 import route_pb2
 from meshlib_control.xds.protos.envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
+from meshlib_control.xds.protos.envoy.extensions.filters.http.jwt_authn.v3 import (
+    config_pb2 as jwt_authn_pb2,  # noqa: F401
+)
 from meshlib_control.xds.protos.envoy.extensions.filters.http.local_ratelimit.v3 import (
     local_rate_limit_pb2,  # noqa: F401
 )
@@ -63,6 +66,9 @@ from meshlib_control.xds.protos.envoy.extensions.filters.listener.tls_inspector.
 )
 from meshlib_control.xds.protos.envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
+)
+from meshlib_control.xds.protos.envoy.extensions.http.early_header_mutation.header_mutation.v3 import (  # noqa: E501, F401
+    header_mutation_pb2,
 )
 from meshlib_control.xds.protos.envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from meshlib_control.xds.protos.envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401

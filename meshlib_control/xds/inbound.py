@@ -36,6 +36,7 @@ from meshlib_control.xds.common import (
     protocol_options,
     regex_matcher,
 )
+from meshlib_control.xds.jwt import claim_header_removal, end_user_ids, issuers, jwt_filter
 
 __all__ = ["glob_to_re2", "inbound_listener", "inbound_routes", "local_app_cluster"]
 
@@ -114,8 +115,8 @@ def _rbac_permission(rule: AuthzRule) -> Json:
     return parts[0] if len(parts) == 1 else {"and_rules": {"rules": parts}}
 
 
-def _rbac_principal(rule: AuthzRule, trust_domain: str) -> Json:
-    parts: list[Json] = []
+def _rbac_principal(rule: AuthzRule, trust_domain: str, known: tuple[str, ...] = ()) -> Json:
+    parts: list[Json] = end_user_ids(rule, known)  # the verified JWT (xds/jwt.py)
     if rule.principals:
         regex = _globs_regex(rule.principals)
         parts.append({"authenticated": {"principal_name": regex_matcher(regex)}})
@@ -132,6 +133,7 @@ def _rbac_principal(rule: AuthzRule, trust_domain: str) -> Json:
 
 def _rbac_filters(snapshot: Snapshot, node: SidecarNode, notes: Notes) -> list[Json]:
     selected = _applicable_authz(snapshot, node)
+    known = issuers(snapshot, node)
     filters: list[Json] = []
     for action in ("DENY", "ALLOW"):
         policies: Json = {}
@@ -153,7 +155,7 @@ def _rbac_filters(snapshot: Snapshot, node: SidecarNode, notes: Notes) -> list[J
                     )
                 policies[f"{pid} {rule.name}"] = {
                     "permissions": [_rbac_permission(rule)],
-                    "principals": [_rbac_principal(rule, node.trust_domain)],
+                    "principals": [_rbac_principal(rule, node.trust_domain, known)],
                 }
         # A DENY filter is needed only for rules; an ALLOW policy with no rule still denies
         # everything, so its (empty) ALLOW filter must be there.
@@ -229,13 +231,20 @@ def _rate_limit_filter(res: Resource, notes: Notes) -> Json:
 def inbound_listener(snapshot: Snapshot, node: SidecarNode, notes: Notes) -> Json:
     """Listener ``inbound``: mTLS, RBAC and the rate limit, then route configuration ``inbound``."""
     filters = _rbac_filters(snapshot, node, notes)
+    authn = jwt_filter(snapshot, node, notes)
+    if authn is not None:
+        filters.insert(0, authn)  # before RBAC: authorization reads the verified token
     if snapshot.inbound.rate_limit is not None:
         filters.append(_rate_limit_filter(snapshot.inbound.rate_limit, notes))
     common = common_tls(node, {"prefix": f"spiffe://{node.trust_domain}/"})
     common["alpn_protocols"] = ["h2", "http/1.1"]
+    manager = hcm("inbound", INBOUND_ROUTES, filters, xfcc="SANITIZE_SET")
+    early = claim_header_removal(snapshot, node)
+    if early:
+        manager["typed_config"]["early_header_mutation_extensions"] = early
     tls_chain: Json = {
         "name": "mtls",
-        "filters": [hcm("inbound", INBOUND_ROUTES, filters, xfcc="SANITIZE_SET")],
+        "filters": [manager],
         "transport_socket": {
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
@@ -270,14 +279,17 @@ def inbound_listener(snapshot: Snapshot, node: SidecarNode, notes: Notes) -> Jso
                 "name": "plaintext",
                 "filter_chain_match": {"transport_protocol": "raw_buffer"},
                 # SANITIZE: a plaintext caller must not pass off an XFCC of its own.
-                "filters": [
-                    hcm(
-                        "inbound_plaintext", INBOUND_ROUTES, copy.deepcopy(filters), xfcc="SANITIZE"
-                    )
-                ],
+                "filters": [_plaintext_manager(filters, early)],
             }
         )
     return listener
+
+
+def _plaintext_manager(filters: list[Json], early: list[Json]) -> Json:
+    manager = hcm("inbound_plaintext", INBOUND_ROUTES, copy.deepcopy(filters), xfcc="SANITIZE")
+    if early:
+        manager["typed_config"]["early_header_mutation_extensions"] = copy.deepcopy(early)
+    return manager
 
 
 def inbound_routes() -> Json:
