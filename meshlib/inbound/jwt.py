@@ -68,14 +68,6 @@ class RequestAuth:
             return (aud,)
         return tuple(a for a in aud if isinstance(a, str)) if isinstance(aud, list) else ()
 
-    def rewrite(self, headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """*headers* (ASGI form) with :attr:`remove` dropped and :attr:`add` set."""
-        drop = {h.encode("latin-1") for h in self.remove}
-        drop.update(k.encode("latin-1") for k, _ in self.add)
-        out = [(k, v) for k, v in headers if k not in drop]
-        out += [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in self.add]
-        return out
-
 
 @dataclass(frozen=True, slots=True)
 class JwtFailure:
@@ -124,7 +116,15 @@ class JwtVerifier:
     """The compiled RequestAuthentications of one snapshot. Immutable but for the record
     of unknown key ids (:meth:`unknown_keys`)."""
 
-    __slots__ = ("_clock", "_headers", "_params", "_unknown", "providers", "realm")
+    __slots__ = (
+        "_claim_headers",
+        "_clock",
+        "_headers",
+        "_params",
+        "_unknown",
+        "providers",
+        "realm",
+    )
 
     providers: list[_Provider]
     realm: str
@@ -132,6 +132,7 @@ class JwtVerifier:
     _params: dict[str, list[_Provider]]
     _unknown: dict[tuple[str, str], None]
     _clock: Callable[[], float]
+    _claim_headers: frozenset[bytes]
 
     def __init__(self) -> None:
         raise TypeError("use JwtVerifier.build(snapshot)")
@@ -179,7 +180,29 @@ class JwtVerifier:
                     self._headers.setdefault(h.name, []).append((h.prefix, provider))
                 for p in rule.from_params:
                     self._params.setdefault(p, []).append(provider)
+        self._claim_headers = frozenset(
+            c.header.encode("latin-1")
+            for p in self.providers
+            for c in p.rule.output_claim_to_headers
+        )
         return self
+
+    def rewrite(
+        self, headers: Iterable[tuple[bytes, bytes]], auth: RequestAuth | None
+    ) -> list[tuple[bytes, bytes]]:
+        """*headers* (ASGI form) as the app must see them.
+
+        Every ``outputClaimToHeaders`` header the caller sent is dropped (only a verified
+        token sets them, as on a sidecar); for a verified *auth*, its token header is
+        dropped unless ``forwardOriginalToken`` and its claim headers are set.
+        """
+        drop = set(self._claim_headers)
+        if auth is not None:
+            drop.update(h.encode("latin-1") for h in auth.remove)
+        out = [(k, v) for k, v in headers if k not in drop]
+        if auth is not None:
+            out += [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in auth.add]
+        return out
 
     def unknown_keys(self) -> list[tuple[str, str]]:
         """``(jwksUri, kid)`` pairs tokens named that no key set held; cleared when read."""

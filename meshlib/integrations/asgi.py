@@ -234,8 +234,8 @@ class MeshMiddleware:
             if not isinstance(headers, list):
                 headers = scope["headers"] = list(headers)
             headers.append((XFCC_HEADER, self._xfcc_for(peer)))
-        if decision.auth is not None:  # the verified JWT's header edits (RequestAuthentication)
-            headers = scope["headers"] = decision.auth.rewrite(headers)
+        if admission.jwt is not None:  # RequestAuthentication: token and claim headers
+            headers = scope["headers"] = admission.jwt.rewrite(headers, decision.auth)
         state["mesh"] = decision
         if deadline is None:
             return await self.app(scope, receive, send)

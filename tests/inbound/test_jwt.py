@@ -90,14 +90,19 @@ def test_valid_rs256_and_es256_tokens_give_the_end_user(
         assert info.auth.claims["groups"] == ["admins"]
         assert info.peer == ORDERS
         # The token's header is removed, the claim header set (any caller-sent copy replaced).
-        rewritten = info.auth.rewrite([(b"authorization", b"x"), (b"x-user", b"mallory")])
-        assert rewritten == [(b"x-user", b"alice")]
+        assert inline.jwt is not None
+        sent = [(b"authorization", b"x"), (b"x-user", b"mallory"), (b"accept", b"*/*")]
+        rewritten = inline.jwt.rewrite(sent, info.auth)
+        assert rewritten == [(b"accept", b"*/*"), (b"x-user", b"alice")]
 
 
 def test_no_token_is_unauthenticated_not_refused(inline: Admission) -> None:
     """Without a token the request goes on with no end user."""
     info = call(inline)
     assert isinstance(info, PeerInfo) and info.auth is None
+    # A caller-sent claim header never reaches the app without a verified token.
+    assert inline.jwt is not None
+    assert inline.jwt.rewrite([(b"x-user", b"mallory")], None) == []
 
 
 @pytest.mark.parametrize(
