@@ -238,6 +238,26 @@ def test_library_workloads_fail_over_and_resume_their_watch(group, tmp_path):
         orders.stop()
 
 
+def _acked(node: dict[str, Any]) -> dict[str, str | None]:
+    """The version Envoy ACKed per resource type; empty until it ACKed every type."""
+    versions = {kind: t["ackedVersion"] for kind, t in node["types"].items()}
+    return versions if versions and all(versions.values()) else {}
+
+
+def _config_changes(sidecar: Any) -> dict[str, int]:
+    """Envoy's counters of listeners and clusters added, modified or removed over xDS."""
+    wanted = ("listener_added", "listener_modified", "listener_removed")
+    wanted += ("cluster_added", "cluster_modified", "cluster_removed")
+    text = sidecar.envoy_admin("/stats?filter=(listener_manager|cluster_manager)\\.").text
+    counts = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if name.rsplit(".", 1)[-1] in wanted:
+            counts[name] = int(value)
+    assert len(counts) == len(wanted), text
+    return counts
+
+
 @pytest.mark.skipif(not envoy_available(), reason="envoy binary not installed ([sidecar])")
 def test_envoy_sidecar_fails_over_to_the_next_replica(tmp_path, etcd):
     """The sidecar's Envoy lists every replica's ADS server; SIGKILL the one it streams from:
@@ -277,7 +297,8 @@ def test_envoy_sidecar_fails_over_to_the_next_replica(tmp_path, etcd):
         wait_for(
             lambda: sidecar.get("orders", "/items/1").status_code == 200, 20, "orders via Envoy"
         )
-        assert node_status(first)["connected"]
+        acked = wait_for(lambda: _acked(node_status(first)), 10, "Envoy's ACKs on the first")
+        changes = _config_changes(sidecar)
 
         def call(i: int) -> int:
             return int(sidecar.get("orders", f"/items/{i}", timeout=5).status_code)
@@ -294,6 +315,12 @@ def test_envoy_sidecar_fails_over_to_the_next_replica(tmp_path, etcd):
             )
             moved_after = time.monotonic() - killed
             assert not any(n["connected"] for n in sidecars_status(third))
+            # The survivor serves the versions Envoy holds: it ACKs the same ones again and
+            # rebuilds no listener and no cluster.
+            wait_for(
+                lambda: _acked(node_status(second)) == acked, 5, "the same versions ACKed again"
+            )
+            assert _config_changes(sidecar) == changes
             third.apply(PROBE_POLICY)
             wait_for(
                 lambda: sidecar.get("orders", "/p", headers={"x-probe": "1"}).status_code == 418,
