@@ -263,16 +263,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except MeshError as exc:
-        message = f"error: {exc}"
-    except ModuleNotFoundError as exc:
-        message = f"error: {missing_extra(exc, _command_name(args))}"
     except KeyboardInterrupt:
         return 130
-    if _debug(args):
-        traceback.print_exc()
-    print(message, file=sys.stderr)
-    return 1
+    except (MeshError, ModuleNotFoundError) as exc:
+        if _debug(args):
+            traceback.print_exc()
+        if isinstance(exc, ModuleNotFoundError):
+            message = missing_extra(exc, _command_name(args))
+        else:
+            message = str(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ __all__ = [
     "default_data_dir",
     "spread_global_flags",
     "subparsers",
+    "tidy_metavars",
 ]
 
 OUTPUTS = ("table", "yaml", "json")
@@ -93,9 +94,23 @@ def subparsers(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.
 
 
 def spread_global_flags(parser: argparse.ArgumentParser) -> None:
-    """Accept the global flags after any subcommand too (where it has no flag of that name)."""
+    """Accept the global flags after any subcommand too (where it has no flag of that name),
+    and give every value flag a plain metavar (``--app-port PORT``, not ``APP_PORT``)."""
     for _name, child in subparsers(parser):
         add_global_flags(child, suppress=True)
+        tidy_metavars(child)
+
+
+def tidy_metavars(parser: argparse.ArgumentParser) -> None:
+    """A metavar for each value flag that has none: PORT, N, or the dest's last word."""
+    for action in parser._actions:
+        if not action.option_strings or action.nargs == 0 or action.choices or action.metavar:
+            continue
+        words = action.dest.split("_")
+        if action.type is int:
+            action.metavar = "PORT" if words[-1] == "port" else "N"
+        else:
+            action.metavar = words[-1].upper()
 
 
 def _output(parser: argparse.ArgumentParser) -> None:

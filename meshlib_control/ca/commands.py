@@ -46,7 +46,9 @@ def configure_parser(ca: argparse.ArgumentParser) -> None:
     retire.add_argument("fingerprint", help="sha256:<hex> of the root (see meshctl ca status)")
 
     status = sub.add_parser("status", help="the bundle's roots, the signing root, expiries")
-    status.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    status.add_argument(
+        "-o", "--output", choices=("table", "yaml", "json"), default="table", help="output format"
+    )
 
 
 def _trust_domain(args: argparse.Namespace) -> str:
@@ -130,6 +132,10 @@ def run_ca(args: argparse.Namespace) -> int:
             status = client.call("GET", "/v1/admin/ca")
             if args.output == "json":
                 print(json.dumps(status, indent=2))
+            elif args.output == "yaml":
+                import yaml
+
+                print(yaml.safe_dump(status, sort_keys=False), end="")
             else:
                 _print_status(status)
     finally:

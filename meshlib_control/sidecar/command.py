@@ -16,7 +16,7 @@ __all__ = ["configure_parser", "run_sidecar"]
 def configure_parser(side: argparse.ArgumentParser) -> None:
     """Add the ``meshctl sidecar`` flags to *side*."""
     side.add_argument("--service", required=True, help="the app's service name")
-    side.add_argument("--namespace", default="default")
+    side.add_argument("--namespace", default="default", help="the app's namespace")
     side.add_argument("--app-port", type=int, required=True, help="the app's plaintext port")
     side.add_argument("--inbound-port", type=int, default=15006, help="mesh traffic in (mTLS)")
     side.add_argument(
@@ -43,7 +43,12 @@ def configure_parser(side: argparse.ArgumentParser) -> None:
         help="ADS server(s) HOST:PORT[,HOST:PORT...] (default: asked of each control replica)",
     )
     side.add_argument("--base-id", type=int, help="Envoy --base-id (default: the inbound port)")
-    side.add_argument("--envoy-log-level", default="warning")
+    side.add_argument(
+        "--envoy-log-level",
+        default="warning",
+        metavar="LEVEL",
+        help="Envoy's --log-level (trace, debug, info, warning, error, critical, off)",
+    )
 
 
 def control_urls(args: argparse.Namespace, env: dict[str, str] | os._Environ[str]) -> str | None:
