@@ -10,10 +10,16 @@ only the one whose backoff ends first, so a mesh with its whole control plane do
 one connection attempt per call (the agent's loops pace their calls with their own
 backoff). A 4xx is an answer, not a failure: it is returned to the caller on the address
 that gave it.
+
+A watch (a long-poll of up to 35 s) follows the client: when another call (a heartbeat)
+finds the watched replica silent and moves the client to one that answers, the parked
+long-poll is dropped and re-issued there with the same held version, instead of waiting
+out its own timeout on a replica that may never answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import ssl
 import time
@@ -89,6 +95,7 @@ class ControlClient:
         expected: the control service's SPIFFE ID, ``spiffe://<td>/control``.
         tls: returns the client SSLContext (with this workload's SVID once it has one).
         failover_base, failover_max: the backoff of an address that stopped answering.
+        request_timeout: seconds a call (but a watch) may take on one address.
     """
 
     def __init__(
@@ -99,8 +106,10 @@ class ControlClient:
         tls: Any,
         failover_base: float = FAILOVER_BASE,
         failover_max: float = FAILOVER_MAX,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         self.urls = split_urls(url)
+        self._timeout = request_timeout
         self._expected = expected
         self._tls = tls
         self._base = failover_base
@@ -109,6 +118,7 @@ class ControlClient:
         self._failures = [0] * len(self.urls)
         self._retry_at = [0.0] * len(self.urls)
         self._current = 0
+        self._moved: asyncio.Event | None = None  # set (and replaced) when _current changes
         self.failovers = 0  # times the current address changed
 
     @property
@@ -124,7 +134,7 @@ class ControlClient:
                     expected=self._expected, tls=self._tls, max_connections=4
                 ),
                 base_url=self.urls[index],
-                timeout=httpx.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT),
+                timeout=httpx.Timeout(self._timeout, connect=min(CONNECT_TIMEOUT, self._timeout)),
             )
         return client
 
@@ -150,16 +160,28 @@ class ControlClient:
         if index != self._current:
             self._current = index
             self.failovers += 1
+            if self._moved is not None:
+                self._moved.set()
+                self._moved = None
 
     async def _call(
-        self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float | None = None,
+        attempts: list[int] | None = None,
+        **kwargs: Any,
     ) -> httpx.Response:
+        """*method* *path* on the current address, failing over; *attempts* logs each one."""
         error: ControlPlaneError | None = None
         candidates = self._candidates()
         for index in candidates:
+            if attempts is not None:
+                attempts.append(index)
             try:
                 response = await self._client(index).request(
-                    method, path, timeout=timeout or REQUEST_TIMEOUT, **kwargs
+                    method, path, timeout=timeout or self._timeout, **kwargs
                 )
             except httpx.HTTPError as exc:
                 self._failed(index)
@@ -237,13 +259,46 @@ class ControlClient:
         params: dict[str, str] = {"version": version, "wait": f"{wait:g}"}
         if dependencies:
             params["deps"] = ",".join(dependencies)
-        response = await self._call("GET", "/v1/snapshot", params=params, timeout=wait + 10)
+        while True:
+            attempts: list[int] = []
+            poll = asyncio.ensure_future(
+                self._call(
+                    "GET", "/v1/snapshot", params=params, timeout=wait + 10, attempts=attempts
+                )
+            )
+            try:
+                stale = await self._until_done_or_stale(poll, attempts)
+            except BaseException:
+                poll.cancel()
+                raise
+            if not stale:
+                response = poll.result()
+                break
+            # Another call moved the client off the replica this poll waits on: follow it.
+            poll.cancel()
+            await asyncio.gather(poll, return_exceptions=True)
         if response.status_code == 304:
             return None
         if response.status_code != 200:
             raise _error(response)
         body: dict[str, Any] = response.json()
         return body
+
+    async def _until_done_or_stale(
+        self, poll: asyncio.Future[httpx.Response], attempts: list[int]
+    ) -> bool:
+        """Wait for *poll*; True once the client moved off the address it is waiting on."""
+        while not poll.done():
+            if self._moved is None:
+                self._moved = asyncio.Event()
+            moved: asyncio.Future[Any] = asyncio.ensure_future(self._moved.wait())
+            try:
+                await asyncio.wait([poll, moved], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                moved.cancel()
+            if not poll.done() and attempts and attempts[-1] != self._current:
+                return True
+        return False
 
     async def aclose(self) -> None:
         """Close pooled connections."""

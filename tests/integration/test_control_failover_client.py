@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,84 @@ class Unavailable(HostileServer):
                 )
         except (OSError, ssl.SSLError):
             return
+
+
+class Silent(HostileServer):
+    """A replica that is there but says nothing (stopped, partitioned, stuck): it completes
+    the TLS handshake of its first connection, reads, and never answers."""
+
+    def _answer(self, raw: object) -> None:
+        import socket
+
+        assert isinstance(raw, socket.socket)
+        raw.settimeout(0.2)
+        try:
+            with self._context.wrap_socket(raw, server_side=True) as tls:
+                while not self._stop.is_set():
+                    try:
+                        if tls.recv(65536):
+                            self.requests += 1
+                    except TimeoutError:
+                        continue
+        except (OSError, ssl.SSLError):
+            return
+
+
+def _svid(control: Control, tmp_path: Path, service: str) -> SVID:
+    """An SVID for *service* from *control*, signed with a join token."""
+
+    async def sign() -> SVID:
+        bundle = (control.data_dir / "ca.pem").read_bytes()
+        anonymous = build_client_context(None, bundle, tmp_path)
+        client = ControlClient(control.url, expected=CONTROL_ID, tls=lambda: anonymous)
+        key = generate_private_key()
+        try:
+            answer = await client.sign(
+                build_csr(key, SpiffeId.for_service("mesh.local", "default", service)),
+                token=control.token(service),
+            )
+        finally:
+            await client.aclose()
+        return SVID.from_pem(
+            answer["certificate"].encode(), private_key_pem(key), answer["bundle"].encode()
+        )
+
+    return asyncio.run(sign())
+
+
+def test_a_watch_parked_on_a_silent_replica_follows_the_client_to_a_live_one(
+    control: Control, tmp_path: Path
+):
+    """The heartbeat times out on the silent replica and moves on; the long-poll parked there
+    (it would wait 30 s) is re-issued on the live replica at once, with its held version."""
+    svid = _svid(control, tmp_path, "orders")
+    mtls = build_client_context(svid, svid.bundle_pem, tmp_path)
+    cert = mint(control.data_dir, CONTROL_ID, tmp_path / "bad", name="control")
+    with Silent(cert) as silent:
+
+        async def scenario() -> tuple[dict[str, object] | None, float, str]:
+            client = ControlClient(
+                [f"https://127.0.0.1:{silent.port}", control.url],
+                expected=CONTROL_ID,
+                tls=lambda: mtls,
+                request_timeout=1.0,
+            )
+            try:
+                started = time.monotonic()
+                watch = asyncio.ensure_future(client.watch("", 20.0, None))
+                await asyncio.sleep(0.3)
+                assert not watch.done() and client.url != control.url
+                await client.register("abc123", {"address": "127.0.0.1", "port": 9})
+                body = await asyncio.wait_for(watch, 5.0)
+                return body, time.monotonic() - started, client.url
+            finally:
+                await client.aclose()
+
+        body, elapsed, current = asyncio.run(scenario())
+        assert silent.requests >= 1  # the watch did reach it, and got nothing back
+    assert current == control.url
+    assert body is not None and body["service"] == "orders" and body["version"]
+    assert elapsed < 5.0, elapsed
 
 
 def test_refused_then_503_then_a_live_replica_and_the_client_sticks(
