@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from meshlib.config import parse_control_urls, parse_labels
+from meshlib.errors import ConfigError
 
 __all__ = ["configure_parser", "run_sidecar"]
 
@@ -68,6 +69,31 @@ def control_urls(args: argparse.Namespace, env: dict[str, str] | os._Environ[str
     return None
 
 
+def xds_addresses(text: str | None) -> str | None:
+    """``--xds-address`` validated, as a comma list of ``HOST:PORT`` (None: ask control).
+
+    Raises:
+        ConfigError: an entry is empty, not ``HOST:PORT`` (port 1-65535) or repeated.
+    """
+    if text is None:
+        return None
+    from meshlib_control.settings import split_hostport  # settings: only for this flag
+
+    entries = [part.strip() for part in text.split(",")]
+    seen: list[tuple[str, int]] = []
+    for position, entry in enumerate(entries, 1):
+        where = f"--xds-address: entry {position}"
+        if not entry:
+            raise ConfigError(f"{where} is empty (a stray comma?) in {text!r}")
+        host, port = split_hostport(entry, where)
+        if port == 0:
+            raise ConfigError(f"{where}: {entry!r} needs a port 1-65535")
+        if (host, port) in seen:
+            raise ConfigError(f"{where}: {entry!r} repeats entry {seen.index((host, port)) + 1}")
+        seen.append((host, port))
+    return ",".join(entries)
+
+
 def run_sidecar(args: argparse.Namespace) -> int:
     """Run the sidecar agent (and Envoy) of *args* until SIGINT or SIGTERM; its exit code."""
     # Deferred: every other meshctl command would otherwise import the library's agent.
@@ -90,7 +116,7 @@ def run_sidecar(args: argparse.Namespace) -> int:
             token=args.token or env.get("MESH_TOKEN"),
             data_dir=Path(data_dir) if data_dir else None,
             labels=parse_labels(args.labels or env.get("MESH_LABELS", "")),
-            xds_address=args.xds_address,
+            xds_address=xds_addresses(args.xds_address),
             base_id=args.base_id,
             envoy_log_level=args.envoy_log_level,
         )

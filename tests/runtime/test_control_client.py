@@ -19,7 +19,9 @@ from meshlib.config import MeshConfig, parse_control_urls
 from meshlib.errors import ConfigError, ControlPlaneError
 from meshlib.runtime.control_client import ControlClient
 from meshlib_control.cli import _parser
-from meshlib_control.sidecar.command import control_urls
+from meshlib_control.sidecar.command import control_urls, xds_addresses
+from meshlib_control.xds.bootstrap import sidecar_bootstrap
+from meshlib_control.xds.translate import SidecarNode
 
 
 def _closed_port() -> int:
@@ -120,3 +122,92 @@ def test_every_address_is_tried_once_then_only_the_first_out_of_backoff(tmp_path
     assert "tried 1 of 2, the other 1 backing off" in second
     # Nothing answered, so the client did not move: still the first address.
     assert current == f"https://127.0.0.1:{ports[0]}"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("127.0.0.1:18000,,127.0.0.1:18001", "entry 2 is empty"),
+        ("127.0.0.1:18000,127.0.0.1:18000", "entry 2: '127.0.0.1:18000' repeats entry 1"),
+        ("127.0.0.1", "entry 1: '127.0.0.1' is not HOST:PORT"),
+        ("h:1,h:0", "entry 2: 'h:0' needs a port 1-65535"),
+    ],
+)
+def test_bad_xds_address_lists_name_the_flag_and_the_entry(value, message):
+    """``--xds-address`` is checked before the agent starts, entry by entry."""
+    with pytest.raises(ConfigError, match=f"^--xds-address: {re.escape(message)}"):
+        xds_addresses(value)
+    assert xds_addresses(" a:1, [::1]:2") == "a:1,[::1]:2"
+    assert xds_addresses(None) is None
+
+
+def _node(tmp_path: Path) -> SidecarNode:
+    return SidecarNode(
+        service="orders",
+        namespace="default",
+        trust_domain="mesh.local",
+        inbound_port=15006,
+        app_port=8000,
+        outbound_port=15001,
+        secrets_dir=str(tmp_path),
+    )
+
+
+def test_the_ads_cluster_has_one_priority_per_replica_health_checked(tmp_path: Path):
+    """Several ADS servers: priorities in list order, TCP health checks, a fast ADS retry."""
+    boot = sidecar_bootstrap(
+        node_id="n1",
+        node=_node(tmp_path),
+        admin_port=15100,
+        control_spiffe_id="spiffe://mesh.local/control",
+        xds_addresses=[("127.0.0.1", 18000), ("127.0.0.2", 18001), ("127.0.0.3", 18002)],
+    )
+    (cluster,) = boot["static_resources"]["clusters"]
+    assert cluster["type"] == "STATIC"
+    groups = cluster["load_assignment"]["endpoints"]
+    assert [
+        (g["priority"], g["lb_endpoints"][0]["endpoint"]["address"]["socket_address"])
+        for g in groups
+    ] == [
+        (0, {"address": "127.0.0.1", "port_value": 18000}),
+        (1, {"address": "127.0.0.2", "port_value": 18001}),
+        (2, {"address": "127.0.0.3", "port_value": 18002}),
+    ]
+    (check,) = cluster["health_checks"]
+    assert check["tcp_health_check"] == {} and check["unhealthy_threshold"] == 1
+    (grpc,) = boot["dynamic_resources"]["ads_config"]["grpc_services"]
+    assert grpc["envoy_grpc"]["retry_policy"]["retry_back_off"] == {
+        "base_interval": "0.25s",
+        "max_interval": "5s",
+    }
+    # A host name among them: Envoy resolves them all (STRICT_DNS).
+    named = sidecar_bootstrap(
+        node_id="n1",
+        node=_node(tmp_path),
+        admin_port=15100,
+        control_spiffe_id="spiffe://mesh.local/control",
+        xds_addresses=[("127.0.0.1", 18000), ("ctl-b.example", 18001)],
+    )
+    assert named["static_resources"]["clusters"][0]["type"] == "STRICT_DNS"
+
+
+def test_one_ads_server_is_not_health_checked_and_none_is_refused(tmp_path: Path):
+    """One address keeps the single-endpoint cluster; no address at all is a ValueError."""
+    boot = sidecar_bootstrap(
+        node_id="n1",
+        node=_node(tmp_path),
+        admin_port=15100,
+        control_spiffe_id="spiffe://mesh.local/control",
+        xds_host="127.0.0.1",
+        xds_port=18000,
+    )
+    (cluster,) = boot["static_resources"]["clusters"]
+    assert "health_checks" not in cluster
+    assert len(cluster["load_assignment"]["endpoints"]) == 1
+    with pytest.raises(ValueError, match="xds_addresses"):
+        sidecar_bootstrap(
+            node_id="n1",
+            node=_node(tmp_path),
+            admin_port=15100,
+            control_spiffe_id="spiffe://mesh.local/control",
+        )
