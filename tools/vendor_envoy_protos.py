@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 ROOTS = (
+    "envoy.extensions.access_loggers.filters.cel.v3.cel_pb2",
     "envoy.config.cluster.v3.cluster_pb2",
     "envoy.config.core.v3.base_pb2",
     "envoy.config.endpoint.v3.endpoint_pb2",

@@ -29,7 +29,7 @@ from meshlib.policy.snapshot import Snapshot
 
 __all__ = ["JwtFailure", "JwtVerifier", "RequestAuth"]
 
-MALFORMED = "Jwt is not in the form of Header.Payload.Signature"
+MALFORMED = "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
 BAD_ALG = "Jwt header [alg] is not supported"
 UNKNOWN_ISSUER = "Jwt issuer is not configured"
 EXPIRED = "Jwt is expired"
@@ -37,6 +37,7 @@ NOT_YET_VALID = "Jwt not yet valid"
 BAD_AUDIENCE = "Audiences in Jwt are not allowed"
 UNKNOWN_KEY = "Jwks doesn't have key to match kid or alg from Jwt"
 BAD_SIGNATURE = "Jwt verification fails"
+_KEYLESS_ALGS = ("HS256", "HS384", "HS512", "EdDSA")
 _MAX_TOKEN = 16 * 1024
 _MAX_UNKNOWN = 64
 
@@ -241,8 +242,8 @@ class JwtVerifier:
         token, header, candidates = found
         import jwt
 
-        if len(token) > _MAX_TOKEN or token.count(".") != 2:
-            return JwtFailure(MALFORMED)
+        if len(token) > _MAX_TOKEN or token.count(".") != 2 or token.endswith("."):
+            return JwtFailure(MALFORMED)  # an empty signature too (alg none), as Envoy
         try:
             head = jwt.get_unverified_header(token)
             claims = jwt.decode(token, options={"verify_signature": False})
@@ -250,7 +251,9 @@ class JwtVerifier:
             return JwtFailure(MALFORMED)
         alg = head.get("alg")
         if alg not in JWT_ALGORITHMS:
-            return JwtFailure(BAD_ALG)
+            # Envoy knows HMAC and EdDSA but no key set of ours holds such a key: it answers
+            # "no key"; anything else (none, unknown names) is an unsupported algorithm.
+            return JwtFailure(UNKNOWN_KEY if alg in _KEYLESS_ALGS else BAD_ALG)
         issuer = claims.get("iss")
         providers = [p for p in candidates if p.rule.issuer == issuer]
         if not providers or not isinstance(issuer, str):

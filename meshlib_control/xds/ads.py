@@ -52,6 +52,9 @@ from meshlib_control.xds.protos.envoy.config.cluster.v3 import cluster_pb2
 from meshlib_control.xds.protos.envoy.config.endpoint.v3 import endpoint_pb2
 from meshlib_control.xds.protos.envoy.config.listener.v3 import listener_pb2
 from meshlib_control.xds.protos.envoy.config.route.v3 import route_pb2
+from meshlib_control.xds.protos.envoy.extensions.access_loggers.filters.cel.v3 import (
+    cel_pb2,  # noqa: F401
+)
 from meshlib_control.xds.protos.envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
 from meshlib_control.xds.protos.envoy.extensions.filters.http.jwt_authn.v3 import (
     config_pb2 as jwt_authn_pb2,  # noqa: F401

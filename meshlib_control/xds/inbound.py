@@ -36,7 +36,14 @@ from meshlib_control.xds.common import (
     protocol_options,
     regex_matcher,
 )
-from meshlib_control.xds.jwt import claim_header_removal, end_user_ids, issuers, jwt_filter
+from meshlib_control.xds.jwt import (
+    JWT_FILTER,
+    audience_reply_mapper,
+    claim_header_removal,
+    end_user_ids,
+    issuers,
+    jwt_filter,
+)
 
 __all__ = ["glob_to_re2", "inbound_listener", "inbound_routes", "local_app_cluster"]
 
@@ -242,6 +249,8 @@ def inbound_listener(snapshot: Snapshot, node: SidecarNode, notes: Notes) -> Jso
     early = claim_header_removal(snapshot, node)
     if early:
         manager["typed_config"]["early_header_mutation_extensions"] = early
+    if authn is not None:
+        manager["typed_config"]["local_reply_config"] = audience_reply_mapper()
     tls_chain: Json = {
         "name": "mtls",
         "filters": [manager],
@@ -289,6 +298,8 @@ def _plaintext_manager(filters: list[Json], early: list[Json]) -> Json:
     manager = hcm("inbound_plaintext", INBOUND_ROUTES, copy.deepcopy(filters), xfcc="SANITIZE")
     if early:
         manager["typed_config"]["early_header_mutation_extensions"] = copy.deepcopy(early)
+    if any(f["name"] == JWT_FILTER for f in filters):
+        manager["typed_config"]["local_reply_config"] = audience_reply_mapper()
     return manager
 
 

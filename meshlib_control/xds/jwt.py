@@ -29,6 +29,7 @@ __all__ = [
     "JWT_FILTER",
     "NO_KEYS_YET",
     "PAYLOAD_KEY",
+    "audience_reply_mapper",
     "claim_header_removal",
     "end_user_ids",
     "issuers",
@@ -50,6 +51,7 @@ NO_KEYS_YET = (
     '"x":"3Sew583c8twUcT785Re-7w5EyGHF69yiBjcNvIpHwHY",'
     '"y":"IgFfS1KTs880Lgqz5MhEEuA5fsz2nwvLGYr2sTpdrTE"}]}'
 )
+_CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
 _NEVER: Json = {"not_id": {"any": True}}
 
 
@@ -163,6 +165,32 @@ def claim_header_removal(snapshot: Snapshot, node: SidecarNode) -> list[Json]:
             },
         }
     ]
+
+
+def audience_reply_mapper() -> Json:
+    """HCM ``local_reply_config``: jwt_authn's 403 for a wrong audience becomes a 401.
+
+    Envoy answers ``Audiences in Jwt are not allowed`` with 403 (every other token failure
+    with 401); the library, as Istio's semantics ask, refuses every invalid token with 401.
+    The mapper picks jwt_authn's own replies by their response code details, so RBAC's 403s
+    are left alone.
+    """
+    expression = (
+        "response.code == 403 && response.code_details.startsWith('jwt_authn_access_denied')"
+    )
+    return {
+        "mappers": [
+            {
+                "filter": {
+                    "extension_filter": {
+                        "name": "envoy.access_loggers.extension_filters.cel",
+                        "typed_config": {"@type": _CEL_FILTER, "expression": expression},
+                    }
+                },
+                "status_code": 401,
+            }
+        ]
+    }
 
 
 # --- RBAC on the verified token -------------------------------------------------------------

@@ -150,8 +150,9 @@ def test_alg_none_hmac_with_public_key_and_wrong_key_type_are_refused(
     hs256 = (signing_input + b"." + mac).decode()
     wrong_type = rs.token(headers={"kid": "e1"})  # RS256 token, names the EC key
     for token, reason in (
-        (unsigned, "Jwt header [alg] is not supported"),
-        (hs256, "Jwt header [alg] is not supported"),
+        (unsigned, "Jwt is not in the form"),  # an empty signature, as Envoy says
+        (unsigned + "c2ln", "Jwt header [alg] is not supported"),
+        (hs256, "Jwks doesn't have key"),  # as Envoy says: no HMAC key is ever held
         (wrong_type, "Jwks doesn't have key"),
     ):
         refusal = call(inline, token)

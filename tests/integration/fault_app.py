@@ -19,6 +19,8 @@ before it is handled. Endpoints:
 * ``/chain?to=svc&path=/p``: calls ``http://svc/p`` with this instance's own mesh client
   (inheriting the deadline of the request being served) and reports what it saw;
 * ``/count/{key}``: how many requests of *key* this instance got (any method);
+* ``/whoami/...``: the end user: the ``x-user`` header, whether a token reached the app,
+  and (library mode) the verified principal;
 * anything else: an echo of method, path and labels.
 
 Every JSON answer carries the instance's ``labels`` (``MESH_LABELS``), so tests can tell
@@ -135,6 +137,18 @@ async def chain(to: str, path: str, request: Request) -> dict[str, Any]:
         except (MeshError, httpx.HTTPError) as exc:
             return seen | {"error": type(exc).__name__, "message": str(exc)}
     return seen | {"status": response.status_code, "body": response.json()}
+
+
+@api.get("/whoami/{rest:path}")
+async def whoami(rest: str, request: Request) -> dict[str, Any]:
+    """The end user as the app sees it (RequestAuthentication): claim header and token."""
+    auth = getattr(request.state.mesh, "auth", None)
+    return {
+        "labels": LABELS,
+        "user": request.headers.get("x-user"),
+        "token": "authorization" in request.headers,
+        "principal": auth.principal if auth is not None else None,
+    }
 
 
 @api.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
