@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +13,7 @@ import uvicorn
 
 from meshlib.errors import ConfigError
 from meshlib.identity.tls import TLSContexts
-from meshlib.integrations.uvicorn import tls_protocol
+from meshlib.integrations.uvicorn import listen_socket, tls_protocol
 from meshlib_control.api.app import create_app
 from meshlib_control.plane import ControlPlane
 from meshlib_control.settings import Settings, split_hostport
@@ -47,25 +46,6 @@ async def _renew_own_certificate(plane: ControlPlane, contexts: TLSContexts) -> 
             log.warning("renewed the control service's own certificate")
 
 
-def _bind(host: str, port: int, flag: str) -> socket.socket:
-    """The listening socket, bound here so a taken port is one clear error, not uvicorn's
-    log line, traceback and ``SystemExit(3)``."""
-    try:
-        family, kind, proto, _name, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise ConfigError(f"{flag} {host}:{port}: cannot listen: {exc.strerror or exc}") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"{flag} {host}:{port}: cannot listen: {exc.strerror or exc}") from None
-    return sock
-
-
 async def serve(
     settings: Settings, *, ready: Any = None, scrape_interval: float | None = None
 ) -> None:
@@ -75,7 +55,8 @@ async def serve(
     """
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    sock = _bind(*split_hostport(settings.listen, "--listen"), "--listen")
+    # Bound here, so a taken port is one clear error, not uvicorn's log and SystemExit(3).
+    sock = listen_socket(*split_hostport(settings.listen, "--listen"), "--listen")
     plane = ControlPlane(settings)
     plane.follow_store(asyncio.get_running_loop())
     if scrape_interval is not None:

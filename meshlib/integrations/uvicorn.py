@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
 import ssl
 import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from meshlib.errors import IdentityError
+from meshlib.errors import ConfigError, IdentityError, MeshError
 from meshlib.identity.svid import PeerSVIDValidator
 from meshlib.integrations.asgi import ASGIApp, MeshMiddleware
 
@@ -41,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 if TYPE_CHECKING:
     from meshlib.mesh import Mesh
 
-__all__ = ["MeshServer", "aserve", "serve", "tls_extension", "tls_protocol"]
+__all__ = ["MeshServer", "aserve", "listen_socket", "serve", "tls_extension", "tls_protocol"]
 
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
@@ -119,6 +121,28 @@ def _http_protocol(validator: ValidatorSource) -> type[Any]:
     except ImportError:  # httptools is optional; h11 always ships with uvicorn
         return tls_protocol(H11Protocol, validator=validator)
     return tls_protocol(HttpToolsProtocol, validator=validator)
+
+
+def listen_socket(host: str, port: int, what: str) -> socket.socket:
+    """A TCP socket bound to ``host:port`` for uvicorn to listen on.
+
+    Binding before uvicorn starts turns a taken port into one :class:`ConfigError` naming
+    *what* (a flag or parameter), instead of uvicorn's log line and ``SystemExit(3)``.
+    """
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"{what} {host}:{port}: cannot listen: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"{what} {host}:{port}: cannot listen: {exc.strerror or exc}") from None
+    return sock
 
 
 def _advertised(host: str) -> str:
@@ -218,15 +242,27 @@ class MeshServer:
 
     async def serve(self) -> None:
         """Serve until :meth:`stop` or a signal; deregisters the instance first on the way out."""
+        sockets = [listen_socket(self.host, self.port, "port")]
+        if self._plain_server is not None and self.plaintext_port is not None:
+            try:
+                sockets.append(listen_socket(self.host, self.plaintext_port, "plaintext_port"))
+            except ConfigError:
+                sockets[0].close()
+                raise
         started_here = not self.mesh.started
         if started_here:
-            await self.mesh.astart()
+            try:
+                await self.mesh.astart()
+            except BaseException:
+                for sock in sockets:
+                    sock.close()
+                raise
         self._loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         self._install_signal_handlers()
-        tasks = [asyncio.create_task(self._tls_server.serve())]
+        tasks = [asyncio.create_task(self._tls_server.serve(sockets=sockets[:1]))]
         if self._plain_server is not None:
-            tasks.append(asyncio.create_task(self._plain_server.serve()))
+            tasks.append(asyncio.create_task(self._plain_server.serve(sockets=sockets[1:])))
         stopper = asyncio.create_task(self._stop_requested.wait())
         try:
             while not self.started:
@@ -256,6 +292,8 @@ class MeshServer:
                         await task
             if started_here:  # we own it: deregister and stop its agent
                 await self.mesh.aclose()
+            for sock in sockets:
+                sock.close()
 
     def listening_line(self) -> str:
         """``meshlib: orders.default listening on https://…:8443 (mTLS) as spiffe://…``."""
@@ -322,5 +360,15 @@ def serve(app: ASGIApp, *, mesh: Mesh, **options: Any) -> None:
     rotates certificates without a restart, exposes the peer certificate in
     ``scope["extensions"]["tls"]``, enforces the inbound policy, and registers the
     instance with the control service once it listens.
+
+    Meant as a program's main: a :class:`~meshlib.errors.MeshError` (a taken port, the
+    control service not answering within ``start_timeout``, bad configuration) ends the
+    process with one ``meshlib: …`` line and exit code 1; with ``MESH_LOG_LEVEL=debug`` it
+    is raised with its traceback. :func:`aserve` and :class:`MeshServer` always raise.
     """
-    asyncio.run(aserve(app, mesh=mesh, **options))
+    try:
+        asyncio.run(aserve(app, mesh=mesh, **options))
+    except MeshError as exc:
+        if os.environ.get("MESH_LOG_LEVEL", "").lower() == "debug":
+            raise
+        raise SystemExit(f"meshlib: {exc}") from None

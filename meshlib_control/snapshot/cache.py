@@ -45,6 +45,7 @@ class SnapshotCache:
     def __init__(self, state: MeshState) -> None:
         self._state = state
         self._entries: dict[WatchKey, _Entry] = {}
+        self._released = False  # shutting down: no watch waits any more
 
     @property
     def state(self) -> MeshState:
@@ -106,7 +107,13 @@ class SnapshotCache:
         return entry.body
 
     def release_all(self) -> None:
-        """Answer every pending watch now (with "unchanged"): the service is shutting down."""
+        """Answer every pending watch now (with "unchanged"): the service is shutting down.
+
+        Watches that arrive afterwards (a client re-polling on its kept-alive connection
+        while the listener drains) answer at once too, so none outlives the graceful
+        shutdown and gets cancelled.
+        """
+        self._released = True
         for entry in self._entries.values():
             entry.changed.set()
             entry.changed = asyncio.Event()
@@ -116,6 +123,8 @@ class SnapshotCache:
         snapshot = self.get(key)
         if snapshot.version != known:
             return snapshot
+        if self._released:
+            return None
         entry = self._entries[key]
         entry.watchers += 1
         try:

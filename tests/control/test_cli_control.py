@@ -3,10 +3,13 @@ services, MESH_CONTROL_URL, instance listings, and the OpenAPI document behind c
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import ssl
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import httpx
 import pytest
 
 import meshlib
+from meshlib_control.cli import main
 from tests.integration.harness import Control, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -46,6 +50,32 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     p.close()
 
 
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def ctl(control: Control, *args: str, stdin: str = "") -> Result:
+    """meshctl in this process (as the console script would run it), against *control*."""
+    out, err = io.StringIO(), io.StringIO()
+    real_stdin = sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([*args, "--data-dir", str(control.data_dir)])
+    finally:
+        sys.stdin = real_stdin
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def ok(control: Control, *args: str, stdin: str = "") -> str:
+    result = ctl(control, *args, stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def policy(name: str, service: str, rps: int = 5) -> str:
     return (
         "apiVersion: meshlib.io/v1\nkind: RateLimit\n"
@@ -55,15 +85,13 @@ def policy(name: str, service: str, rps: int = 5) -> str:
 
 
 def stored(control: Control, name: str) -> list[dict[str, Any]]:
-    items = json.loads(control.ok("get", "ratelimit", "-o", "json"))
+    items = json.loads(ok(control, "get", "ratelimit", "-o", "json"))
     return [i for i in items if i["metadata"]["name"] == name]
 
 
 def test_dry_run_validates_on_the_server_and_stores_nothing(plane: Plane) -> None:
     control = plane.control
-    dry = control.meshctl(
-        "apply", "-f", "-", "--dry-run", "-o", "json", stdin=policy("dry", "orders")
-    )
+    dry = ctl(control, "apply", "-f", "-", "--dry-run", "-o", "json", stdin=policy("dry", "orders"))
     assert dry.returncode == 0, dry.stderr
     answer = json.loads(dry.stdout)
     assert answer["dryRun"] is True
@@ -72,15 +100,17 @@ def test_dry_run_validates_on_the_server_and_stores_nothing(plane: Plane) -> Non
     ]
     assert stored(control, "dry") == []
 
-    assert "ratelimit/default/dry created" in control.apply(policy("dry", "orders"))
-    changed = control.meshctl("apply", "-f", "-", "--dry-run", stdin=policy("dry", "orders", 9))
+    assert "ratelimit/default/dry created" in ok(
+        control, "apply", "-f", "-", stdin=policy("dry", "orders")
+    )
+    changed = ctl(control, "apply", "-f", "-", "--dry-run", stdin=policy("dry", "orders", 9))
     assert changed.stdout.strip() == "ratelimit/default/dry configured (dry run)"
-    same = control.meshctl("apply", "-f", "-", "--dry-run", stdin=policy("dry", "orders"))
+    same = ctl(control, "apply", "-f", "-", "--dry-run", stdin=policy("dry", "orders"))
     assert same.stdout.strip() == "ratelimit/default/dry unchanged (dry run)"
     [item] = stored(control, "dry")
     assert (item["spec"]["requestsPerSecond"], item["status"]["revision"]) == (5, 1)
 
-    bad = control.meshctl("apply", "-f", "-", "--dry-run", stdin=policy("dry", "orders", -1))
+    bad = ctl(control, "apply", "-f", "-", "--dry-run", stdin=policy("dry", "orders", -1))
     assert bad.returncode == 1
     assert bad.stderr.startswith("error: ") and "requestsPerSecond" in bad.stderr
     assert stored(control, "dry")[0]["spec"]["requestsPerSecond"] == 5
@@ -88,71 +118,60 @@ def test_dry_run_validates_on_the_server_and_stores_nothing(plane: Plane) -> Non
 
 def test_a_policy_for_an_unknown_service_is_stored_with_a_warning(plane: Plane) -> None:
     control = plane.control
-    typo = control.meshctl("apply", "-f", "-", stdin=policy("typo", "ordres"))
+    typo = ctl(control, "apply", "-f", "-", stdin=policy("typo", "ordres"))
     assert typo.returncode == 0, typo.stderr
     assert typo.stdout.strip() == "ratelimit/default/typo created"
     [warning] = typo.stderr.strip().splitlines()
     assert warning.startswith("warning: ratelimit/default/typo: spec.service 'ordres'")
     assert len(stored(control, "typo")) == 1
 
-    checks = json.loads(control.ok("check", "-o", "json"))
+    checks = json.loads(ok(control, "check", "-o", "json"))
     flagged = [c for c in checks if c["name"] == "policy ratelimit/default/typo"]
     assert [c["status"] for c in flagged] == ["warn"]
     assert "'ordres'" in flagged[0]["message"]
     summary = next(c for c in checks if c["name"] == "policy references")
     assert summary["status"] == "warn"
-    text = control.meshctl("check")
+    text = ctl(control, "check")
     assert text.returncode == 0  # a warning, not a failure
     assert "! policy ratelimit/default/typo:" in text.stdout
 
-    known = control.meshctl("apply", "-f", "-", stdin=policy("fine", "orders"))
+    known = ctl(control, "apply", "-f", "-", stdin=policy("fine", "orders"))
     assert (known.returncode, known.stderr) == (0, "")
-    control.ok("delete", "ratelimit", "typo")
-    checks = json.loads(control.ok("check", "-o", "json"))
+    ok(control, "delete", "ratelimit", "typo")
+    checks = json.loads(ok(control, "check", "-o", "json"))
     assert next(c for c in checks if c["name"] == "policy references")["status"] == "ok"
 
 
-def test_mesh_control_url_is_honoured_and_a_list_fails_over(plane: Plane) -> None:
+def test_mesh_control_url_is_honoured_and_a_list_fails_over(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
     control = plane.control
     closed = f"https://127.0.0.1:{free_port()}"
-    env = {**os.environ, "MESH_CONTROL_URL": closed}
-    result = control_run(control, env, "get", "services")
+    monkeypatch.setenv("MESH_CONTROL_URL", closed)
+    result = ctl(control, "get", "services")
     assert result.returncode == 1
     assert f"control service unreachable at {closed}" in result.stderr
-    env["MESH_CONTROL_URL"] = f"{closed},{control.url}"
-    result = control_run(control, env, "get", "services", "-o", "json")
+    monkeypatch.setenv("MESH_CONTROL_URL", f"{closed},{control.url}")
+    result = ctl(control, "get", "services", "-o", "json")
     assert result.returncode == 0, result.stderr
     assert [s["name"] for s in json.loads(result.stdout)] == ["orders"]
-    env["MESH_CONTROL_URL"] = "http://127.0.0.1:1"
-    result = control_run(control, env, "get", "services")
+    monkeypatch.setenv("MESH_CONTROL_URL", "http://127.0.0.1:1")
+    result = ctl(control, "get", "services")
     assert result.returncode == 1 and "is not an https:// URL" in result.stderr
-
-
-def control_run(control: Control, env: dict[str, str], *args: str) -> Any:
-    import subprocess
-
-    from tests.integration.harness import MESHCTL
-
-    return subprocess.run(
-        [*MESHCTL, *args, "--data-dir", str(control.data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        check=False,
-    )
+    result = ctl(control, "get", "services", "--control", control.url)  # the flag wins
+    assert result.returncode == 0, result.stderr
 
 
 def test_get_instances_and_services_tables(plane: Plane) -> None:
     control = plane.control
-    lines = control.ok("get", "instances").splitlines()
+    lines = ok(control, "get", "instances").splitlines()
     header = lines[0].split()
     assert header[:6] == ["ID", "SERVICE", "NAMESPACE", "ADDRESS", "PORT", "ADMIN"]
     row = dict(zip(header, lines[1].split(), strict=True))
     assert row["SERVICE"] == "orders"
     assert row["PORT"] == "18080"
     assert row["ADMIN"] == str(plane.mesh.admin_port)
-    services = control.ok("get", "services").splitlines()
+    services = ok(control, "get", "services").splitlines()
     assert services[1].split() == ["default", "orders", "1", "library"]
 
 
