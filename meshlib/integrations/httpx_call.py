@@ -14,8 +14,6 @@ import random
 from typing import Any
 
 import httpx
-from opentelemetry import trace
-from opentelemetry.propagate import inject
 
 from meshlib.errors import PeerIdentityError, RetryBudgetExhausted
 from meshlib.policy.engine import RoutePlan
@@ -25,7 +23,7 @@ from meshlib.resilience.deadline import DEADLINE_HEADER, effective_deadline, for
 from meshlib.resilience.fault import NO_FAULT, decide_fault
 from meshlib.resilience.retry import CONNECT_FAILURE, RESET, TIMEOUT, Outcome, is_retry_safe
 from meshlib.runtime.view import Destination
-from meshlib.telemetry.client import ClientCall, start_client_call
+from meshlib.telemetry.client import ClientCall, passthrough_headers, start_client_call
 from meshlib.telemetry.metrics import MeshTelemetry
 from meshlib.traffic.driver import DONE, CallDriver
 
@@ -34,7 +32,7 @@ __all__ = ["ATTEMPTS_HEADER", "FLAG_HEADER", "HttpCall", "outcome_of_exception"]
 ATTEMPTS_HEADER = "x-mesh-attempts"
 FLAG_HEADER = "x-mesh-flag"
 
-_TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+_DEADLINE_KEY = DEADLINE_HEADER.encode("ascii")
 
 # Outcomes of statuses, built once (Outcome is immutable).
 _STATUS = {code: Outcome.from_status(code) for code in range(100, 600)}
@@ -71,6 +69,7 @@ class HttpCall:
     __slots__ = (
         "destination",
         "driver",
+        "extra_headers",
         "plan",
         "request",
         "telemetry",
@@ -110,7 +109,14 @@ class HttpCall:
             fault=fault,
             clock=clock,
         )
-        self.user_timeout: dict[str, Any] = request.extensions.get("timeout") or {}
+        user: dict[str, Any] = request.extensions.get("timeout") or {}
+        self.user_timeout = (
+            user.get("connect"),
+            user.get("read"),
+            user.get("write"),
+            user.get("pool"),
+        )
+        self.extra_headers: list[tuple[bytes, bytes]] | None = None
         self.telemetry: ClientCall | None = None
         self.trace: dict[str, str] | None = None
         if telemetry is not None:
@@ -121,18 +127,16 @@ class HttpCall:
                 service=service.key,
                 method=request.method,
                 route=plan.name,
-                url=str(request.url),
+                url=request.url,
                 peer_spiffe_id=service.spiffe_id,
                 fault_delay=fault.delay,
                 fault_abort=fault.abort_http,
             )
             self.trace = self.telemetry.trace_headers or None
-        elif trace.get_current_span().get_span_context().is_valid:
-            # Without telemetry, pass on the trace of the call being served (if any).
+        else:
+            # Without telemetry, pass on the trace and baggage of the call being served.
             with contextlib.suppress(Exception):
-                carrier: dict[str, str] = {}
-                inject(carrier)
-                self.trace = carrier or None
+                self.trace = passthrough_headers()
 
     # ------------------------------------------------------------------ attempts
 
@@ -140,26 +144,28 @@ class HttpCall:
         """The request of the driver's current try: deadline, trace context, per-try timeout.
 
         The call's own request is updated in place (httpx builds one per call): the
-        deadline header and the timeouts are rewritten for every try, the trace headers
-        set once. No copy, no rebuild.
+        timeouts are rewritten for every try, the trace headers set once. The deadline
+        header of the try goes to :attr:`extra_headers`, which the identity transport adds
+        to the wire request (replacing a caller-set one) without touching ``request.headers``.
+        No copy, no rebuild.
         """
         request = self.request
         driver = self.driver
-        headers = request.headers
         if driver.deadline is not None:
-            headers[DEADLINE_HEADER] = format_deadline_header(driver.deadline, driver.clock())
+            value = format_deadline_header(driver.deadline, driver.clock())
+            self.extra_headers = [(_DEADLINE_KEY, value.encode("ascii"))]
         timeout = driver.timeout
         if timeout is not None:
-            user = self.user_timeout
-            extensions = dict(request.extensions)
-            extensions["timeout"] = {
-                key: timeout if user.get(key) is None else min(user[key], timeout)
-                for key in _TIMEOUT_KEYS
+            connect, read, write, pool = self.user_timeout
+            request.extensions["timeout"] = {  # httpx builds this dict for this request
+                "connect": timeout if connect is None or connect > timeout else connect,
+                "read": timeout if read is None or read > timeout else read,
+                "write": timeout if write is None or write > timeout else write,
+                "pool": timeout if pool is None or pool > timeout else pool,
             }
-            request.extensions = extensions
         if driver.attempts == 1:
             if self.trace is not None:
-                headers.update(self.trace)
+                request.headers.update(self.trace)
         elif self.telemetry is not None:
             endpoint = driver.endpoint.authority if driver.endpoint is not None else ""
             self.telemetry.retrying(attempt=driver.attempts, endpoint=endpoint)
@@ -228,11 +234,15 @@ class HttpCall:
         if response is None:
             call.finish(error=error, attempts=self.driver.attempts)
         else:
+            status = response.status_code
             call.finish(
-                status=response.status_code,
+                status=status,
                 error=error,
                 attempts=self.driver.attempts,
-                flag=response.headers.get(FLAG_HEADER),
+                # the mesh flags refusals, failures (4xx, 5xx) and fault aborts only
+                flag=response.headers.get(FLAG_HEADER)
+                if status >= 400 or self.driver.fault.abort_http is not None
+                else None,
             )
 
     # ------------------------------------------------------------------ the loop's steps

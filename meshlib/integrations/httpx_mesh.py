@@ -155,7 +155,8 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
                 if driver.attempts == 1:
                     self._mirror(call, pool)
                 try:
-                    response = await pool.send_to(call.attempt_request(), *call.target())
+                    request = call.attempt_request()
+                    response = await pool.send_to(request, *call.target(), call.extra_headers)
                 except Exception as exc:
                     action = call.on_error(exc)
                     continue
@@ -254,7 +255,8 @@ class MeshTransport(_Base, httpx.BaseTransport):
                 if driver.attempts == 1:
                     self._mirror(call, pool)
                 try:
-                    response = pool.send_to(call.attempt_request(), *call.target())
+                    request = call.attempt_request()
+                    response = pool.send_to(request, *call.target(), call.extra_headers)
                 except Exception as exc:
                     action = call.on_error(exc)
                     continue

@@ -8,7 +8,7 @@ Every client flavour (httpx sync/async, gRPC sync/aio) uses the same two calls::
         service=service.key,        # "orders.default"
         method="GET",               # HTTP method, or the gRPC path "/pkg.Svc/Method"
         route=plan.name,
-        url=str(request.url),       # HTTP only (url.full; its path goes to the access log)
+        url=request.url,            # HTTP only: str() of it is url.full (read only if needed)
         peer_spiffe_id=service.spiffe_id,
         fault_delay=fault.delay, fault_abort=fault.abort_http,   # optional
     )
@@ -35,6 +35,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Literal
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import inject
 
@@ -43,7 +44,13 @@ if TYPE_CHECKING:
 
     from meshlib.telemetry.metrics import MeshTelemetry
 
-__all__ = ["ClientCall", "Protocol", "finish_client_call", "start_client_call"]
+__all__ = [
+    "ClientCall",
+    "Protocol",
+    "finish_client_call",
+    "passthrough_headers",
+    "start_client_call",
+]
 
 log = logging.getLogger("meshlib.telemetry")
 
@@ -75,7 +82,7 @@ class ClientCall:
         service: str,
         method: str,
         route: str,
-        url: str | None = None,
+        url: object = None,
     ) -> None:
         self._telemetry = telemetry
         self._done = telemetry is None
@@ -153,7 +160,7 @@ class ClientCall:
                     attempts=attempts,
                     flag=flag,
                     route=self.route,
-                    path=_path_of(self.url),
+                    path=_path_of(self.url) if telemetry.access_log else "",
                     trace_id=trace_id,
                 )
         except Exception:
@@ -195,7 +202,7 @@ def start_client_call(
     service: str,
     method: str,
     route: str,
-    url: str | None = None,
+    url: object = None,
     peer_spiffe_id: str | None = None,
     fault_delay: float = 0.0,
     fault_abort: int | str | None = None,
@@ -208,7 +215,8 @@ def start_client_call(
         service: the destination's key (``name.namespace``).
         method: the HTTP method, or the gRPC full method ``/pkg.Service/Method``.
         route: the name of the route the plan matched.
-        url: the full URL (HTTP).
+        url: the full URL (HTTP), or an object whose ``str()`` is (an ``httpx.URL``):
+            turned into text only for a recording span or the access log.
         peer_spiffe_id: the identity the destination must present.
         fault_delay, fault_abort: an injected fault, noted on the span when set.
 
@@ -221,6 +229,10 @@ def start_client_call(
     if telemetry is None:
         return call
     try:
+        tracer = telemetry.tracing()
+        if tracer is None:  # no span; the served call's trace and baggage still travel
+            call.trace_headers = passthrough_headers() or {}
+            return call
         attributes: dict[str, str | int | float] = {
             "server.address": service,
             "mesh.route": route,
@@ -237,12 +249,12 @@ def start_client_call(
             name = method
             attributes["http.request.method"] = method
             if url is not None:
-                attributes["url.full"] = url
+                attributes["url.full"] = str(url)
         if fault_delay > 0 or fault_abort is not None:
             attributes["mesh.fault.delay"] = fault_delay
             if fault_abort is not None:
                 attributes["mesh.fault.abort"] = fault_abort
-        span = telemetry.tracer.start_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes)
+        span = tracer.start_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes)
         call.span = span
         # built on the current context, so the caller's baggage travels even untraced
         call.context = trace.set_span_in_context(span)
@@ -250,6 +262,20 @@ def start_client_call(
     except Exception:
         log.debug("telemetry failed", exc_info=True)
     return call
+
+
+def passthrough_headers() -> dict[str, str] | None:
+    """The current context's trace and baggage as headers, for a call with no span of its own.
+
+    None when nothing is attached (the common case outside a traced request): no
+    propagator runs.
+    """
+    current = otel_context.get_current()
+    if not current:
+        return None
+    carrier: dict[str, str] = {}
+    inject(carrier, context=current)
+    return carrier or None
 
 
 def finish_client_call(
@@ -270,10 +296,11 @@ def _flag_of(error: BaseException) -> str | None:
     return flag if isinstance(flag, str) else None
 
 
-def _path_of(url: str | None) -> str:
-    if not url:
+def _path_of(url: object) -> str:
+    text = "" if url is None else str(url)
+    if not text:
         return ""
     # scheme://authority/path?query: the path alone, without parsing the whole URL
-    _, sep, rest = url.partition("://")
-    path = "/" + rest.partition("/")[2] if sep else url
+    _, sep, rest = text.partition("://")
+    path = "/" + rest.partition("/")[2] if sep else text
     return path.partition("?")[0]

@@ -233,6 +233,19 @@ class MeshTelemetry:
             )
         return tracer
 
+    def tracing(self) -> trace.Tracer | None:
+        """The tracer when spans go somewhere, else None: then calls build no span at all.
+
+        With no provider of its own and none set globally (OpenTelemetry's proxy provider),
+        every span would be a no-op; skipping them saves their attributes, context and
+        propagation on every call. Checked per call, so a provider set later is honoured.
+        """
+        if self._tracer_provider is None and isinstance(
+            trace.get_tracer_provider(), trace.ProxyTracerProvider
+        ):
+            return None
+        return self.tracer
+
     def prometheus(self) -> str:
         """All metrics as Prometheus text (a comment when they go to a given provider)."""
         if self.local is None:

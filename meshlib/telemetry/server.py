@@ -180,6 +180,11 @@ def start_server_call(
         return None
     try:
         incoming = extract(carrier) if carrier else None  # the caller's span and baggage
+        tracer = telemetry.tracing()
+        if tracer is None:  # no span; the caller's context is current, for the app's calls
+            if incoming is not None:
+                call.token = otel_context.attach(incoming)
+            return call
         if protocol == "http":
             name = method
             attributes: dict[str, Any] = {
@@ -195,7 +200,7 @@ def start_server_call(
                 "rpc.service": rpc_service,
                 "rpc.method": rpc_method,
             }
-        span = telemetry.tracer.start_span(
+        span = tracer.start_span(
             name, context=incoming, kind=trace.SpanKind.SERVER, attributes=attributes
         )
         call.span = span

@@ -165,6 +165,7 @@ class CallDriver:
         if not runtime.budget.try_spend():
             self.budget_exhausted = True
             return DONE
+        self.tried = self.tried | {endpoint.authority}  # the next try avoids it
         if delay <= 0:
             return self._next_attempt()
         self.delay = delay
@@ -229,7 +230,6 @@ class CallDriver:
         endpoint = runtime.choose(self.plan, random.random(), self.tried)
         authority = endpoint.authority
         self.endpoint = endpoint
-        self.tried = self.tried | {authority} if self.retries else _NONE
         self.attempts += 1
         per_try = self.plan.retries.per_try_timeout
         budget = min(remaining, per_try) if per_try is not None else remaining

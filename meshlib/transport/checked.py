@@ -238,11 +238,21 @@ class _CheckedBackend(httpcore.NetworkBackend):
 
 
 def _core_request(
-    request: httpx.Request, host: str | bytes, port: int | None, sni: str | None
+    request: httpx.Request,
+    host: str | bytes,
+    port: int | None,
+    sni: str | None,
+    extra: list[tuple[bytes, bytes]] | None,
 ) -> httpcore.Request:
     extensions = dict(request.extensions)
     if sni is not None:
         extensions["sni_hostname"] = sni
+    headers = request.headers.raw
+    if extra:
+        # the mesh's own headers (lower-case keys) replace any the caller set
+        keys = {key for key, _ in extra}
+        headers = [h for h in headers if h[0].lower() not in keys]
+        headers.extend(extra)
     return httpcore.Request(
         method=request.method,
         url=httpcore.URL(
@@ -251,7 +261,7 @@ def _core_request(
             port=port,
             target=request.url.raw_path,
         ),
-        headers=request.headers.raw,
+        headers=headers,
         content=request.stream,
         extensions=extensions,
     )
@@ -326,10 +336,14 @@ class AsyncIdentityTransport(httpx.AsyncBaseTransport):
         )
 
     async def send_to(
-        self, request: httpx.Request, host: str | bytes, port: int | None
+        self,
+        request: httpx.Request,
+        host: str | bytes,
+        port: int | None,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> httpx.Response:
-        """Send *request* to ``host:port`` whatever its URL says."""
-        core = _core_request(request, host, port, self._sni)
+        """Send *request* to ``host:port`` whatever its URL says, with *extra_headers*."""
+        core = _core_request(request, host, port, self._sni, extra_headers)
         with map_httpcore_exceptions():
             resp = await self._pool.handle_async_request(core)
         return httpx.Response(
@@ -364,10 +378,14 @@ class IdentityTransport(httpx.BaseTransport):
         )
 
     def send_to(
-        self, request: httpx.Request, host: str | bytes, port: int | None
+        self,
+        request: httpx.Request,
+        host: str | bytes,
+        port: int | None,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> httpx.Response:
-        """Send *request* to ``host:port`` whatever its URL says."""
-        core = _core_request(request, host, port, self._sni)
+        """Send *request* to ``host:port`` whatever its URL says, with *extra_headers*."""
+        core = _core_request(request, host, port, self._sni, extra_headers)
         with map_httpcore_exceptions():
             resp = self._pool.handle_request(core)
         return httpx.Response(

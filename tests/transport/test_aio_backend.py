@@ -7,6 +7,7 @@ The backend must keep httpcore's contract (the exceptions, ``b""`` at end of str
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -19,9 +20,30 @@ from meshlib.identity.tls import build_client_context, build_server_context
 from meshlib.testing._ca import TestCA
 from meshlib.transport.aio import AsyncioBackend
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+_WRITERS: set[asyncio.StreamWriter] = set()
 
-async def _serve(handler: object, context: ssl.SSLContext | None = None) -> asyncio.Server:
-    return await asyncio.start_server(handler, "127.0.0.1", 0, ssl=context)  # type: ignore[arg-type]
+
+async def _serve(handler: Handler, context: ssl.SSLContext | None = None) -> asyncio.Server:
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _WRITERS.add(writer)
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(tracked, "127.0.0.1", 0, ssl=context)
+
+
+async def _stop(server: asyncio.Server) -> None:
+    """Close the server and every connection it accepted (no socket left to the GC)."""
+    server.close()
+    for writer in list(_WRITERS):
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    _WRITERS.clear()
+    await server.wait_closed()
 
 
 def _port(server: asyncio.Server) -> int:
@@ -45,8 +67,7 @@ def _with_echo(body: Callable[[int], Awaitable[None]]) -> None:
         try:
             await body(_port(server))
         finally:
-            server.close()
-            await server.wait_closed()
+            await _stop(server)
 
     asyncio.run(main())
 
@@ -98,8 +119,7 @@ async def _end_of_stream_reads_empty_and_marks_idle_connection_readable() -> Non
     with pytest.raises(httpcore.WriteError):
         await stream.write(b"x", timeout=1)
     await stream.aclose()
-    server.close()
-    await server.wait_closed()
+    await _stop(server)
 
 
 def test_connect_refused_and_connect_timeout() -> None:
@@ -142,8 +162,7 @@ async def _start_tls_handshakes_and_exposes_the_ssl_object(tmp_path: Path) -> No
     await stream.write(b"over tls", timeout=5)
     assert await stream.read(100, timeout=5) == b"over tls"
     await stream.aclose()
-    server.close()
-    await server.wait_closed()
+    await _stop(server)
 
 
 def test_failed_handshake_raises_connect_error(tmp_path: Path) -> None:
@@ -156,8 +175,7 @@ async def _failed_handshake_raises_connect_error(tmp_path: Path) -> None:
     plain = await AsyncioBackend().connect_tcp("127.0.0.1", _port(server), timeout=5)
     with pytest.raises(httpcore.ConnectError, match="TLS handshake failed"):
         await plain.start_tls(stranger_ctx, server_hostname="orders", timeout=5)
-    server.close()
-    await server.wait_closed()
+    await _stop(server)
 
 
 def test_handshake_timeout_raises_connect_timeout(tmp_path: Path) -> None:
@@ -176,5 +194,4 @@ async def _handshake_timeout_raises_connect_timeout(tmp_path: Path) -> None:
     plain = await AsyncioBackend().connect_tcp("127.0.0.1", _port(server), timeout=5)
     with pytest.raises(httpcore.ConnectTimeout):
         await plain.start_tls(client_ctx, server_hostname="orders", timeout=0.2)
-    server.close()
-    await server.wait_closed()
+    await _stop(server)
