@@ -17,10 +17,12 @@ breakers of gRPC calls alone and deadlines across hops in test_grpc_resilience.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -33,7 +35,7 @@ from meshlib.integrations.grpc_client import BudgetExhaustedRpcError
 from meshlib.resilience.deadline import reset_deadline, set_deadline
 from tests.integration.fleet import FleetBase
 from tests.integration.grpc_app import IDEMPOTENT, GrpcService, load_protos
-from tests.integration.harness import Service, wait_endpoints, wait_for
+from tests.integration.harness import Service, free_port, wait_endpoints, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -89,30 +91,25 @@ class Fleet(FleetBase):
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    built = Fleet(tmp_path_factory.mktemp("grpc-parity"))
-    try:
+    with contextlib.closing(Fleet(tmp_path_factory.mktemp("grpc-parity"))) as built:
         built.start()
         yield built
-    finally:
-        built.close()
 
 
 def inventory_policy(routes: str, extra: str = "") -> str:
     """inventory's TrafficPolicy: ``x-pin: v1|v2`` routes to one instance, then *routes*."""
-    return f"""
-apiVersion: meshlib.io/v1
-kind: TrafficPolicy
-metadata: {{name: inventory, namespace: default}}
-spec:
-  service: inventory
-  loadBalancer: ROUND_ROBIN
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
-  routes:
-  - {{name: pin-v1, match: {{headers: [{{name: x-pin, exact: v1}}]}}, backends: [{{subset: v1}}]}}
-  - {{name: pin-v2, match: {{headers: [{{name: x-pin, exact: v2}}]}}, backends: [{{subset: v2}}]}}
-{routes}{extra}"""
+    versions = "".join(f"  - {{name: {v}, labels: {{version: {v}}}}}\n" for v in INVENTORY)
+    pins = "".join(
+        f"  - {{name: pin-{v}, match: {{headers: [{{name: x-pin, exact: {v}}}]}}, "
+        f"backends: [{{subset: {v}}}]}}\n"
+        for v in INVENTORY
+    )
+    return (
+        "apiVersion: meshlib.io/v1\nkind: TrafficPolicy\n"
+        "metadata: {name: inventory, namespace: default}\n"
+        "spec:\n  service: inventory\n  loadBalancer: ROUND_ROBIN\n"
+        f"  subsets:\n{versions}  routes:\n{pins}{routes}{extra}"
+    )
 
 
 def ledger_policy(marker: str, extra: str = "", retries: str = "{attempts: 0}") -> str:
@@ -137,16 +134,21 @@ spec:
 
 def use(fleet: Fleet, text: str, service: str, marker: str, **mesh: Any) -> meshlib.Mesh:
     """Apply *text*; a fresh caller mesh once it routes *service* by it."""
-    fleet.apply(text)
     caller = fleet.mesh(**mesh)
+    apply_to(fleet, text, service, marker, caller)
+    wait_endpoints(caller, service, 2)
+    return caller
+
+
+def apply_to(fleet: Fleet, text: str, service: str, marker: str, caller: meshlib.Mesh) -> None:
+    """Apply *text* and wait until *caller* routes *service* by it."""
+    fleet.apply(text)
     wait_for(
         lambda: marker in [p.name for p in caller.engine.resolve(service).plans],
         10,
         f"policy {marker}",
         interval=0.02,
     )
-    wait_endpoints(caller, service, 2)
-    return caller
 
 
 def key(what: str) -> str:
@@ -170,6 +172,31 @@ def call_error(call: Callable[[], Any]) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as caught:
         call()
     return caught.value
+
+
+async def aio_error(call: Awaitable[Any]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        await call
+    return caught.value
+
+
+async def drain(stream: AsyncIterator[Any]) -> list[Any]:
+    return [reply async for reply in stream]
+
+
+def outcome(call: Callable[[], Any]) -> int | str:
+    """The answering port, or the error code's name."""
+    try:
+        return int(call().port)
+    except grpc.RpcError as exc:
+        return str(exc.code().name)
+
+
+async def aio_outcome(call: Awaitable[Any]) -> int | str:
+    try:
+        return int((await call).port)
+    except grpc.RpcError as exc:
+        return str(exc.code().name)
 
 
 def flag(error: grpc.RpcError) -> str | None:
@@ -418,17 +445,13 @@ def test_fault_abort_and_delay_apply_to_grpc_calls(fleet: Fleet, mode: str) -> N
         async def calls() -> tuple[Any, ...]:
             async with meshgrpc.AsyncMeshChannel("inventory", mesh=mesh) as channel:
                 stub = pb_grpc.InventoryStub(channel)
-                errors = []
-                for fault in ("abort", "abort-http"):
-                    with pytest.raises(grpc.RpcError) as caught:
-                        await stub.GetItem(request(item), metadata=md(fault))
-                    errors.append(caught.value)
-                with pytest.raises(grpc.RpcError) as caught:
-                    watch = pb.WatchRequest(item=item, count=2)
-                    [r async for r in stub.WatchStock(watch, metadata=md("abort"))]
+                abort = await aio_error(stub.GetItem(request(item), metadata=md("abort")))
+                mapped = await aio_error(stub.GetItem(request(item), metadata=md("abort-http")))
+                watch = pb.WatchRequest(item=item, count=2)
+                stream = await aio_error(drain(stub.WatchStock(watch, metadata=md("abort"))))
                 started = time.monotonic()
                 reply = await stub.GetItem(request(item), timeout=5, metadata=md("delay"))
-                return (*errors, caught.value, reply, time.monotonic() - started)
+                return abort, mapped, stream, reply, time.monotonic() - started
 
         abort, mapped, stream, reply, delayed = run(calls())
     _fault(abort, grpc.StatusCode.FAILED_PRECONDITION)
@@ -456,30 +479,18 @@ def test_outlier_detection_ejects_the_failing_grpc_endpoint(fleet: Fleet, mode: 
     ports = {name: server.port for name, server in fleet.inventory.items()}
     failing = f"fail-at:{ports['v1']}"
 
-    def outcomes(stub: Any) -> list[int | str]:
-        seen: list[int | str] = []
-        for _ in range(8):
-            try:
-                seen.append(stub.GetItem(request(failing), timeout=5).port)
-            except grpc.RpcError as exc:
-                seen.append(exc.code().name)
-        return seen
-
     if mode == "sync":
         with meshgrpc.MeshChannel("inventory", mesh=mesh) as channel:
-            seen = outcomes(pb_grpc.InventoryStub(channel))
+            stub = pb_grpc.InventoryStub(channel)
+            seen = [outcome(lambda: stub.GetItem(request(failing), timeout=5)) for _ in range(8)]
     else:
 
         async def calls() -> list[int | str]:
             async with meshgrpc.AsyncMeshChannel("inventory", mesh=mesh) as channel:
                 stub = pb_grpc.InventoryStub(channel)
-                seen: list[int | str] = []
-                for _ in range(8):
-                    try:
-                        seen.append((await stub.GetItem(request(failing), timeout=5)).port)
-                    except grpc.RpcError as exc:
-                        seen.append(exc.code().name)
-                return seen
+                return [
+                    await aio_outcome(stub.GetItem(request(failing), timeout=5)) for _ in range(8)
+                ]
 
         seen = run(calls())
     assert seen.count("UNAVAILABLE") == 2, seen
@@ -492,6 +503,10 @@ def test_outlier_detection_ejects_the_failing_grpc_endpoint(fleet: Fleet, mode: 
 
 
 DEADLINES = """\
+  - name: per-try
+    match: {headers: [{name: x-case, exact: per-try}]}
+    backends: [{subset: v1}]
+    retries: {attempts: 1, perTryTimeout: 200ms, backoff: {baseInterval: 5ms, maxInterval: 10ms}}
   - name: short
     match: {headers: [{name: x-case, exact: short}]}
     backends: [{subset: v2}]
@@ -531,21 +546,15 @@ def test_expired_deadlines_are_deadline_exceeded(fleet: Fleet, mode: str) -> Non
         async def calls() -> tuple[Any, ...]:
             async with meshgrpc.AsyncMeshChannel("inventory", mesh=mesh) as channel:
                 stub = pb_grpc.InventoryStub(channel)
-                errors = []
                 token = set_deadline(time.monotonic() - 0.01)
                 try:
-                    with pytest.raises(grpc.RpcError) as caught:
-                        await stub.GetItem(request(item), timeout=5)
-                    errors.append(caught.value)
+                    expired = await aio_error(stub.GetItem(request(item), timeout=5))
                 finally:
                     reset_deadline(token)
                 started = time.monotonic()
-                with pytest.raises(grpc.RpcError) as caught:
-                    await stub.GetItem(request("sleep:2"), timeout=0.3)
-                errors.append(caught.value)
-                with pytest.raises(grpc.RpcError) as caught:
-                    await stub.GetItem(request("sleep:2"), metadata=short)
-                return (*errors, caught.value, time.monotonic() - started)
+                timed_out = await aio_error(stub.GetItem(request("sleep:2"), timeout=0.3))
+                routed = await aio_error(stub.GetItem(request("sleep:2"), metadata=short))
+                return expired, timed_out, routed, time.monotonic() - started
 
         expired, timed_out, routed, elapsed = run(calls())
     _deadline(expired, mesh_decided=True)
@@ -553,3 +562,83 @@ def test_expired_deadlines_are_deadline_exceeded(fleet: Fleet, mode: str) -> Non
     _deadline(routed, mesh_decided=False)
     assert elapsed < 1.5  # 0.3 s + 0.2 s, not the 2 s sleeps
     assert hits(mesh, "inventory", item, ("x-pin", "v1")) == 0  # the expired call was not sent
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_per_try_timeout_bounds_each_try_of_a_unary_call(fleet: Fleet, mode: str) -> None:
+    """A slow idempotent call is tried twice, 200 ms each (perTryTimeout), then fails with
+    DEADLINE_EXCEEDED well before its own 5 s timeout."""
+    mesh = use(fleet, inventory_policy(DEADLINES), "inventory", "deadlines")
+    item = f"sleep:0.6:{key('per-try')}"
+    md = (("x-case", "per-try"),)
+    started = time.monotonic()
+    if mode == "sync":
+        with meshgrpc.MeshChannel("inventory", mesh=mesh, idempotent_methods=IDEMPOTENT) as ch:
+            stub = pb_grpc.InventoryStub(ch)
+            error = call_error(lambda: stub.GetItem(request(item), timeout=5, metadata=md))
+    else:
+
+        async def call() -> grpc.RpcError:
+            async with meshgrpc.AsyncMeshChannel(
+                "inventory", mesh=mesh, idempotent_methods=IDEMPOTENT
+            ) as channel:
+                stub = pb_grpc.InventoryStub(channel)
+                return await aio_error(stub.GetItem(request(item), timeout=5, metadata=md))
+
+        error = run(call())
+    elapsed = time.monotonic() - started
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 0.38 <= elapsed < 1.2, elapsed
+    wait_for(lambda: hits(mesh, "inventory", item, ("x-pin", "v1")) == 2, 3, "two tries at v1")
+
+
+# --------------------------------------------------------------------- connect failures
+
+
+CONNECT_RETRIES = "{attempts: 1, backoff: {baseInterval: 5ms, maxInterval: 10ms}}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_connect_failure_is_retried_for_any_method(fleet: Fleet, mode: str, tmp_path: Path) -> None:
+    """A try that could not connect sent nothing, so it is retried even for a method not
+    marked idempotent. The caller's zone (c) holds only a dead ledger endpoint: every first
+    try goes there, fails to connect, and the retry reaches the live one. Without retries
+    the same call fails UNAVAILABLE."""
+    dead = meshlib.Mesh(
+        service="ledger",
+        control_url=fleet.control.url,
+        token=fleet.token("ledger", 1),
+        data_dir=tmp_path / "dead",
+        labels={"proto": "grpc", "zone": "c"},
+        start_timeout=20,
+    ).start()
+    try:
+        dead.set_endpoint("127.0.0.1", free_port())  # nothing listens there
+        mesh = use(
+            fleet, ledger_policy("connect", retries=CONNECT_RETRIES), "ledger", "connect", zone="c"
+        )
+        wait_endpoints(mesh, "ledger", 3)
+        if mode == "sync":
+            with meshgrpc.MeshChannel("ledger", mesh=mesh) as channel:
+                stub = pb_grpc.InventoryStub(channel)
+                ports = {stub.GetItem(request("a"), timeout=5).port for _ in range(3)}
+                apply_to(fleet, ledger_policy("connect-0"), "ledger", "connect-0", mesh)
+                error = call_error(lambda: stub.GetItem(request("a"), timeout=5))
+        else:
+
+            async def calls() -> tuple[set[int], grpc.RpcError]:
+                async with meshgrpc.AsyncMeshChannel("ledger", mesh=mesh) as channel:
+                    stub = pb_grpc.InventoryStub(channel)
+                    ports = {(await stub.GetItem(request("a"), timeout=5)).port for _ in range(3)}
+                    await asyncio.to_thread(
+                        apply_to, fleet, ledger_policy("connect-0"), "ledger", "connect-0", mesh
+                    )
+                    return ports, await aio_error(stub.GetItem(request("a"), timeout=5))
+
+            ports, error = run(calls())
+        assert ports == {fleet.ledger.port}
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "connect" in (error.details() or "").lower()
+    finally:
+        dead.clear_endpoint()
+        dead.close()
