@@ -20,6 +20,7 @@ out its own timeout on a replica that may never answer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import ssl
 import time
@@ -39,6 +40,8 @@ __all__ = [
     "fetch_bundle_unverified",
     "split_urls",
 ]
+
+log = logging.getLogger("meshlib.agent")
 
 REQUEST_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 3.0  # a replica that does not accept in 3 s is treated as down
@@ -158,6 +161,11 @@ class ControlClient:
         self._failures[index] = 0
         self._retry_at[index] = 0.0
         if index != self._current:
+            log.warning(
+                "control service at %s stopped answering; now using %s",
+                self.urls[self._current],
+                self.urls[index],
+            )
             self._current = index
             self.failovers += 1
             if self._moved is not None:
@@ -251,6 +259,10 @@ class ControlClient:
             f"/v1/instances/{instance_id}/report",
             json={"version": version, "error": error},
         )
+
+    async def jwks_refresh(self, uri: str, kid: str) -> dict[str, Any]:
+        """A token named *kid*, unknown to *uri*'s key set: ask for that set to be refetched."""
+        return await self._json("POST", "/v1/jwks/refresh", json={"jwksUri": uri, "kid": kid})
 
     async def watch(
         self, version: str, wait: float, dependencies: tuple[str, ...] | None

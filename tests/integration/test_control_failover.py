@@ -161,7 +161,7 @@ def group(tmp_path: Path, etcd: EtcdCluster) -> Iterator[list[Replica]]:
             member.stop()
 
 
-def test_library_workloads_fail_over_and_resume_their_watch(group, tmp_path):
+def test_library_workloads_fail_over_and_resume_their_watch(group, tmp_path, caplog):
     """SIGKILL the replica every workload uses: they move to the next within seconds, no
     request fails, the resumed watch gets no re-push, and a change on a survivor arrives."""
     first, second, third = group
@@ -217,6 +217,9 @@ def test_library_workloads_fail_over_and_resume_their_watch(group, tmp_path):
                 time.sleep(max(0.0, LEASE + 1 - (time.monotonic() - killed)))
                 live = [i for i in second.instances() if i["service"] == "orders"]
                 assert live and live[0]["port"] == orders.port, live
+                moved = f"control service at {first.url} stopped answering; now using {second.url}"
+                assert moved in orders.process.output()
+                assert moved in caplog.text
                 # A new workload joins with the dead replica first in its list.
                 newcomer = meshlib.Mesh(
                     service="inventory",
@@ -332,6 +335,8 @@ def test_envoy_sidecar_fails_over_to_the_next_replica(tmp_path, etcd):
             time.sleep(max(0.0, LEASE + 1 - (time.monotonic() - killed)))
             live = [i for i in second.instances() if i["service"] == "frontend"]
             assert live and live[0]["mode"] == "sidecar", live
+            moved = f"control service at {first.url} stopped answering; now using {second.url}"
+            assert moved in sidecar.process.output()
         assert traffic.failures == [], traffic.failures[:5]
         assert traffic.sent >= 50, traffic.sent
         assert moved_after < FAILOVER_WITHIN
