@@ -122,7 +122,12 @@ class Mesh:
         self.telemetry.gauge_source("mesh.certificate.expiry", self._certificate_expiry)
         self.telemetry.gauge_source("mesh.snapshot.age", self._snapshot_age)
         self._admin: AdminServer | None = None
-        self._agent = Agent(config, on_identity=self._install_identity, on_engine=self._install)
+        self._agent = Agent(
+            config,
+            on_identity=self._install_identity,
+            on_engine=self._install,
+            unknown_keys=self._unknown_jwt_keys,
+        )
         self._started = False
 
     @classmethod
@@ -145,6 +150,11 @@ class Mesh:
             self._tls = TLSContexts(svid, files_dir=self.config.cache_dir)
         else:
             self._tls.update(svid)
+
+    def _unknown_jwt_keys(self) -> list[tuple[str, str]]:
+        """``(jwksUri, kid)`` of tokens the active admission met unknown keys for (drained)."""
+        verifier = getattr(getattr(self._view, "inbound", None), "jwt", None)
+        return verifier.unknown_keys() if verifier is not None else []
 
     def _install(self, engine: PolicyEngine) -> None:
         """Build the active view of *engine* (on the agent's thread) and publish it."""

@@ -78,6 +78,7 @@ class Agent(AgentLoops):
         on_identity: Callable[[SVID], None],
         on_engine: Callable[[PolicyEngine], None],
         mode: str = "library",
+        unknown_keys: Callable[[], list[tuple[str, str]]] | None = None,
     ) -> None:
         self.config = config
         self.mode = mode
@@ -85,6 +86,7 @@ class Agent(AgentLoops):
         self.cache = WorkloadCache(config.cache_dir)
         self._on_identity = on_identity
         self._on_engine = on_engine
+        self._unknown_keys = unknown_keys
         self.spiffe_id: SpiffeId | None = None
         self.svid: SVID | None = None
         self.engine: PolicyEngine | None = None
@@ -163,6 +165,8 @@ class Agent(AgentLoops):
                 asyncio.create_task(self._heartbeat_loop()),
                 asyncio.create_task(self._renew_loop()),
             ]
+            if self._unknown_keys is not None:
+                others.append(asyncio.create_task(self._unknown_keys_loop()))
             # A sidecar's agent watches too, for the trust bundle only (its Envoy's SDS
             # bundle file follows it); its policy reaches Envoy over xDS.
             watch = [asyncio.create_task(self._watch_loop())]

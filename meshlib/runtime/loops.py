@@ -1,4 +1,4 @@
-"""The agent's three loops (watch, heartbeat, renew) and what they install.
+"""The agent's loops (watch, heartbeat, renew, unknown JWT keys) and what they install.
 
 Split from :mod:`meshlib.runtime.agent`, which keeps the thread, the boot sequence and the
 identity bootstrap; :class:`AgentLoops` is the half of :class:`~meshlib.runtime.agent.Agent`
@@ -33,6 +33,8 @@ __all__ = ["AgentLoops"]
 
 log = logging.getLogger("meshlib.agent")
 
+UNKNOWN_KEYS_INTERVAL = 0.5
+"""How often unknown JWT key ids are passed on to the control service (when there are any)."""
 BACKOFF_BASE = 0.2
 BACKOFF_MAX = 5.0
 
@@ -55,6 +57,7 @@ class AgentLoops:
     ready: threading.Event
     admin_port: int | None
     _on_engine: Callable[[PolicyEngine], None]
+    _unknown_keys: Callable[[], list[tuple[str, str]]] | None
     _endpoint: dict[str, Any] | None
     _stop: asyncio.Event | None
     _wake_heartbeat: asyncio.Event | None
@@ -178,6 +181,21 @@ class AgentLoops:
                 self.last_error = self._describe(exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_heartbeat.wait(), interval)
+
+    async def _unknown_keys_loop(self) -> None:
+        """Ask the control service to refresh a jwksUri whose key set lacked a token's kid.
+
+        The admission only records such kids (it does no I/O); the control service fetches
+        at most once per few seconds per URI, whatever this sends.
+        """
+        assert self._client is not None and self._unknown_keys is not None
+        while not self._stopping():
+            for uri, kid in self._unknown_keys()[:8]:
+                try:
+                    await self._client.jwks_refresh(uri, kid)
+                except ControlPlaneError as exc:  # best effort: the interval refresh remains
+                    log.info("jwks refresh request for %s failed: %s", uri, exc)
+            await self._sleep(UNKNOWN_KEYS_INTERVAL)
 
     def renew_delay(self) -> float:
         """Seconds until renewal: half of the remaining lifetime, ±10 % jitter."""
