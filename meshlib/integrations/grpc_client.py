@@ -138,7 +138,7 @@ class _SyncMulti(Multi):
 
     def _unary(self, request: Any, timeout: float | None, metadata: Any, kw: Any) -> Any:
         """A unary-unary call with retries; returns ``(response, grpc.Call)``."""
-        call = GrpcCall(self._core, self._method, metadata, timeout, streaming=False)
+        call = GrpcCall(self._core, self._method, metadata, timeout, False, request)
         try:
             result = self._tries(call, request, kw)
         except BaseException as exc:

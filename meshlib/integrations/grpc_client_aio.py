@@ -157,7 +157,7 @@ class _AioMulti(Multi):
         return _AioStreamCall(inner, delay, None)
 
     def _unary(self, request: Any, timeout: float | None, metadata: Any, kw: Any) -> Any:
-        call = GrpcCall(self._core, self._method, metadata, timeout, streaming=False)
+        call = GrpcCall(self._core, self._method, metadata, timeout, False, request)
 
         async def tries(last: list[Any]) -> Any:
             driver = call.driver

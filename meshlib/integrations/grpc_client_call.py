@@ -43,7 +43,16 @@ from meshlib.telemetry.client import ClientCall, start_client_call
 from meshlib.telemetry.metrics import MeshTelemetry
 from meshlib.traffic.driver import ABORT, DONE, SLEEP, CallDriver
 
-__all__ = ["CALL_OPTIONS", "Core", "Factories", "GrpcCall", "MeshLike", "Multi", "call_kwargs"]
+__all__ = [
+    "CALL_OPTIONS",
+    "Core",
+    "Factories",
+    "GrpcCall",
+    "MeshLike",
+    "Multi",
+    "call_kwargs",
+    "replayable",
+]
 
 
 class MeshLike(Protocol):
@@ -128,6 +137,21 @@ class Multi:
         )
 
 
+def replayable(request: Any, limit: int) -> bool:
+    """Whether a unary request is within ``maxReplayBytes`` (its protobuf size).
+
+    A request of unknown size (not a protobuf message) counts as replayable: the caller
+    holds it whole anyway.
+    """
+    size = getattr(request, "ByteSize", None)
+    if not callable(size):
+        return True
+    try:
+        return int(size()) <= limit
+    except Exception:
+        return True
+
+
 def _factory(kind: str) -> Callable[..., Any]:
     def make(
         self: Any,
@@ -164,7 +188,13 @@ class GrpcCall:
     __slots__ = ("core", "destination", "driver", "metadata", "method", "telemetry")
 
     def __init__(
-        self, core: Core, method: str, metadata: Any, timeout: float | None, streaming: bool
+        self,
+        core: Core,
+        method: str,
+        metadata: Any,
+        timeout: float | None,
+        streaming: bool,
+        request: Any = None,
     ) -> None:
         destination = core.destination()
         service = destination.service
@@ -182,7 +212,10 @@ class GrpcCall:
         if timeout is not None:
             deadline = now + timeout if deadline is None else min(deadline, now + timeout)
         fault = decide_fault(plan.fault) if plan.fault_applies(headers) else NO_FAULT
-        safe = core.is_idempotent(method) or is_retry_safe(GRPC_METHOD, headers, plan.retries)
+        retries = plan.retries
+        safe = core.is_idempotent(method) or is_retry_safe(GRPC_METHOD, headers, retries)
+        if safe and retries.attempts > 0 and not streaming:
+            safe = replayable(request, retries.max_replay_bytes)
         self.driver = CallDriver(
             destination.runtime,
             plan,

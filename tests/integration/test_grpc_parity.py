@@ -592,6 +592,47 @@ def test_per_try_timeout_bounds_each_try_of_a_unary_call(fleet: Fleet, mode: str
     wait_for(lambda: hits(mesh, "inventory", item, ("x-pin", "v1")) == 2, 3, "two tries at v1")
 
 
+REPLAY = """\
+  - name: small
+    match: {headers: [{name: x-case, exact: small}]}
+    backends: [{subset: v1}]
+    retries: {attempts: 1, maxReplayBytes: 8, backoff: {baseInterval: 5ms, maxInterval: 10ms}}
+  - name: replay
+    backends: [{subset: v1}]
+    retries: {attempts: 1, backoff: {baseInterval: 5ms, maxInterval: 10ms}}
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_max_replay_bytes_bounds_the_requests_retried(fleet: Fleet, mode: str) -> None:
+    """A request whose protobuf size is above maxReplayBytes is not retried (as an HTTP body
+    above it is not); the same kind of call under the default limit is."""
+    mesh = use(fleet, inventory_policy(REPLAY), "inventory", "replay")
+    big, fine = f"flaky:{key('replay')}:1", f"flaky:{key('replay')}:1"
+    small = (("x-case", "small"),)
+    if mode == "sync":
+        with meshgrpc.MeshChannel("inventory", mesh=mesh, idempotent_methods=IDEMPOTENT) as ch:
+            stub = pb_grpc.InventoryStub(ch)
+            error = call_error(lambda: stub.GetItem(request(big), timeout=5, metadata=small))
+            reply = stub.GetItem(request(fine), timeout=5)
+    else:
+
+        async def calls() -> tuple[grpc.RpcError, Any]:
+            async with meshgrpc.AsyncMeshChannel(
+                "inventory", mesh=mesh, idempotent_methods=IDEMPOTENT
+            ) as channel:
+                stub = pb_grpc.InventoryStub(channel)
+                error = await aio_error(stub.GetItem(request(big), timeout=5, metadata=small))
+                return error, await stub.GetItem(request(fine), timeout=5)
+
+        error, reply = run(calls())
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details() == "flaky failure 1 of 1"
+    assert reply.item == fine
+    assert hits(mesh, "inventory", big, ("x-pin", "v1")) == 1  # one try
+    assert hits(mesh, "inventory", fine, ("x-pin", "v1")) == 2  # retried
+
+
 # --------------------------------------------------------------------- connect failures
 
 
