@@ -152,7 +152,7 @@ def store(etcd: EtcdCluster, tmp_path: Path) -> str:
 @pytest.fixture
 def group(tmp_path: Path, etcd: EtcdCluster) -> Iterator[list[Replica]]:
     """Three running replicas on the etcd cluster."""
-    members = replicas(tmp_path, store(etcd, tmp_path))
+    members = replicas(tmp_path, store(etcd, tmp_path), "--svid-ttl", "6s")
     try:
         start_all(members)
         yield members
@@ -190,6 +190,8 @@ def test_library_workloads_fail_over_and_resume_their_watch(group, tmp_path, cap
                 time.sleep(0.5)
                 first.kill()
                 killed = time.monotonic()
+                assert agent.svid is not None
+                serial_at_kill = agent.svid.serial
                 wait_for(
                     lambda: agent._client is not None and agent._client.url == second.url,
                     FAILOVER_WITHIN,
@@ -212,6 +214,18 @@ def test_library_workloads_fail_over_and_resume_their_watch(group, tmp_path, cap
                 assert (
                     http.get("http://orders/items/p", headers={"x-probe": "1"}).status_code == 418
                 )
+                # Reports and renewals went to the survivor too: it records the version the
+                # frontend applied, and the SVID (6 s, renewed at half-life) was renewed there.
+                wait_for(
+                    lambda: any(
+                        i["id"] == frontend.instance_id
+                        and i["appliedVersion"] == frontend.engine.version
+                        for i in second.instances()
+                    ),
+                    5,
+                    "the frontend's report of the new version",
+                )
+                assert agent.svid is not None and agent.svid.serial != serial_at_kill
                 # orders (a process) moved too: its heartbeats keep it registered on the
                 # survivors past its lease, though the replica it first used is gone.
                 time.sleep(max(0.0, LEASE + 1 - (time.monotonic() - killed)))
