@@ -162,18 +162,15 @@ class MeshMiddleware:
         if call is None:
             await self._admit(scope, receive, send, state, headers, deadline_value, forged)
             return
-        seen: list[Any] = [500, None]
+        seen: list[Any] = [500, None]  # the status sent, and the flag of a refusal
 
         async def observing_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 seen[0] = message["status"]
-                for key, value in message.get("headers", ()):
-                    if key == FLAG_HEADER:
-                        seen[1] = value.decode("latin-1")
             await send(message)
 
         try:
-            await self._admit(
+            seen[1] = await self._admit(
                 scope, receive, observing_send, state, headers, deadline_value, forged
             )
         finally:
@@ -194,8 +191,11 @@ class MeshMiddleware:
         headers: Any,
         deadline_value: bytes | None,
         forged: bool,
-    ) -> None:
-        """Decide with the admission of the active snapshot; then refuse or run the app."""
+    ) -> str | None:
+        """Decide with the admission of the active snapshot; then refuse or run the app.
+
+        Returns the refusal's flag (``AUTHZ_DENIED``, …), or None once the app has run.
+        """
         admission = self._admission.get()
         tls = scope.get("extensions", _EMPTY).get("tls")
         deadline = None
@@ -225,7 +225,8 @@ class MeshMiddleware:
                 query=scope.get("query_string", b""),
             )
         if isinstance(decision, Refusal):
-            return await _refuse(scope, send, decision)
+            await _refuse(scope, send, decision)
+            return decision.flag
         # XFCC is the mesh's: drop a caller-sent one, add ours for an mTLS caller.
         if forged:
             headers = [(k, v) for k, v in headers if k != XFCC_HEADER]
@@ -238,12 +239,14 @@ class MeshMiddleware:
             headers = scope["headers"] = admission.jwt.rewrite(headers, decision.auth)
         state["mesh"] = decision
         if deadline is None:
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return None
         token = current_deadline.set(deadline)
         try:
             await self.app(scope, receive, send)
         finally:
             current_deadline.reset(token)
+        return None
 
 
 def _own_id(mesh: object) -> str | None:

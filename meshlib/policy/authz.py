@@ -23,6 +23,7 @@ list of strings (a string claim is a list of one; claims of other types give non
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ ALLOWED_NO_POLICY = Verdict(True, None, None, "no authorization policy applies")
 _ALLOWED_NO_ALLOW_POLICY = Verdict(True, None, None, "no DENY rule matched and no ALLOW policy")
 
 
+@functools.lru_cache(maxsize=4096)  # a workload sees few distinct callers; a hit costs no parse
 def peer_namespace(peer: str) -> str | None:
     """The namespace in a SPIFFE ID ``spiffe://<td>/ns/<ns>/sa/<svc>``, or None."""
     parts = peer.split("/")

@@ -21,6 +21,7 @@ swallows its own exceptions: telemetry never fails a request.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -49,6 +50,8 @@ DURATION_BUCKETS = (
 )  # fmt: skip
 
 UNKNOWN = "unknown"
+TRACING_RECHECK = 1.0
+"""Seconds between two looks for a global tracer provider while none is set."""
 
 
 class Histogram(Protocol):
@@ -63,6 +66,7 @@ class Counter(Protocol):
     def add(self, amount: float, attributes: Any = None, context: Any = None) -> None: ...
 
 
+@functools.lru_cache(maxsize=4096)  # few distinct callers; a hit costs no parse
 def workload_of(spiffe_id: str | None) -> tuple[str, str]:
     """(service, namespace) of a workload SPIFFE ID; ("unknown", "unknown") otherwise."""
     if not spiffe_id:
@@ -139,6 +143,8 @@ class MeshTelemetry:
             tracer_provider = _otlp_tracer_provider(service, namespace)
         self._tracer_provider = tracer_provider
         self._tracer: trace.Tracer | None = None
+        self._global_tracing = False
+        self._recheck_at = 0.0
 
         def histogram(name: str, description: str) -> Histogram:
             instrument: Histogram = meter.create_histogram(
@@ -238,12 +244,20 @@ class MeshTelemetry:
 
         With no provider of its own and none set globally (OpenTelemetry's proxy provider),
         every span would be a no-op; skipping them saves their attributes, context and
-        propagation on every call. Checked per call, so a provider set later is honoured.
+        propagation on every call. A global provider set later is honoured within
+        :data:`TRACING_RECHECK` seconds.
         """
-        if self._tracer_provider is None and isinstance(
-            trace.get_tracer_provider(), trace.ProxyTracerProvider
-        ):
+        if self._tracer_provider is not None or self._global_tracing:
+            return self.tracer
+        now = time.monotonic()
+        if now < self._recheck_at:
             return None
+        # OpenTelemetry sets the global provider once and for good: once it is a real one,
+        # it stays; until then, look again at most once a second.
+        self._recheck_at = now + TRACING_RECHECK
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            return None
+        self._global_tracing = True
         return self.tracer
 
     def prometheus(self) -> str:
