@@ -199,6 +199,15 @@ async def aio_outcome(call: Awaitable[Any]) -> int | str:
         return str(exc.code().name)
 
 
+def sample(metrics: str, name: str, label_value: str) -> float:
+    """The sum of *name*'s samples that have a label equal to *label_value*."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(name + "{") and f'="{label_value}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def flag(error: grpc.RpcError) -> str | None:
     return dict(error.trailing_metadata() or ()).get("x-mesh-flag")
 
@@ -301,6 +310,11 @@ def test_retry_budget_is_shared_by_http_and_grpc_calls(fleet: Fleet) -> None:
     assert error.details() == "flaky failure 1 of 1"  # the server's answer, as it came
     assert flag(error) == "RETRY_BUDGET_EXHAUSTED"
     assert hits(mesh, "ledger", flaky, ("x-proto", "grpc")) == 1  # not retried
+    # One telemetry path: both refusals are counted alike, the gRPC call with its code.
+    metrics = mesh.telemetry.prometheus()
+    exhausted = sample(metrics, "mesh_client_retry_budget_exhausted_total", "ledger")
+    assert exhausted == 2.0, metrics
+    assert sample(metrics, "rpc_client_call_duration_seconds_count", "UNAVAILABLE") == 1.0
 
     # A fresh caller: gRPC spends the retry (and succeeds); HTTP's retry is refused.
     mesh = fleet.mesh()
