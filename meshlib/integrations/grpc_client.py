@@ -17,8 +17,9 @@ Per call they
    bundle as roots, and ``grpc.ssl_target_name_override`` set to the service's DNS SAN
    ``<svc>.<ns>.svc.<td>``: gRPC's host-name check is the server-identity check (the CA
    issues that DNS SAN only together with the matching SPIFFE ID);
-6. retry unary-request calls by the route's retry policy and the service's retry budget
-   (:mod:`meshlib.resilience.retry`). Streams are never retried.
+6. retry unary-unary calls by the route's retry policy (``maxReplayBytes`` against the
+   request's protobuf size) and the service's retry budget
+   (:mod:`meshlib.resilience.retry`). Streams and futures make one try.
 
 gRPC outcomes are read as the HTTP outcomes the policy speaks of, so ``retryOn``, breakers
 and outlier detection mean the same for both (the table is in
