@@ -15,6 +15,7 @@ from benchmarks import document
 from benchmarks.micro.backend import Backend, serve_backend
 from benchmarks.micro.identities import make_identities
 from benchmarks.micro.imports import measure_imports
+from benchmarks.micro.jwt import measure_jwt
 from benchmarks.micro.layers import measure_layers
 from benchmarks.micro.path import measure_path
 from benchmarks.micro.report import plot, render_markdown
@@ -32,6 +33,7 @@ def run(profile: Profile, *, quick: bool) -> dict[str, Any]:
         result = document.new_document("micro", profile, quick=quick, machine=machine_info())
         result["imports"] = measure_imports()  # first: fresh interpreters, an idle machine
         result["layers"] = measure_layers(profile)
+        result["jwt"] = measure_jwt(profile)
         ids = make_identities(workdir)
         backend = Backend(workdir / "tls")
         result["tls"] = measure_tls(profile, backend, ids)

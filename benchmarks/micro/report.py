@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import document
+from benchmarks.micro.jwt import jwt_markdown
 
 SYNC_PATH = (
     "MeshTransport._start/_finish",
@@ -149,6 +150,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "the tenacity retrier only when a retry is due (it replays the first result), so "
         "the *retry wrapper* rows are what a retried call pays, not every call.",
         "",
+        *jwt_markdown(result.get("jwt")),
         "## TLS on loopback sockets",
         "",
         "Client in this process, server in a child process (blocking sockets, one thread per "

@@ -15,6 +15,7 @@ signature. Only RS/PS/ES algorithms are accepted; ``none`` and HMAC never are.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +41,9 @@ BAD_SIGNATURE = "Jwt verification fails"
 _KEYLESS_ALGS = ("HS256", "HS384", "HS512", "EdDSA")
 _MAX_TOKEN = 16 * 1024
 _MAX_UNKNOWN = 64
+_MAX_SEEN = 1024
+"""Tokens whose signature verified, kept per snapshot: a repeated token costs no signature
+check (its times are checked on every request; its bytes are the cache key)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,7 @@ class JwtVerifier:
         "_clock",
         "_headers",
         "_params",
+        "_seen",
         "_unknown",
         "providers",
         "realm",
@@ -132,6 +137,7 @@ class JwtVerifier:
     _headers: dict[str, list[tuple[str, _Provider]]]
     _params: dict[str, list[_Provider]]
     _unknown: dict[tuple[str, str], None]
+    _seen: dict[str, tuple[_Provider, str, dict[str, Any]]]
     _clock: Callable[[], float]
     _claim_headers: frozenset[bytes]
 
@@ -167,6 +173,7 @@ class JwtVerifier:
         self._headers = {}
         self._params = {}
         self._unknown = {}
+        self._seen = {}
         self._clock = clock
         for res in resources:
             spec = res.spec
@@ -240,15 +247,22 @@ class JwtVerifier:
         if found is None:
             return None
         token, header, candidates = found
+        seen = self._seen.get(token)
+        if seen is not None and seen[0] in candidates:  # verified before: times only
+            provider, issuer, claims = seen
+            failure = _check_times(claims, provider.rule.clock_skew, self._clock())
+            if failure is not None:
+                return JwtFailure(failure, issuer)
+            return _verified(provider.rule, issuer, claims, header)
         import jwt
 
         if len(token) > _MAX_TOKEN or token.count(".") != 2 or token.endswith("."):
             return JwtFailure(MALFORMED)  # an empty signature too (alg none), as Envoy
         try:
-            head = jwt.get_unverified_header(token)
-            claims = jwt.decode(token, options={"verify_signature": False})
+            parsed = _codecs()[0].decode_complete(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             return JwtFailure(MALFORMED)
+        head, claims = parsed["header"], parsed["payload"]
         alg = head.get("alg")
         if alg not in JWT_ALGORITHMS:
             # Envoy knows HMAC and EdDSA but no key set of ours holds such a key: it answers
@@ -282,25 +296,27 @@ class JwtVerifier:
             ):
                 self._unknown[(provider.source, kid[:128])] = None
             return JwtFailure(UNKNOWN_KEY, issuer, kid if isinstance(kid, str) else None)
+        jws = _codecs()[1]
         for key in keys:
             try:
-                jwt.decode(
-                    token,
-                    key=key,
-                    algorithms=[alg],
-                    options={
-                        "verify_exp": False,
-                        "verify_nbf": False,
-                        "verify_aud": False,
-                        "verify_iat": False,
-                    },
-                )
+                jws.decode_complete(token, key=key, algorithms=[alg])  # the signature only
             except jwt.InvalidSignatureError:
                 continue
             except jwt.PyJWTError:
                 return JwtFailure(MALFORMED, issuer)
+            if len(self._seen) >= _MAX_SEEN:  # bounded: many distinct tokens
+                self._seen.clear()
+            self._seen[token] = (provider, issuer, claims)
             return _verified(rule, issuer, claims, header)
         return JwtFailure(BAD_SIGNATURE, issuer)
+
+
+@functools.cache
+def _codecs() -> tuple[Any, Any]:
+    """PyJWT's JWT codec (unverified parse) and JWS codec (signature check), made once."""
+    import jwt
+
+    return jwt.PyJWT(), jwt.PyJWS()
 
 
 def _check_times(claims: Mapping[str, Any], skew: float, now: float) -> str | None:

@@ -73,3 +73,14 @@ def test_import_footprint_recorded(result: tuple[dict[str, Any], Path]) -> None:
         assert key in imports, key
     assert "watched_after_import" in imports["mesh"] or "error" in imports["mesh"]
     assert "rss_kib_after_import" in imports["httpx"]
+
+
+def test_jwt_rows(result: tuple[dict[str, Any], Path]) -> None:
+    """Verification cost with and without a cached key set is measured for RS256 and ES256."""
+    doc, out = result
+    whats = {r["what"] for r in doc["jwt"]}
+    for alg in ("RS256", "ES256"):
+        assert {f"{alg} token, cached key set", f"{alg} token, no cached key set"} <= whats
+    for row in doc["jwt"]:
+        assert row["min_ns"] <= row["median_ns"] <= row["max_ns"]
+    assert "## End-user authentication (JWT)" in (out / "micro.md").read_text()

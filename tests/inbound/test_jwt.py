@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from meshlib.inbound import Admission, PeerInfo, Refusal
-from meshlib.inbound.jwt import JwtVerifier
+from meshlib.inbound.jwt import JwtFailure, JwtVerifier, RequestAuth
 from meshlib.policy.decode import decode_documents
 from meshlib.policy.engine import PolicyEngine
 from meshlib.policy.snapshot import InboundPolicy, Snapshot
@@ -234,3 +234,22 @@ def test_no_request_authentication_builds_no_verifier() -> None:
     """A snapshot without RequestAuthentication costs nothing per request."""
     snapshot = Snapshot("v1", "mesh.local", "api", "default", InboundPolicy(), ())
     assert JwtVerifier.build(snapshot) is None
+
+
+def test_a_verified_token_is_remembered_but_its_times_are_checked_again(es: Signer) -> None:
+    """The second use of a token skips the signature check, not the expiry check."""
+    keys = json.dumps(jwks_text(es))
+    snapshot = admission(request_auth(f"  - issuer: {ISSUER}\n    jwks: {keys}\n")).engine.snapshot
+    now = [time.time()]
+    verifier = JwtVerifier.build(snapshot, clock=lambda: now[0])
+    assert verifier is not None
+    token = es.token(lifetime=60)
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+    assert isinstance(verifier.verify(headers), RequestAuth)
+    assert token in verifier._seen
+    assert isinstance(verifier.verify(headers), RequestAuth)
+    now[0] += 120  # past exp + clockSkew
+    failure = verifier.verify(headers)
+    assert isinstance(failure, JwtFailure) and failure.reason == "Jwt is expired"
+    # A token seen in another location of another rule is not taken from the cache.
+    assert verifier.verify([(b"x-other", f"Bearer {token}".encode())]) is None
