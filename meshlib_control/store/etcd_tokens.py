@@ -8,6 +8,7 @@ credential is spent in the same transaction that stores its successor.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -15,6 +16,7 @@ from typing import Any
 
 from meshlib_control.ca.rebootstrap import RebootstrapRecord
 from meshlib_control.ca.tokens import TokenRecord
+from meshlib_control.store.base import StoreUnavailable
 from meshlib_control.store.codec import decode, encode
 from meshlib_control.store.etcd_client import KV, EtcdClient
 from meshlib_control.store.etcd_mirror import Mirror
@@ -26,6 +28,7 @@ class TokenOperations:
     """Token and credential methods of :class:`~meshlib_control.store.etcd.EtcdStore`."""
 
     _mirror: Mirror
+    _client: EtcdClient
 
     def _write(self, compare: list[dict[str, Any]], ops: list[dict[str, Any]]) -> bool:
         raise NotImplementedError
@@ -43,9 +46,20 @@ class TokenOperations:
         key = self._key("token", record.token_id)
         self._write([EtcdClient.unchanged(key, 0)], [EtcdClient.put(key, encode(record))])
 
+    def _fresh(self, kind: str, name: str) -> KV | None:
+        """A key from the mirror, or read through etcd when the mirror has not seen it yet.
+
+        A token created on another replica a moment ago must be usable here at once.
+        """
+        kv = self._mirror.get(kind, name)
+        if kv is None and self._mirror.writable:
+            with contextlib.suppress(StoreUnavailable):
+                kv = self._client.get(self._key(kind, name))
+        return kv
+
     def token(self, token_id: str) -> TokenRecord | None:
         """One token record by id."""
-        kv = self._mirror.get("token", token_id)
+        kv = self._fresh("token", token_id)
         return decode(TokenRecord, kv.value) if kv else None
 
     def tokens(self) -> tuple[TokenRecord, ...]:
@@ -73,7 +87,7 @@ class TokenOperations:
 
     def rebootstrap_credential(self, credential_id: str) -> RebootstrapRecord | None:
         """One re-bootstrap credential record by id."""
-        kv = self._mirror.get("reboot", credential_id)
+        kv = self._fresh("reboot", credential_id)
         return decode(RebootstrapRecord, kv.value) if kv else None
 
     def rebootstrap_credentials(self) -> tuple[RebootstrapRecord, ...]:
