@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from meshlib.errors import ControlPlaneError
+from meshlib.errors import ControlPlaneError, IdentityError
 from meshlib.transport.checked import AsyncIdentityTransport
 
 __all__ = [
@@ -181,8 +181,13 @@ class ControlClient:
         attempts: list[int] | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
-        """*method* *path* on the current address, failing over; *attempts* logs each one."""
-        error: ControlPlaneError | None = None
+        """*method* *path* on the current address, failing over; *attempts* logs each one.
+
+        A replica that fails the identity check (not ``spiffe://<td>/control``) is passed
+        over like one that does not answer; when it was the last one tried, its
+        :class:`~meshlib.errors.IdentityError` is raised as is.
+        """
+        error: ControlPlaneError | IdentityError | None = None
         candidates = self._candidates()
         for index in candidates:
             if attempts is not None:
@@ -197,6 +202,11 @@ class ControlClient:
                     f"control service unreachable at {self.urls[index]}: {exc!r}"
                 )
                 continue
+            except IdentityError as exc:
+                self._failed(index)
+                log.warning("control service at %s: %s", self.urls[index], exc)
+                error = exc
+                continue
             if response.status_code >= 500:
                 self._failed(index)
                 error = _error(response)
@@ -204,6 +214,8 @@ class ControlClient:
             self._answered(index)
             return response
         assert error is not None
+        if isinstance(error, IdentityError):
+            raise error
         if len(self.urls) > 1:
             rest = len(self.urls) - len(candidates)
             tail = f", the other {rest} backing off" if rest else ""

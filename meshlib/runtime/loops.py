@@ -115,7 +115,7 @@ class AgentLoops:
         assert self._client is not None
         try:
             await self._client.report(self.instance_id, version, error)
-        except ControlPlaneError as exc:  # reporting is best effort; the heartbeat repeats it
+        except (ControlPlaneError, IdentityError) as exc:  # best effort; the heartbeat repeats it
             self.last_error = f"report failed: {exc}"
 
     # ------------------------------------------------------------------ loops
@@ -137,7 +137,8 @@ class AgentLoops:
                     version, self.config.watch_wait + 15, wait=self.config.watch_wait
                 )
                 attempt = 0
-            except (ControlPlaneError, TimeoutError) as exc:
+            except (ControlPlaneError, IdentityError, TimeoutError) as exc:
+                # IdentityError: a replica that is not the control service; keep trying.
                 self.last_error = self._describe(exc)
                 await self._sleep(backoff(attempt))
                 attempt += 1
@@ -177,7 +178,7 @@ class AgentLoops:
                 if isinstance(ttl, int | float) and ttl > 0:
                     # Three heartbeats per lease, so one lost beat never expires a live instance.
                     interval = min(interval, ttl / 3)
-            except ControlPlaneError as exc:
+            except (ControlPlaneError, IdentityError) as exc:
                 self.last_error = self._describe(exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_heartbeat.wait(), interval)

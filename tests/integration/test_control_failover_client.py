@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from meshlib.errors import ControlPlaneError
+from meshlib.errors import ControlPlaneError, PeerIdentityError
 from meshlib.identity.keys import build_csr, generate_private_key, private_key_pem
 from meshlib.identity.spiffe import SpiffeId
 from meshlib.identity.svid import SVID
 from meshlib.identity.tls import build_client_context
 from meshlib.runtime.control_client import ControlClient
-from tests.attack import HostileServer, mint
+from tests.attack import MALLORY_ID, HostileServer, mint
 from tests.integration.harness import Control, free_port
 
 pytestmark = pytest.mark.integration
@@ -215,3 +215,35 @@ def test_every_replica_failing_reports_the_last_answer_and_how_many_were_tried(
     assert error.status == 503
     assert "store unavailable" in str(error)
     assert "no control address answered: tried 2 of 2" in str(error)
+
+
+def test_a_replica_that_is_not_the_control_service_is_passed_over(control: Control, tmp_path: Path):
+    """An address answering with another identity gets no request; the next one serves.
+    Alone, it raises PeerIdentityError as a single address always did."""
+    impostor_cert = mint(control.data_dir, MALLORY_ID, tmp_path / "bad", name="mallory")
+    bundle = (control.data_dir / "ca.pem").read_bytes()
+    anonymous = build_client_context(None, bundle, tmp_path)
+    token = control.token("orders")
+    with HostileServer(impostor_cert) as impostor:
+        impostor_url = f"https://127.0.0.1:{impostor.port}"
+
+        async def scenario() -> tuple[str, str]:
+            key = generate_private_key()
+            csr = build_csr(key, SpiffeId.for_service("mesh.local", "default", "orders"))
+            both = ControlClient(
+                [impostor_url, control.url], expected=CONTROL_ID, tls=lambda: anonymous
+            )
+            alone = ControlClient(impostor_url, expected=CONTROL_ID, tls=lambda: anonymous)
+            try:
+                answer = await both.sign(csr, token=token)
+                with pytest.raises(PeerIdentityError) as caught:
+                    await alone.sign(csr, token=token)
+                return str(answer["spiffeId"]), str(caught.value)
+            finally:
+                await both.aclose()
+                await alone.aclose()
+
+        spiffe_id, refusal = asyncio.run(scenario())
+        assert impostor.requests == 0
+    assert spiffe_id == "spiffe://mesh.local/ns/default/sa/orders"
+    assert MALLORY_ID in refusal and CONTROL_ID in refusal
