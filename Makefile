@@ -37,15 +37,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-# Debian's chromium, for the dashboard test. Where it cannot be installed the test skips,
-# saying why, except under CI (CI=true), where a missing system dependency fails the run
-# (tests/conftest.py turns such a skip into a failure).
+# Debian's chromium, for the dashboard test, and etcd-server (/usr/bin/etcd), for the
+# store and HA tests (they start their own 3-member cluster). Where one cannot be installed
+# its tests skip, saying why, except under CI (CI=true), where a missing system dependency
+# fails the run (tests/conftest.py turns such a skip into a failure).
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		elif [ -n "$$CI" ]; then echo "chromium missing and cannot be installed (needs root and apt-get)"; exit 1; \
 		else echo "chromium not installed (needs root and apt-get): the dashboard test will skip"; fi; }
+	@test -x /usr/bin/etcd || command -v etcd >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null; \
+		elif [ -n "$$CI" ]; then echo "etcd missing and cannot be installed (needs root and apt-get)"; exit 1; \
+		else echo "etcd not installed (needs root and apt-get): the etcd store and HA tests will skip"; fi; }
 
 # Debian's wrk, which the data-plane benchmark uses to check its own load generator (the
 # check is skipped, saying so in the results, where wrk cannot be installed).
