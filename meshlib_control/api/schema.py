@@ -144,6 +144,17 @@ async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _default_errors(path: str, method: str) -> tuple[int, ...]:
+    """What an operation declaring no error answers can answer anyway (every route checks
+    its caller, and those with a body or a path parameter refuse bad ones)."""
+    codes = [400, 403] if path.startswith("/v1/admin/") else [400, 401, 403]
+    if "{" in path:
+        codes.append(404)
+    if method in ("post", "put"):
+        codes += [409, 413]
+    return tuple(codes)
+
+
 def install_openapi(app: FastAPI) -> None:
     """Build the document once: the error envelope component, no FastAPI 422 leftovers."""
 
@@ -155,11 +166,15 @@ def install_openapi(app: FastAPI) -> None:
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
         schemas["Error"] = _ENVELOPE_SCHEMA
-        for path in doc.get("paths", {}).values():
-            for operation in path.values():
-                answers = operation.get("responses", {})
+        for path, operations in doc.get("paths", {}).items():
+            for method, operation in operations.items():
+                answers = operation.setdefault("responses", {})
                 if answers.pop("422", None) is not None and "400" not in answers:
                     answers.update({str(k): v for k, v in errors(400).items()})
+                if not any(code.startswith("4") for code in answers):
+                    answers.update(
+                        {str(k): v for k, v in errors(*_default_errors(path, method)).items()}
+                    )
         app.openapi_schema = doc
         return doc
 
