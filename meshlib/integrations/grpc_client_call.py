@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import grpc  # type: ignore[import-untyped]
-from opentelemetry import trace
-from opentelemetry.propagate import inject
 
 from meshlib.errors import FaultInjected, RequestError, RetryBudgetExhausted, UnknownServiceError
 from meshlib.identity.tls import TLSContexts
@@ -39,7 +37,7 @@ from meshlib.resilience import deadline as _deadline
 from meshlib.resilience.fault import NO_FAULT, decide_fault
 from meshlib.resilience.retry import is_retry_safe
 from meshlib.runtime.view import ActiveView, Destination
-from meshlib.telemetry.client import ClientCall, start_client_call
+from meshlib.telemetry.client import ClientCall, passthrough_headers, start_client_call
 from meshlib.telemetry.metrics import MeshTelemetry
 from meshlib.traffic.driver import ABORT, DONE, SLEEP, CallDriver
 
@@ -239,12 +237,12 @@ class GrpcCall:
             )
             if call.trace_headers:
                 md = md + tuple(call.trace_headers.items())
-        elif trace.get_current_span().get_span_context().is_valid:
-            # Without telemetry, pass on the trace of the call being served (if any).
+        else:
+            # Without telemetry, pass on the trace and baggage of the call being served.
             with contextlib.suppress(Exception):
-                carrier: dict[str, str] = {}
-                inject(carrier)
-                md = md + tuple(carrier.items())
+                carrier = passthrough_headers()
+                if carrier:
+                    md = md + tuple(carrier.items())
         self.metadata = md
 
     # ------------------------------------------------------------------ the loop's steps
