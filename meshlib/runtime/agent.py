@@ -37,7 +37,7 @@ from meshlib.identity.tls import build_client_context
 from meshlib.policy.engine import PolicyEngine
 from meshlib.policy.snapshot import decode_snapshot
 from meshlib.runtime.cache import WorkloadCache
-from meshlib.runtime.control_client import ControlClient
+from meshlib.runtime.control_client import CONNECT_TIMEOUT, ControlClient
 from meshlib.runtime.loops import AgentLoops, backoff
 from meshlib.runtime.renewal import (
     RebootstrapCredential,
@@ -223,11 +223,13 @@ class Agent(AgentLoops):
         if self.svid is None:
             return
         self._client = self._control_client()
+        # Room for every address but the last to time out connecting before it fails over.
+        first_contact = FIRST_CONTACT_TIMEOUT + CONNECT_TIMEOUT * (len(self._client.urls) - 1)
         if self.mode != "library":
             with contextlib.suppress(ControlPlaneError, TimeoutError):
                 await asyncio.wait_for(
                     self._client.register(self.instance_id, self._registration()),
-                    FIRST_CONTACT_TIMEOUT,
+                    first_contact,
                 )
             self.ready.set()  # the heartbeat loop keeps trying to register
             return
@@ -235,9 +237,9 @@ class Agent(AgentLoops):
         try:
             await asyncio.wait_for(
                 self._client.register(self.instance_id, self._registration()),
-                FIRST_CONTACT_TIMEOUT,
+                first_contact,
             )
-            await self._watch_once("", FIRST_CONTACT_TIMEOUT, wait=0.0)
+            await self._watch_once("", first_contact, wait=0.0)
         except (ControlPlaneError, TimeoutError) as exc:
             self.last_error = str(exc)
             snapshot = self.cache.load_snapshot()

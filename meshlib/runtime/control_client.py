@@ -79,7 +79,8 @@ async def fetch_bundle_unverified(url: str) -> dict[str, Any]:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        async with httpx.AsyncClient(verify=ctx, timeout=REQUEST_TIMEOUT) as client:
+        timeout = httpx.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT)
+        async with httpx.AsyncClient(verify=ctx, timeout=timeout) as client:
             response = await client.get(f"{url}/v1/bundle")
     except httpx.HTTPError as exc:
         raise ControlPlaneError(f"control service unreachable at {url}: {exc!r}") from exc

@@ -63,8 +63,9 @@ class Silent(HostileServer):
             with self._context.wrap_socket(raw, server_side=True) as tls:
                 while not self._stop.is_set():
                     try:
-                        if tls.recv(65536):
-                            self.requests += 1
+                        if not tls.recv(65536):
+                            return  # the client gave up and closed
+                        self.requests += 1
                     except TimeoutError:
                         continue
         except (OSError, ssl.SSLError):
