@@ -27,7 +27,7 @@ import pytest
 
 import meshlib
 from meshlib.integrations import grpc as meshgrpc
-from tests.integration.grpc_app import load_protos
+from tests.integration.grpc_app import GrpcService, load_protos
 from tests.integration.harness import free_port, wait_for
 from tests.integration.sidecars import Sidecar, envoy_available
 from tests.integration.test_conformance import Caller, Deployment, deployed
@@ -76,8 +76,7 @@ apiVersion: meshlib.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: grpc-users, namespace: default}}
 spec:
-  service: grpcapi
-  rules:
+  rules:  # every service of the namespace: grpcapi, and grpcaio (library mode)
   - name: users
     from: {{requestPrincipals: ["*"]}}
     to: {{paths: ["{GET_ITEM}"]}}
@@ -408,3 +407,30 @@ def test_jwks_refresh_endpoint_refuses_bad_input(jwt_mesh: JwtMesh) -> None:
     assert second.json() == {"scheduled": False}  # within the gap of the first
     anonymous = httpx.post(url, json={"jwksUri": jwt_mesh.jwks.url}, verify=False, timeout=10)
     assert anonymous.status_code == 401
+
+
+def test_aio_grpc_server_decides_with_the_same_admission(jwt_mesh: JwtMesh) -> None:
+    """Library mode's grpc.aio server: valid token OK, invalid 401-equivalent, none denied."""
+    if jwt_mesh.mode != "library":
+        pytest.skip("the aio server flavour is a library-mode adapter")
+    deployment = jwt_mesh.deployment
+    server = GrpcService(deployment.control, "grpcaio", deployment.tmp, mode="aio").start()
+    try:
+        mesh = jwt_mesh.caller.mesh
+        assert mesh is not None
+        jwt_mesh.caller.wait_endpoints("grpcaio", 1)
+        stub = pb_grpc.InventoryStub(mesh.grpc_channel("grpcaio"))
+
+        def call(token: str | None) -> str:
+            metadata = [("authorization", f"Bearer {token}")] if token else []
+            try:
+                stub.GetItem(pb.ItemRequest(item="x"), metadata=metadata, timeout=10)
+            except grpc.RpcError as exc:
+                return f"{exc.code().name}: {exc.details()}"
+            return "OK"
+
+        assert call(ES.token()) == "OK"
+        assert call(ES.token(lifetime=-60)) == "UNAUTHENTICATED: Jwt is expired"
+        assert call(None).startswith("PERMISSION_DENIED")
+    finally:
+        server.stop()
