@@ -79,7 +79,7 @@ def _check_key(key: Any, path: str) -> str | None:
             raise PolicyError(f"{path}.e", f"not a valid RSA public key: {exc}") from exc
         return kid
     crv = key.get("crv")
-    if crv not in _CURVES:
+    if not isinstance(crv, str) or crv not in _CURVES:
         raise PolicyError(f"{path}.crv", f"must be one of {', '.join(_CURVES)}")
     curve, size, curve_alg = _CURVES[crv]
     if alg is not None and alg != curve_alg:
@@ -113,6 +113,14 @@ def check_jwks(value: Any, path: str) -> str:
         raise PolicyError(f"{path}.keys", "must hold at least one key")
     if len(keys) > MAX_JWKS_KEYS:
         raise PolicyError(f"{path}.keys", f"at most {MAX_JWKS_KEYS} keys")
+    try:  # size first: no key of a set too big to carry is even looked at
+        text = json.dumps(
+            {"keys": list(keys)}, sort_keys=True, separators=(",", ":"), allow_nan=False
+        )
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise PolicyError(path, "must hold only JSON values") from exc
+    if len(text) > MAX_JWKS_BYTES:
+        raise PolicyError(path, f"must be at most {MAX_JWKS_BYTES} bytes")
     seen: set[str] = set()
     for i, key in enumerate(keys):
         kid = _check_key(key, f"{path}.keys[{i}]")
@@ -120,12 +128,6 @@ def check_jwks(value: Any, path: str) -> str:
             if kid in seen:
                 raise PolicyError(f"{path}.keys[{i}].kid", f"duplicate kid {kid[:40]!r}")
             seen.add(kid)
-    try:
-        text = json.dumps({"keys": list(keys)}, sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise PolicyError(path, "must hold only JSON values") from exc
-    if len(text) > MAX_JWKS_BYTES:
-        raise PolicyError(path, f"must be at most {MAX_JWKS_BYTES} bytes")
     return text
 
 

@@ -101,7 +101,48 @@ def _peer() -> dict[str, Any]:
     }
 
 
-VALID = [traffic(), rate_limit(), _authz(), _peer()]
+def _request_auth() -> dict[str, Any]:
+    key = {
+        "kty": "EC",
+        "crv": "P-256",
+        "kid": "p1",
+        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+        "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+    }
+    return {
+        "apiVersion": "meshlib.io/v1",
+        "kind": "RequestAuthentication",
+        "metadata": {"name": "j"},
+        "spec": {
+            "service": "orders",
+            "jwtRules": [
+                {
+                    "issuer": "https://i",
+                    "audiences": ["a"],
+                    "jwks": {"keys": [key]},
+                    "fromHeaders": [{"name": "x-t", "prefix": "B "}],
+                    "outputClaimToHeaders": [{"header": "x-u", "claim": "sub"}],
+                    "clockSkew": "5s",
+                },
+                {"issuer": "p", "jwksUri": "https://i/jwks", "fromParams": ["t"]},
+            ],
+        },
+    }
+
+
+def _end_user_authz() -> dict[str, Any]:
+    doc = _authz()
+    doc["spec"]["rules"][0]["from"] = {
+        "requestPrincipals": ["https://i/*"],
+        "notRequestPrincipals": ["*/x"],
+    }
+    doc["spec"]["rules"][0]["when"] = [
+        {"key": "request.auth.claims[g][h]", "values": ["a*"], "notValues": ["b"]}
+    ]
+    return doc
+
+
+VALID = [traffic(), rate_limit(), _authz(), _peer(), _request_auth(), _end_user_authz()]
 
 
 def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
