@@ -16,10 +16,13 @@ from typing import Any
 from benchmarks import document
 from benchmarks.control_plane.propagation import measure_propagation
 from benchmarks.control_plane.registration import measure_registration
+from benchmarks.control_plane.replicas import measure_replica_propagation
 from benchmarks.control_plane.report import plot, render_markdown
 from benchmarks.control_plane.settings import TARGET_P99_SECONDS, Profile, machine_info
 from benchmarks.control_plane.signing import measure_signing
 from benchmarks.control_plane.snapshots import measure_snapshots
+
+PARTS = ("propagation", "replicas", "signing", "registration", "snapshots")
 
 
 def _raise_fd_limit(wanted: int) -> None:
@@ -38,7 +41,7 @@ async def run(
     heartbeats: bool = False,
     cli_round: bool = True,
     profile_dir: Path | None = None,
-    parts: Sequence[str] = ("propagation", "signing", "registration", "snapshots"),
+    parts: Sequence[str] = PARTS,
     clients: Sequence[str] = ("agent", "light"),
 ) -> dict[str, Any]:
     """Run every part; returns the result document."""
@@ -79,6 +82,11 @@ async def run(
                         background=profile.big_mesh_services,
                     )
                 )
+        if "replicas" in parts:
+            result["replica_propagation"] = [
+                await measure_replica_propagation(n, profile, workdir)
+                for n in profile.replica_watchers
+            ]
         if "signing" in parts:
             result["signing"] = await measure_signing(profile, workdir)
         if "registration" in parts:
@@ -123,7 +131,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only",
         nargs="*",
-        choices=("propagation", "signing", "registration", "snapshots"),
+        choices=PARTS,
         help="parts to run",
     )
     parser.add_argument(
@@ -149,6 +157,6 @@ def _execute(args: argparse.Namespace) -> dict[str, Any]:
             heartbeats=args.heartbeats,
             clients=args.clients or ("agent", "light"),
             profile_dir=args.profile_control,
-            parts=args.only or ("propagation", "signing", "registration", "snapshots"),
+            parts=args.only or PARTS,
         )
     )

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,12 @@ class ControlProcess:
     """``meshctl control serve`` on 127.0.0.1 (port chosen by the kernel) in *data_dir*."""
 
     def __init__(
-        self, data_dir: Path, *, instance_ttl: str = "15m", profile_to: Path | None = None
+        self,
+        data_dir: Path,
+        *,
+        instance_ttl: str = "15m",
+        profile_to: Path | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         self.data_dir = data_dir
         self.log = data_dir.parent / f"{data_dir.name}.log"
@@ -47,6 +53,7 @@ class ControlProcess:
             "127.0.0.1:0",
             "--instance-ttl",
             instance_ttl,
+            *extra,  # e.g. --store etcd://… --ca-cert … --ca-key … for a replica
         ]
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""

@@ -29,6 +29,7 @@ from benchmarks.control_plane.watchers import (
     heartbeat_loop,
     light_watch_loop,
     registration_body,
+    stop_tasks,
     target_policy,
     watch_loop,
 )
@@ -186,10 +187,7 @@ async def measure_propagation(
         own_cpu = _own_cpu_seconds() - own_before
         wall = time.perf_counter() - wall_before
     finally:
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(stop, tasks)
         for w in watchers:
             with contextlib.suppress(Exception):
                 await w.client.aclose()

@@ -112,6 +112,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "simulated in the same single process, they add client work that real instances "
         "would do in parallel; `--heartbeats` turns them on.",
         "",
+        *_replica_lines(result),
         "## CSR signing",
         "",
     ]
@@ -209,6 +210,40 @@ def render_markdown(result: dict[str, Any]) -> str:
             )
     lines.append("")
     return "\n".join(lines)
+
+
+def _replica_lines(result: dict[str, Any]) -> list[str]:
+    """The cross-replica propagation section (issue 13), when the run measured it."""
+    rows = result.get("replica_propagation")
+    if not rows:
+        return []
+    lines = [
+        "## Propagation across replicas: `apply` on replica A → watchers of replica B",
+        "",
+        "Two `meshctl control serve --store etcd://…` replicas on a real 3-member etcd "
+        "cluster (Debian's etcd-server, on 127.0.0.1 like the tests'), one CA. N light "
+        "watchers hold their long-poll on replica B only; each round applies the "
+        "TrafficPolicy through replica A's admin API. Time from just before the apply call "
+        "to the new snapshot received from B: A's etcd transaction, etcd's watch event to "
+        "B, B's rebuild and fan-out. Target (issue 13): p99 ≤ 1 s.",
+        "",
+        "| watchers | rounds | delivered | receive p50 | p90 | p99 | max | watch errors "
+        "| p99 ≤ 1 s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|:--|",
+    ]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['watchers']:,} | - | - | - | - | - | - | - | {r['skipped']} |")
+            continue
+        rec = r["receive_ms"]
+        meets = "yes" if rec.get("p99", 1e9) <= TARGET_P99_SECONDS * 1000 else "**no**"
+        lines.append(
+            f"| {r['watchers']:,} | {r['rounds']} | "
+            f"{r['deliveries']:,}/{r['expected_deliveries']:,} | {_fmt(rec.get('p50'))} ms | "
+            f"{_fmt(rec.get('p90'))} ms | {_fmt(rec.get('p99'))} ms | "
+            f"{_fmt(rec.get('max'))} ms | {r['watch_errors']} | {meets} |"
+        )
+    return [*lines, ""]
 
 
 def plot(result: dict[str, Any], path: Path) -> bool:

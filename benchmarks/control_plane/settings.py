@@ -43,6 +43,7 @@ class Profile:
     big_mesh_services: int = 100
     big_mesh_watchers: tuple[int, ...] = (100,)
     big_mesh_rounds: int = 3
+    replica_watchers: tuple[int, ...] = (100, 1000)  # on replica B, applies on replica A
 
     @classmethod
     def quick(cls) -> Profile:
@@ -63,6 +64,7 @@ class Profile:
             big_mesh_services=10,
             big_mesh_watchers=(10,),
             big_mesh_rounds=1,
+            replica_watchers=(10,),
         )
 
 

@@ -222,3 +222,11 @@ async def heartbeat_loop(watcher: Watcher, stop: asyncio.Event, interval: float)
             watcher.errors += 1
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
+
+
+async def stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    """Tell the watch and heartbeat loops to stop, cancel them and wait until they ended."""
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
