@@ -260,6 +260,11 @@ BAD_TOKENS: dict[str, tuple[Callable[[], str], str]] = {
     ),
     "wrong-audience": (lambda: RS.token(aud="billing"), "Audiences in Jwt are not allowed"),
     "bad-signature": (lambda: RS.token()[:-8] + "AAAAAAAA", "Jwt verification fails"),
+    # An RS256 token naming the EC key: a key is used only for tokens of its own type.
+    "wrong-key-type": (
+        lambda: RS.token(headers={"kid": "es-1"}),
+        "Jwks doesn't have key to match kid or alg from Jwt",
+    ),
     "unknown-kid": (
         lambda: ES.token(headers={"kid": "nobody"}),
         "Jwks doesn't have key to match kid or alg from Jwt",
