@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
+from meshlib_control.errors import ApiError
 from meshlib_control.store.base import StoreUnavailable
 from meshlib_control.store.etcd_client import KV, EtcdClient
 
@@ -124,9 +125,14 @@ class Mirror:
             try:
                 revision, kvs = self._client.range(self.prefix, prefix=True)
                 break
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
                 if time.monotonic() >= deadline:
-                    raise
+                    raise ApiError(
+                        503,
+                        "store-unavailable",
+                        f"--store: cannot load the state from etcd within {LOAD_TIMEOUT:g} s: "
+                        + exc.message.rpartition("): ")[2],
+                    ) from exc
                 time.sleep(0.2)
         data: dict[str, dict[str, KV]] = {}
         for kv in kvs:
