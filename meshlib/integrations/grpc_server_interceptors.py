@@ -52,7 +52,7 @@ def _method_name(details: Any) -> str:
 class _Served:
     """One served call, as a ``with`` block: its telemetry, admission and published peer.
 
-    :meth:`admit` decides (a :class:`Refusal` is returned for the flavour to abort with);
+    :meth:`admit` decides (a refusal is recorded and returned for the flavour to abort with);
     leaving the block unpublishes the peer and finishes the telemetry with the call's
     code. Both flavours, unary and streaming, use it the same way.
     """
@@ -65,8 +65,9 @@ class _Served:
         self._tokens: Tokens | None = None
         self._call = _start(mesh, method, context)
 
-    def admit(self, gate: _Gate, method: str) -> Refusal | None:
-        """Decide; a refusal's metadata is set and the refusal returned for the abort."""
+    def admit(self, gate: _Gate, method: str) -> tuple[Any, str] | None:
+        """Decide. A refusal sets its trailing metadata, is recorded with its code, and
+        ``context.abort``'s arguments are returned for the flavour to abort with."""
         try:
             decision = gate.decide(method, self._context)
         except BaseException as exc:  # not a decision: the call ends here
@@ -74,7 +75,10 @@ class _Served:
             raise
         if isinstance(decision, Refusal):
             self._context.set_trailing_metadata(decision.grpc_metadata)
-            return decision
+            call, self._call = self._call, None
+            if call is not None:
+                call.finish(code=decision.grpc_code, peer=None, flag=decision.flag)
+            return grpc.StatusCode[decision.grpc_code], decision.grpc_details
         self._peer = decision.peer
         self._tokens = enter(decision)
         return None
@@ -138,10 +142,6 @@ class _Gate:
         )
 
 
-def _abort_args(refusal: Refusal) -> tuple[Any, str]:
-    return grpc.StatusCode[refusal.grpc_code], refusal.grpc_details
-
-
 def _fields(handler: Any) -> tuple[str, bool]:
     """The handler's behaviour field and whether it answers once (unary response)."""
     for field in ("unary_unary", "stream_unary", "unary_stream", "stream_stream"):
@@ -174,10 +174,9 @@ class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         def served(context: Any) -> _Served:
             call = _Served(mesh, method, context)
-            refusal = call.admit(gate, method)
-            if refusal is not None:
-                with call:
-                    context.abort(*_abort_args(refusal))  # raises
+            refused = call.admit(gate, method)
+            if refused is not None:
+                context.abort(*refused)  # raises
             return call
 
         def unary(request: Any, context: Any) -> Any:
@@ -215,10 +214,9 @@ class AsyncMeshServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
 
         async def served(context: Any) -> _Served:
             call = _Served(mesh, method, context)
-            refusal = call.admit(gate, method)
-            if refusal is not None:
-                with call:
-                    await context.abort(*_abort_args(refusal))  # raises
+            refused = call.admit(gate, method)
+            if refused is not None:
+                await context.abort(*refused)  # raises
             return call
 
         async def unary(request: Any, context: Any) -> Any:

@@ -697,3 +697,91 @@ def test_connect_failure_is_retried_for_any_method(fleet: Fleet, mode: str, tmp_
     finally:
         dead.clear_endpoint()
         dead.close()
+
+
+# --------------------------------------------------------------------- server telemetry
+
+
+GET_ITEM = "/meshlib.demo.inventory.v1.Inventory/GetItem"
+
+
+def vault_policy(service: str) -> str:
+    """Only a principal nobody has may call *service*: frontend is denied."""
+    return f"""
+apiVersion: meshlib.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {service}-allow, namespace: default}}
+spec:
+  service: {service}
+  action: ALLOW
+  rules:
+  - {{name: nobody, from: {{principals: ["spiffe://mesh.local/ns/default/sa/nobody"]}}}}
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_servers_record_a_refusal_with_its_code(fleet: Fleet, mode: str) -> None:
+    """A refused call is one server sample with the refusal's code and one authz denial,
+    from the sync and the aio interceptor alike (in-process servers, real mTLS)."""
+    from concurrent import futures
+
+    from tests.integration.grpc_app import AioInventory, SyncInventory
+
+    service = f"vault-{mode}"
+    served = fleet.new_mesh(service, fleet.token(service, 1))
+    caller = fleet.mesh()
+
+    def call(stub: Any) -> grpc.StatusCode:
+        try:
+            stub.GetItem(request("a"), timeout=5)
+        except grpc.RpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    if mode == "sync":
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4),
+            interceptors=served.grpc_server_interceptors(),
+        )
+        pb_grpc.add_InventoryServicer_to_server(SyncInventory(served), server)
+        served.set_endpoint("127.0.0.1", served.add_secure_port(server, "127.0.0.1:0"))
+        server.start()
+        try:
+            wait_endpoints(caller, service, 1)
+            fleet.apply(vault_policy(service))
+            with meshgrpc.MeshChannel(service, mesh=caller) as channel:
+                stub = pb_grpc.InventoryStub(channel)
+                wait_for(lambda: call(stub) == grpc.StatusCode.PERMISSION_DENIED, 10, "denied")
+        finally:
+            served.clear_endpoint()
+            server.stop(0)
+    else:
+
+        async def scenario() -> None:
+            server = grpc.aio.server(interceptors=served.grpc_aio_server_interceptors())
+            pb_grpc.add_InventoryServicer_to_server(AioInventory(served), server)
+            port = served.add_secure_port(server, "127.0.0.1:0")
+            await server.start()
+            await asyncio.to_thread(served.set_endpoint, "127.0.0.1", port)
+            try:
+                await asyncio.to_thread(wait_endpoints, caller, service, 1)
+                await asyncio.to_thread(fleet.apply, vault_policy(service))
+                async with meshgrpc.AsyncMeshChannel(service, mesh=caller) as channel:
+                    stub = pb_grpc.InventoryStub(channel)
+                    for _ in range(200):  # at most ~10 s
+                        try:
+                            await stub.GetItem(request("a"), timeout=5)
+                        except grpc.RpcError as exc:
+                            assert exc.code() == grpc.StatusCode.PERMISSION_DENIED
+                            return
+                        await asyncio.sleep(0.05)
+                    raise AssertionError("the AuthorizationPolicy never applied")
+            finally:
+                await asyncio.to_thread(served.clear_endpoint)
+                await server.stop(0)
+
+        run(scenario())
+    metrics = served.telemetry.prometheus()
+    assert sample(metrics, "mesh_server_authz_denials_total", GET_ITEM) == 1.0, metrics
+    denied = sample(metrics, "rpc_server_call_duration_seconds_count", "PERMISSION_DENIED")
+    assert denied == 1.0, metrics
