@@ -27,6 +27,7 @@ from meshlib_control.store.base import StoreUnavailable
 
 __all__ = ["KV", "EtcdClient", "WatchBatch", "b64"]
 
+HEALTH_TIMEOUT = 1.5
 DEFAULT_TIMEOUT = 2.5  # etcd itself answers "request timed out" after ~7 s without quorum
 
 
@@ -197,13 +198,18 @@ class EtcdClient:
         causes: list[str] = []
         for i, endpoint in enumerate(self.endpoints):
             try:
-                reply = self._http.get(self._url(i, "/health"), timeout=1.0)
+                reply = self._http.get(self._url(i, "/health"), timeout=HEALTH_TIMEOUT)
                 if reply.status_code == 200 and reply.json().get("health") == "true":
                     return True, ""
-                causes.append(f"{endpoint}: no leader (quorum lost)")
+                causes.append(f"{endpoint}: no leader")
+            except httpx.TimeoutException:
+                causes.append(f"{endpoint}: /health unanswered after {HEALTH_TIMEOUT:g} s")
             except (httpx.HTTPError, ValueError) as exc:
                 causes.append(f"{endpoint}: {type(exc).__name__}")
-        return False, "etcd " + "; ".join(causes)
+        return False, (
+            "etcd cannot take writes, no member reports a leader (quorum lost, or the "
+            "members are unreachable): " + "; ".join(causes)
+        )
 
     def watch(self, prefix: str, start_revision: int, endpoint: int) -> Iterator[WatchBatch]:
         """Stream the changes under *prefix* from *start_revision*, from member *endpoint*.

@@ -50,7 +50,7 @@ class Mirror:
     ) -> None:
         self._client = client
         self._watch_client = EtcdClient(client.endpoints, timeout=client.timeout)
-        self._health_client = EtcdClient(client.endpoints, timeout=1.0)
+        self._health_client = EtcdClient(client.endpoints)
         self.prefix = prefix
         self._on_change = on_change
         self._data: dict[str, dict[str, KV]] = {}
