@@ -1,9 +1,9 @@
 """Suite-wide rules.
 
 Under CI (``CI=true``) a test skipped because a system dependency is missing — the Envoy
-binary, etcd or Chromium — fails instead: CI installs them (``make system-deps`` and the
-``[sidecar]`` extra), so a skip there would hide a broken install step. On a developer's
-machine the skip stays, with its reason.
+binary, etcd, Chromium or Prometheus — fails instead: CI installs them (``make
+system-deps`` and the ``[sidecar]`` extra), so a skip there would hide a broken install
+step. On a developer's machine the skip stays, with its reason.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-REQUIRED_UNDER_CI = ("envoy", "etcd", "chromium")
+REQUIRED_UNDER_CI = ("envoy", "etcd", "chromium", "prometheus")
 
 
 def _under_ci() -> bool:

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from meshlib.errors import IdentityError
 from meshlib.identity.spiffe import SpiffeId
+from meshlib_control.api.discovery import install_discovery
 from meshlib_control.api.limits import MAX_BODY, parse_json_object, read_body
 from meshlib_control.api.schema import (
     YAML_BODY,
@@ -274,6 +275,8 @@ def create_app(plane: ControlPlane) -> FastAPI:
             "dashboard data needs the dashboard token (Authorization: Bearer …, see "
             "`meshctl dashboard`) or the admin SVID",
         )
+
+    install_discovery(app, plane, dashboard_reader)
 
     @app.get("/v1/admin/stats", responses=errors(400, 403))
     async def stats(
