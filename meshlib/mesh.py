@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from meshlib.resilience.decorator import resilient
 from meshlib.runtime.admin import AdminServer, json_page
 from meshlib.runtime.agent import Agent
 from meshlib.runtime.view import ActiveView, build_view
+from meshlib.runtime.waiting import WaitReporter
 from meshlib.telemetry.metrics import MeshTelemetry
 from meshlib.traffic.balancers import StatsRegistry
 
@@ -33,11 +33,6 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
 __all__ = ["Mesh"]
-
-_log = logging.getLogger("meshlib")
-# While start() waits: a first line after this many seconds, then one every WAIT_REPORT_EVERY.
-WAIT_REPORT_FIRST = 2.0
-WAIT_REPORT_EVERY = 10.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -294,26 +289,15 @@ class Mesh:
             self._admin = AdminServer(self._admin_routes(), port=self.config.admin_port).start()
             self._agent.admin_port = self._admin.port
         self._agent.start()
-        started = time.monotonic()
-        deadline = started + (timeout or self.config.start_timeout)
-        next_report = started + WAIT_REPORT_FIRST
+        limit = timeout or self.config.start_timeout
+        deadline = time.monotonic() + limit
+        who = f"{self.config.service}.{self.config.namespace}"
+        waiting = WaitReporter(who, ",".join(self.config.control_urls), limit)
         while not self._agent.ready.wait(0.05):
             if self._agent.fatal is not None:
                 raise self._agent.fatal
-            now = time.monotonic()
-            if now >= next_report:  # a first start with the control service down says so
-                next_report = now + WAIT_REPORT_EVERY
-                _log.warning(
-                    "%s.%s waiting for the control service at %s (identity and first "
-                    "snapshot), %.0fs of %gs: %s",
-                    self.config.service,
-                    self.config.namespace,
-                    self.config.control_url,
-                    now - started,
-                    timeout or self.config.start_timeout,
-                    self._agent.last_error or "no answer yet",
-                )
-            if now > deadline:
+            waiting.tick(lambda: self._agent.last_error)  # a start with the control down says so
+            if time.monotonic() > deadline:
                 self._agent.stop()
                 raise StartTimeout(
                     f"mesh did not become ready within {timeout or self.config.start_timeout:g}s "

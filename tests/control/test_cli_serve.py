@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import meshlib
-import meshlib.mesh
+import meshlib.runtime.waiting
 from meshlib.errors import StartTimeout
 from tests.integration.harness import MESHCTL, ROOT, Control, free_port
 
@@ -149,8 +149,8 @@ def test_a_first_start_says_what_it_waits_for(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(meshlib.mesh, "WAIT_REPORT_FIRST", 0.2)
-    monkeypatch.setattr(meshlib.mesh, "WAIT_REPORT_EVERY", 0.4)
+    monkeypatch.setattr(meshlib.runtime.waiting, "FIRST", 0.2)
+    monkeypatch.setattr(meshlib.runtime.waiting, "EVERY", 0.4)
     down = f"https://127.0.0.1:{free_port()}"
     mesh = meshlib.Mesh(
         service="orders",
