@@ -206,6 +206,13 @@ def _parser() -> argparse.ArgumentParser:
             formatter_class=HelpFormatter,
         )
     )
+    run = sub.add_parser(
+        "run",
+        help="run an unmodified Python service in the mesh (docs/run.md)",
+        usage="meshctl run [--service S] [--namespace N] [--labels k=v,...] -- COMMAND [ARG...]",
+        add_help=False,
+    )
+    run.add_argument("args", nargs=argparse.REMAINDER, help="meshlib.run's flags and command")
     sub.add_parser("version", help="print meshctl's version", formatter_class=HelpFormatter)
     completion = sub.add_parser(
         "completion",
@@ -234,6 +241,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "control":
         _cmd_control_serve(args)
         return 0
+    if args.command == "run":
+        os.execv(sys.executable, [sys.executable, "-m", "meshlib.run", *args.args])
     if args.command == "version":
         print(f"meshctl {version()}")
         return 0
@@ -260,7 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Errors are one ``error: …`` line on stderr and exit code 1 (2 for bad usage, 130 on
     Ctrl-C); ``--debug`` or ``MESH_LOG_LEVEL=debug`` adds the traceback.
     """
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["run"]:  # the launcher parses its own flags; exec keeps pid and signals
+        os.execv(sys.executable, [sys.executable, "-m", "meshlib.run", *words[1:]])
+    args = _parser().parse_args(words)
     try:
         return _run(args)
     except KeyboardInterrupt:
