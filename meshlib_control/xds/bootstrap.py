@@ -6,11 +6,13 @@ reads back), where its admin page is (127.0.0.1 only), and the ADS cluster, reac
 mTLS with the workload's own SVID and checked against the control service's SPIFFE ID.
 Everything else arrives over ADS. With several control replicas, the ADS cluster lists each
 one's ADS server at its own priority, in the order given (the library's failover order):
-Envoy keeps its ADS stream on the first that passes a TCP (TLS handshake) health check, and
-when that one goes away, reconnects (backoff ``ADS_RETRY_BASE`` to ``ADS_RETRY_MAX``) to
-the next healthy one. Certificates come from files the agent writes (0600) and
-Envoy watches (``path_config_source`` + ``watched_directory``): the private key never leaves
-the host, and a rotation is one atomic rename.
+Envoy opens its ADS stream to the first priority with a host not ejected and keeps it until
+it breaks. A replica whose connection fails (refused, reset, timed out) is ejected (outlier
+detection on local-origin errors, ``EJECTION_TIME`` doubling to 60 s), so the reconnection
+(backoff ``ADS_RETRY_BASE`` to ``ADS_RETRY_MAX``) goes to the next priority. Certificates
+come from files the agent writes (0600) and Envoy watches (``path_config_source`` +
+``watched_directory``): the private key never leaves the host, and a rotation is one
+atomic rename.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ XDS_CLUSTER = "xds_cluster"
 STATS_FLUSH_INTERVAL = "1s"
 ADS_RETRY_BASE = "0.25s"  # Envoy's default is 0.5 s, growing to 30 s
 ADS_RETRY_MAX = "5s"
-HEALTH_CHECK_INTERVAL = "1s"  # of each control replica's ADS port, when there are several
+EJECTION_TIME = "5s"  # a control replica that refused a connection is skipped this long
 _UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -168,18 +170,19 @@ def _xds_cluster(addresses: list[tuple[str, int]], tls: Json) -> Json:
         "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
     }
     if len(addresses) > 1:
-        # A replica is healthy when it completes a TLS handshake; refused or silent ones
-        # are skipped at once, so the next reconnection goes to a live replica.
-        cluster["health_checks"] = [
-            {
-                "timeout": "1s",
-                "interval": HEALTH_CHECK_INTERVAL,
-                "no_traffic_interval": HEALTH_CHECK_INTERVAL,
-                "unhealthy_threshold": 1,
-                "healthy_threshold": 1,
-                "tcp_health_check": {},
-            }
-        ]
+        # Passive: a replica that refuses or times out a connection is ejected at once for
+        # EJECTION_TIME (doubling while it keeps failing), so the next reconnection goes to
+        # the next priority. Nothing is sent to replicas while they work: no health-check
+        # handshakes from every sidecar to every replica.
+        cluster["outlier_detection"] = {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "interval": "1s",
+            "base_ejection_time": EJECTION_TIME,
+            "max_ejection_time": "60s",
+            "max_ejection_percent": 100,
+        }
     return cluster
 
 

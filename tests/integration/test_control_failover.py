@@ -261,6 +261,17 @@ def _acked(node: dict[str, Any]) -> dict[str, str | None]:
     return versions if versions and all(versions.values()) else {}
 
 
+def _ads_ports(sidecar: Any) -> list[int]:
+    """The control replicas' ADS ports Envoy holds a connection to (``/clusters``)."""
+    ports = []
+    for line in sidecar.envoy_admin("/clusters").text.splitlines():
+        cluster, _, rest = line.partition("::")
+        address, _, stat = rest.partition("::")
+        if cluster == "xds_cluster" and stat.startswith("cx_active::") and stat[11:] != "0":
+            ports.append(int(address.rsplit(":", 1)[1]))
+    return ports
+
+
 def _config_changes(sidecar: Any) -> dict[str, int]:
     """Envoy's counters of listeners and clusters added, modified or removed over xDS."""
     wanted = ("listener_added", "listener_modified", "listener_removed")
@@ -278,7 +289,8 @@ def _config_changes(sidecar: Any) -> dict[str, int]:
 @pytest.mark.skipif(not envoy_available(), reason="envoy binary not installed ([sidecar])")
 def test_envoy_sidecar_fails_over_to_the_next_replica(tmp_path, etcd):
     """The sidecar's Envoy lists every replica's ADS server; SIGKILL the one it streams from:
-    Envoy reconnects to the next within seconds, serves on, and takes a change applied there."""
+    Envoy reconnects to the next within seconds, serves on, and takes a change applied on a
+    survivor."""
     group = replicas(tmp_path, store(etcd, tmp_path), "--xds-listen", "127.0.0.1:0")
     for member in group:  # fixed ports: the test checks Envoy's bootstrap lists them
         at = member.process.args.index("--xds-listen")
@@ -314,6 +326,7 @@ def test_envoy_sidecar_fails_over_to_the_next_replica(tmp_path, etcd):
         wait_for(
             lambda: sidecar.get("orders", "/items/1").status_code == 200, 20, "orders via Envoy"
         )
+        assert _ads_ports(sidecar) == [xds_ports[0]]  # the first priority, while it is up
         acked = wait_for(lambda: _acked(node_status(first)), 10, "Envoy's ACKs on the first")
         changes = _config_changes(sidecar)
 
@@ -324,13 +337,20 @@ def test_envoy_sidecar_fails_over_to_the_next_replica(tmp_path, etcd):
             time.sleep(0.5)
             first.kill()
             killed = time.monotonic()
+            # Timed on Envoy's own admin page (cheap to poll), then confirmed by the replica.
             wait_for(
-                lambda: any(n["connected"] for n in sidecars_status(second)),
+                lambda: _ads_ports(sidecar) == [xds_ports[1]],
                 FAILOVER_WITHIN,
-                "Envoy's ADS stream on the second replica",
-                interval=0.2,
+                "Envoy's ADS connection to the second replica",
+                interval=0.05,
             )
             moved_after = time.monotonic() - killed
+            wait_for(
+                lambda: any(n["connected"] for n in sidecars_status(second)),
+                5,
+                "the second replica to see the sidecar's ADS stream",
+                interval=0.2,
+            )
             assert not any(n["connected"] for n in sidecars_status(third))
             # The survivor serves the versions Envoy holds: it ACKs the same ones again and
             # rebuilds no listener and no cluster.

@@ -153,8 +153,9 @@ def _node(tmp_path: Path) -> SidecarNode:
     )
 
 
-def test_the_ads_cluster_has_one_priority_per_replica_health_checked(tmp_path: Path):
-    """Several ADS servers: priorities in list order, TCP health checks, a fast ADS retry."""
+def test_the_ads_cluster_has_one_priority_per_replica_with_outlier_ejection(tmp_path: Path):
+    """Several ADS servers: priorities in list order, ejection on a failed connection, a
+    fast ADS retry."""
     boot = sidecar_bootstrap(
         node_id="n1",
         node=_node(tmp_path),
@@ -173,8 +174,12 @@ def test_the_ads_cluster_has_one_priority_per_replica_health_checked(tmp_path: P
         (1, {"address": "127.0.0.2", "port_value": 18001}),
         (2, {"address": "127.0.0.3", "port_value": 18002}),
     ]
-    (check,) = cluster["health_checks"]
-    assert check["tcp_health_check"] == {} and check["unhealthy_threshold"] == 1
+    # Passive: one refused or timed-out connection ejects a replica; no health-check traffic.
+    assert "health_checks" not in cluster
+    outlier = cluster["outlier_detection"]
+    assert outlier["split_external_local_origin_errors"] is True
+    assert outlier["consecutive_local_origin_failure"] == 1
+    assert outlier["max_ejection_percent"] == 100
     (grpc,) = boot["dynamic_resources"]["ads_config"]["grpc_services"]
     assert grpc["envoy_grpc"]["retry_policy"]["retry_back_off"] == {
         "base_interval": "0.25s",
@@ -191,7 +196,7 @@ def test_the_ads_cluster_has_one_priority_per_replica_health_checked(tmp_path: P
     assert named["static_resources"]["clusters"][0]["type"] == "STRICT_DNS"
 
 
-def test_one_ads_server_is_not_health_checked_and_none_is_refused(tmp_path: Path):
+def test_one_ads_server_has_no_outlier_ejection_and_none_is_refused(tmp_path: Path):
     """One address keeps the single-endpoint cluster; no address at all is a ValueError."""
     boot = sidecar_bootstrap(
         node_id="n1",
@@ -202,7 +207,7 @@ def test_one_ads_server_is_not_health_checked_and_none_is_refused(tmp_path: Path
         xds_port=18000,
     )
     (cluster,) = boot["static_resources"]["clusters"]
-    assert "health_checks" not in cluster
+    assert "outlier_detection" not in cluster
     assert len(cluster["load_assignment"]["endpoints"]) == 1
     with pytest.raises(ValueError, match="xds_addresses"):
         sidecar_bootstrap(
