@@ -245,17 +245,23 @@ def create_app(plane: ControlPlane) -> FastAPI:
         admin(request)
         return plane.revoke_rebootstrap(await _json_body(request))
 
-    @app.get("/v1/admin/ca")
+    @app.get("/v1/admin/ca", responses=errors(403))
     async def ca_status(request: Request) -> dict[str, Any]:
         admin(request)
         return plane.ca_status()
 
-    @app.post("/v1/admin/ca/roots")
+    @app.post(
+        "/v1/admin/ca/roots", openapi_extra=json_body("ca-root"), responses=errors(400, 403, 413)
+    )
     async def add_root(request: Request) -> dict[str, Any]:
         admin(request)
         return plane.add_root(await _json_body(request))
 
-    @app.post("/v1/admin/ca/roots/retire")
+    @app.post(
+        "/v1/admin/ca/roots/retire",
+        openapi_extra=json_body("ca-retire"),
+        responses=errors(400, 403, 404, 409, 413),
+    )
     async def retire_root(request: Request) -> dict[str, Any]:
         admin(request)
         return plane.retire_root(await _json_body(request))

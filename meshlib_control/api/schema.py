@@ -108,6 +108,11 @@ BODIES: dict[str, dict[str, Any]] = {
     "revoke": _object(
         {"service": _STR, "namespace": {"type": "string", "default": "default"}}, ("service",)
     ),
+    "ca-root": _object({"cert": {"type": "string", "description": "one PEM root"}}, ("cert",)),
+    "ca-retire": _object(
+        {"fingerprint": {"type": "string", "description": "sha256:<hex> of a root"}},
+        ("fingerprint",),
+    ),
 }
 
 
