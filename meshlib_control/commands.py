@@ -38,6 +38,8 @@ _KIND_ALIASES = {k.lower(): k for k in KINDS} | {
     "authorizationpolicies": "AuthorizationPolicy",
     "peerauthentications": "PeerAuthentication",
     "ratelimits": "RateLimit",
+    "requestauthentications": "RequestAuthentication",
+    "ra": "RequestAuthentication",
     "tp": "TrafficPolicy",
     "authz": "AuthorizationPolicy",
     "pa": "PeerAuthentication",
