@@ -51,10 +51,12 @@ from meshlib.identity.svid import SVID, PeerSVIDValidator
 from meshlib.mesh import Mesh
 from meshlib.policy.decode import decode_documents
 from meshlib.policy.engine import PolicyEngine
+from meshlib.policy.jwks import check_jwks
 from meshlib.policy.model import (
     AuthorizationPolicySpec,
     PeerAuthenticationSpec,
     RateLimitSpec,
+    RequestAuthenticationSpec,
     Resource,
     TrafficPolicySpec,
 )
@@ -128,6 +130,9 @@ class TestMesh:
             :class:`Instance` (labelled, for subsets); served with real mTLS on 127.0.0.1.
         namespace: the namespace of every test workload.
         trust_domain: the trust domain of the in-memory CA.
+        jwks: key sets for RequestAuthentication ``jwksUri`` rules, by URI (JWKS JSON text
+            or a mapping), standing in for what the control service would fetch; nothing is
+            fetched. Inline ``jwks`` rules need nothing here.
     """
 
     __test__ = False  # not a pytest test class
@@ -139,10 +144,14 @@ class TestMesh:
         services: Mapping[str, ASGIApp | Sequence[Instance]] | None = None,
         namespace: str = "default",
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        jwks: Mapping[str, Any] | None = None,
     ) -> None:
         self.namespace = namespace
         self.ca = TestCA(trust_domain)
         self._resources = _resources(policies)
+        self._jwks = tuple(
+            sorted((uri, check_jwks(keys, f"jwks[{uri!r}]")) for uri, keys in (jwks or {}).items())
+        )
         self._services = {
             name: list(spec) if isinstance(spec, Sequence) else [Instance(spec)]
             for name, spec in (services or {}).items()
@@ -388,6 +397,12 @@ def _snapshot(tm: TestMesh, service: str) -> Snapshot:
             if isinstance(r.spec, AuthorizationPolicySpec) and r.spec.service in (None, service)
         ),
         rate_limit=limits[0] if limits else None,
+        request_authentication=tuple(
+            r
+            for r in local
+            if isinstance(r.spec, RequestAuthenticationSpec) and r.spec.service in (None, service)
+        ),
+        jwks=tm._jwks,
     )
     traffic = {r.spec.service: r for r in local if isinstance(r.spec, TrafficPolicySpec)}
     names = {a.service for a in tm._agents} | set(tm._services) | set(traffic) | {service}
