@@ -22,6 +22,7 @@ from meshlib_control.ca.commands import configure_parser as configure_ca
 from meshlib_control.ca.commands import run_ca
 from meshlib_control.cli_parser import (
     HelpFormatter,
+    wrap_text,
     add_admin_parsers,
     add_global_flags,
     spread_global_flags,
@@ -125,8 +126,10 @@ def _add_serve_parser(control_sub: argparse._SubParsersAction[argparse.ArgumentP
     serve = control_sub.add_parser(
         "serve",
         help="run the control service",
-        description="Run the control service (CA, registry, snapshots, admin API) until "
-        "SIGINT or SIGTERM. It writes the admin SVID and control.json into the data dir.",
+        description=wrap_text(
+            "Run the control service (CA, registry, snapshots, admin API) until "
+            "SIGINT or SIGTERM. It writes the admin SVID and control.json into the data dir."
+        ),
         epilog="examples:\n  meshctl control serve --data-dir /var/lib/mesh\n"
         "  meshctl control serve --listen 0.0.0.0:7443 --xds-listen 127.0.0.1:18000",
         formatter_class=HelpFormatter,
@@ -180,8 +183,10 @@ def _add_serve_parser(control_sub: argparse._SubParsersAction[argparse.ArgumentP
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshctl",
-        description="Operate a meshlib mesh: run the control service, apply policy, inspect "
-        "services, instances and golden metrics, run Envoy sidecars.",
+        description=wrap_text(
+            "Operate a meshlib mesh: run the control service, apply policy, inspect "
+            "services, instances and golden metrics, run Envoy sidecars."
+        ),
         epilog="examples:\n  meshctl control serve\n  meshctl apply -f policy.yaml --dry-run\n"
         "  meshctl get services\n  meshctl stat orders -o json\n  meshctl check\n\n"
         "environment: MESHCTL_DATA_DIR or MESH_DATA_DIR (--data-dir), MESH_CONTROL_URL "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 from collections.abc import Iterator
 
 __all__ = [
@@ -21,10 +22,16 @@ __all__ = [
     "spread_global_flags",
     "subparsers",
     "tidy_metavars",
+    "wrap_text",
 ]
 
 OUTPUTS = ("table", "yaml", "json")
 _GLOBAL_DESTS = ("data_dir", "control", "debug")
+
+
+def wrap_text(text: str) -> str:
+    """*text* filled to 79 columns (descriptions; epilogs keep their line breaks)."""
+    return textwrap.fill(text, 79)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -148,8 +155,10 @@ def add_admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     apply = sub.add_parser(
         "apply",
         help="create or update resources from YAML",
-        description="Create or update policy resources. Policies naming a service the control "
-        "service does not know yet are stored, with a warning (services may register later).",
+        description=wrap_text(
+            "Create or update policy resources. Policies naming a service the control "
+            "service does not know yet are stored, with a warning (services may register later)."
+        ),
         epilog="examples:\n  meshctl apply -f policy.yaml\n  meshctl apply -f - < policy.yaml\n"
         "  meshctl apply -f policy.yaml --dry-run",
         formatter_class=fmt,
