@@ -22,10 +22,10 @@ from meshlib_control.ca.commands import configure_parser as configure_ca
 from meshlib_control.ca.commands import run_ca
 from meshlib_control.cli_parser import (
     HelpFormatter,
-    wrap_text,
     add_admin_parsers,
     add_global_flags,
     spread_global_flags,
+    wrap_text,
 )
 from meshlib_control.commands import ADMIN_COMMANDS, cmd_dashboard
 from meshlib_control.completion import SHELLS, completion_script
