@@ -111,6 +111,13 @@ def jwt_filter(snapshot: Snapshot, node: SidecarNode, notes: Notes) -> Json | No
         where = f"inbound.requestAuthentication[{name.rsplit('/', 1)[0]}].spec.jwtRules"
         where += f"[{name.rsplit('/', 1)[1]}]"
         keys = rule.jwks if rule.jwks is not None else fetched.get(rule.jwks_uri or "")
+        if rule.jwks_uri is not None:
+            notes.add(
+                f"{where}.jwksUri",
+                "mapped",
+                "Envoy cannot report a token's unknown kid: the sidecar gets a rotated key set "
+                "at the control service's next refresh (MESH_CONTROL_JWKS_REFRESH), not at once",
+            )
         if keys is None:
             keys = NO_KEYS_YET
             notes.add(

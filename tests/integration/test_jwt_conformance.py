@@ -381,6 +381,7 @@ def test_key_rotation_reaches_both_data_planes_without_restart(jwt_mesh: JwtMesh
         jwt_mesh.jwks.status = 200
 
 
+@pytest.mark.parametrize("jwt_mesh", ["library"], indirect=True)
 def test_jwks_refresh_endpoint_refuses_bad_input(jwt_mesh: JwtMesh) -> None:
     """POST /v1/jwks/refresh: 400 naming the field for a missing, foreign or bad value; 401
     without an SVID; a named jwksUri is accepted (scheduled at most once per gap)."""
@@ -388,8 +389,6 @@ def test_jwks_refresh_endpoint_refuses_bad_input(jwt_mesh: JwtMesh) -> None:
 
     from meshlib.integrations.httpx import IdentityTransport
 
-    if jwt_mesh.mode != "library":
-        pytest.skip("the workload API is called by a library workload's SVID")
     mesh = jwt_mesh.caller.mesh
     assert mesh is not None
     url = f"{jwt_mesh.deployment.control.url}/v1/jwks/refresh"
@@ -414,10 +413,9 @@ def test_jwks_refresh_endpoint_refuses_bad_input(jwt_mesh: JwtMesh) -> None:
     assert anonymous.status_code == 401
 
 
+@pytest.mark.parametrize("jwt_mesh", ["library"], indirect=True)
 def test_aio_grpc_server_decides_with_the_same_admission(jwt_mesh: JwtMesh) -> None:
     """Library mode's grpc.aio server: valid token OK, invalid 401-equivalent, none denied."""
-    if jwt_mesh.mode != "library":
-        pytest.skip("the aio server flavour is a library-mode adapter")
     deployment = jwt_mesh.deployment
     server = GrpcService(deployment.control, "grpcaio", deployment.tmp, mode="aio").start()
     try:
