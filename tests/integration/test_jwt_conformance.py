@@ -437,3 +437,26 @@ def test_aio_grpc_server_decides_with_the_same_admission(jwt_mesh: JwtMesh) -> N
         assert call(None).startswith("PERMISSION_DENIED")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("jwt_mesh", ["library"], indirect=True)
+def test_meshctl_apply_refuses_a_bad_key_set_and_stores_nothing(jwt_mesh: JwtMesh) -> None:
+    """A symmetric key in an inline JWKS: non-zero exit naming the key; the store unchanged."""
+    import json
+
+    control = jwt_mesh.deployment.control
+    before = json.loads(control.ok("get", "RequestAuthentication", "-o", "json"))
+    bad = """
+apiVersion: meshlib.io/v1
+kind: RequestAuthentication
+metadata: {name: hmac, namespace: default}
+spec:
+  jwtRules:
+  - issuer: https://hmac.test
+    jwks: '{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}'
+"""
+    result = control.meshctl("apply", "-f", "-", stdin=bad)
+    assert result.returncode != 0
+    assert "spec.jwtRules[0].jwks.keys[0].kty" in result.stderr, result.stderr
+    assert "symmetric (HMAC) keys are never accepted" in result.stderr
+    assert json.loads(control.ok("get", "ra", "-o", "json")) == before
