@@ -16,6 +16,7 @@ import yaml
 
 from meshlib_control import cli, commands
 from meshlib_control.cli_parser import subparsers
+from meshlib_control.completion import completion_script
 
 ROOT_CMD = [sys.executable, "-m", "meshlib_control"]
 
@@ -97,14 +98,20 @@ def test_one_output_flag_everywhere() -> None:
             assert parser.parse_args([*argv, "-o", choice]).output == choice
 
 
-def test_help_shows_defaults_and_examples() -> None:
-    result = run("control", "serve", "--help")
-    assert result.returncode == 0
-    assert "--listen HOST:PORT" in result.stdout
-    assert "(default: 127.0.0.1:7443)" in result.stdout
-    assert "DATA_DIR_SERVE" not in result.stdout
-    assert "examples:" in result.stdout
-    assert "examples:" in run("apply", "--help").stdout
+def help_text(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*argv, "--help"])
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_shows_defaults_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    text = help_text(capsys, "control", "serve")
+    assert "--listen HOST:PORT" in text
+    assert "(default: 127.0.0.1:7443)" in text
+    assert "DATA_DIR_SERVE" not in text
+    assert "examples:" in text
+    assert "examples:" in help_text(capsys, "apply")
 
 
 def expected_version() -> str:
@@ -114,18 +121,19 @@ def expected_version() -> str:
         return "0+unknown"
 
 
-def test_version_command_and_flag() -> None:
-    for argv in (["version"], ["--version"]):
-        result = run(*argv)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout == f"meshctl {expected_version()}\n"
+def test_version_command_and_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["version"]) == 0
+    assert capsys.readouterr().out == f"meshctl {expected_version()}\n"
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"meshctl {expected_version()}\n"
+    assert run("version").stdout == f"meshctl {expected_version()}\n"  # python -m meshlib_control
 
 
 def complete(words: list[str]) -> list[str]:
     """What bash offers for the last of *words* with meshctl's generated completion."""
-    script = subprocess.run(
-        [*ROOT_CMD, "completion", "bash"], capture_output=True, text=True, timeout=60, check=True
-    ).stdout
+    script = completion_script(cli._parser(), "bash")  # what `meshctl completion bash` prints
     quoted = " ".join(json.dumps(w) for w in words)
     program = (
         f"{script}\nCOMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; _meshctl; "
@@ -146,6 +154,8 @@ def test_bash_completion_completes_commands_flags_and_choices() -> None:
     assert complete(["meshctl", "stat", "-o", ""]) == ["json", "table", "yaml"]
     assert complete(["meshctl", "get", "--data-dir", "/x", "--dry"]) == []
     assert complete(["meshctl", "apply", "--dry"]) == ["--dry-run"]
+    bash = run("completion", "bash")
+    assert bash.returncode == 0 and bash.stdout == completion_script(cli._parser(), "bash")
     zsh = run("completion", "zsh")
     assert zsh.returncode == 0 and "bashcompinit" in zsh.stdout
 
