@@ -163,6 +163,7 @@ class Mesh:
         )
         self._view = view  # one assignment: the request path never sees a mix
         self._installed_at = time.monotonic()
+        self.telemetry.declare(engine.services)  # its counters exist at 0 from now on
 
     def _certificate_expiry(self) -> tuple[float, dict[str, str]] | None:
         if self._tls is None:

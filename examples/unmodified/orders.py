@@ -22,7 +22,11 @@ async def order(name: str, flaky: int = 0) -> JSONResponse:
     async with httpx.AsyncClient(timeout=5) as client:
         reply = await client.get(f"http://{os.environ['UPSTREAM']}{path}")
     return JSONResponse(
-        {"status": reply.status_code, "body": reply.json(), "flag": reply.headers.get("x-mesh-flag")}
+        {
+            "status": reply.status_code,
+            "body": reply.json(),
+            "flag": reply.headers.get("x-mesh-flag"),
+        }
     )
 
 

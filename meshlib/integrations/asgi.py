@@ -158,6 +158,7 @@ class MeshMiddleware:
                 path=scope["path"],
                 scheme=scope.get("scheme", "http"),
                 carrier=carrier,
+                scope=scope,
             )
         if call is None:
             await self._admit(scope, receive, send, state, headers, deadline_value, forged)

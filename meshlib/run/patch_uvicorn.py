@@ -106,7 +106,7 @@ def patch_server(module: ModuleType) -> None:
 
 def patch_main(module: ModuleType) -> None:
     """Refuse ``uvicorn.run(workers>1)`` and ``reload``: their processes would be unmeshed."""
-    run = module.run
+    run: Any = module.__dict__["run"]
 
     @functools.wraps(run)
     def meshed_run(app: Any, **kwargs: Any) -> None:
@@ -119,4 +119,4 @@ def patch_main(module: ModuleType) -> None:
             )
         run(app, **kwargs)
 
-    module.run = meshed_run
+    module.run = meshed_run  # type: ignore[attr-defined]

@@ -19,7 +19,17 @@ from meshlib.errors import MeshError
 if TYPE_CHECKING:
     from meshlib.mesh import Mesh
 
-__all__ = ["PREFIX", "RunError", "active", "advertised", "current", "fail", "role", "set_role", "start"]
+__all__ = [
+    "PREFIX",
+    "RunError",
+    "active",
+    "advertised",
+    "current",
+    "fail",
+    "role",
+    "set_role",
+    "start",
+]
 
 PREFIX = "meshctl run"
 

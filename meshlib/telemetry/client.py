@@ -39,6 +39,23 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import inject
 
+from meshlib.telemetry.semconv import (
+    ERROR_TYPE,
+    HTTP_REQUEST_METHOD,
+    HTTP_REQUEST_METHOD_ORIGINAL,
+    HTTP_RESPONSE_STATUS_CODE,
+    OTHER,
+    RPC_METHOD,
+    RPC_RESPONSE_STATUS_CODE,
+    RPC_SYSTEM_NAME,
+    SERVER_ADDRESS,
+    SERVER_PORT,
+    URL_FULL,
+    grpc_error_type,
+    http_method,
+    server_of_url,
+)
+
 if TYPE_CHECKING:
     from opentelemetry.context import Context
 
@@ -140,22 +157,30 @@ class ClientCall:
             if flag is None and error is not None:
                 flag = _flag_of(error)
             error_type = type(error).__name__ if error is not None else None
+            if self.protocol == "grpc":
+                code = code or ("UNKNOWN" if error is not None else "OK")
+                error_type = grpc_error_type(code, server=False) or error_type
+            elif error_type is None and status is not None and status >= 400:
+                error_type = str(status)
             trace_id = self._end_span(status, code, error, error_type, attempts, flag)
             if self.protocol == "grpc":
                 telemetry.rpc_client_done(
                     service=self.service,
                     method=self.method,
-                    code=code or ("UNKNOWN" if error is not None else "OK"),
+                    code=code or "OK",
                     duration=duration,
                     attempts=attempts,
                     flag=flag,
                 )
             else:
+                address, port = server_of_url(self.url)
                 telemetry.http_client_done(
                     service=self.service,
                     method=self.method,
                     status=status,
-                    error=error_type,
+                    error=type(error).__name__ if error is not None else None,
+                    address=address,
+                    port=port,
                     duration=duration,
                     attempts=attempts,
                     flag=flag,
@@ -180,16 +205,16 @@ class ClientCall:
             return None
         span.set_attribute("mesh.attempts", max(attempts, 1))
         if status is not None:
-            span.set_attribute("http.response.status_code", status)
+            span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
         if code is not None:
-            span.set_attribute("rpc.grpc.status_code", code)
+            span.set_attribute(RPC_RESPONSE_STATUS_CODE, code)
         if flag is not None:
             span.set_attribute("mesh.flag", flag)
         if error_type is not None:
-            span.set_attribute("error.type", error_type)
-            span.set_status(trace.StatusCode.ERROR, str(error)[:200])
-        elif (status is not None and status >= 500) or (code is not None and code != "OK"):
-            span.set_status(trace.StatusCode.ERROR, code or "")
+            # a client span's error: an exception, an HTTP status >= 400, a gRPC code not OK
+            span.set_attribute(ERROR_TYPE, error_type)
+            described = str(error)[:200] if error is not None else (code or "")
+            span.set_status(trace.StatusCode.ERROR, described)
         context = span.get_span_context()
         span.end()
         return format(context.trace_id, "032x") if context.is_valid else None
@@ -233,23 +258,32 @@ def start_client_call(
         if tracer is None:  # no span; the served call's trace and baggage still travel
             call.trace_headers = passthrough_headers() or {}
             return call
+        destination, _, namespace = service.partition(".")
         attributes: dict[str, str | int | float] = {
-            "server.address": service,
             "mesh.route": route,
+            "mesh.destination.service": destination,
+            "mesh.destination.namespace": namespace,
         }
         if peer_spiffe_id is not None:
             attributes["mesh.peer.spiffe_id"] = peer_spiffe_id
         if protocol == "grpc":
             name = method.strip("/")
-            rpc_service, _, rpc_method = name.partition("/")
-            attributes.update(
-                {"rpc.system": "grpc", "rpc.service": rpc_service, "rpc.method": rpc_method}
-            )
+            attributes[RPC_SYSTEM_NAME] = "grpc"
+            attributes[RPC_METHOD] = name
+            attributes[SERVER_ADDRESS] = destination
         else:
-            name = method
-            attributes["http.request.method"] = method
+            known = http_method(method)
+            name = method if known != OTHER else "HTTP"
+            attributes[HTTP_REQUEST_METHOD] = known
+            if known == OTHER:
+                attributes[HTTP_REQUEST_METHOD_ORIGINAL] = method
             if url is not None:
-                attributes["url.full"] = str(url)
+                attributes[URL_FULL] = str(url)
+                address, port = server_of_url(url)
+                if address is not None:
+                    attributes[SERVER_ADDRESS] = address
+                    if port is not None:
+                        attributes[SERVER_PORT] = port
         if fault_delay > 0 or fault_abort is not None:
             attributes["mesh.fault.delay"] = fault_delay
             if fault_abort is not None:

@@ -99,6 +99,12 @@ class LocalCounter:
         with self._lock:
             return list(self._series.items())
 
+    def retain(self, keep: Callable[[Key], bool]) -> None:
+        """Drop the series whose attributes *keep* refuses (the overflow series stays)."""
+        with self._lock:
+            for key in [k for k in self._series if k != _OVERFLOW and not keep(k)]:
+                del self._series[key]
+
 
 class LocalGauge:
     """An observable gauge: its callbacks run when the page is rendered."""

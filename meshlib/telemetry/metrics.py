@@ -21,26 +21,28 @@ swallows its own exceptions: telemetry never fails a request.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
 from meshlib.telemetry.local import LocalMeter
+from meshlib.telemetry.otlp import otlp_tracer_provider
 from meshlib.telemetry.prometheus import render_local
+from meshlib.telemetry.recording import Counter, Histogram, Recorder, workload_of
+from meshlib.telemetry.semconv import SCHEMA_URL
+from meshlib.telemetry.series import declare_services
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
+    from meshlib.policy.routing import CompiledService
+
 __all__ = ["DURATION_BUCKETS", "MeshTelemetry", "workload_of"]
 
 log = logging.getLogger("meshlib.telemetry")
-access_log = logging.getLogger("meshlib.access")
 
 # Seconds; finer than the semantic-convention advice at the low end, where an in-process
 # mesh lives (sub-millisecond hops are the point of it).
@@ -49,64 +51,11 @@ DURATION_BUCKETS = (
     0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
 
-UNKNOWN = "unknown"
 TRACING_RECHECK = 1.0
 """Seconds between two looks for a global tracer provider while none is set."""
 
 
-class Histogram(Protocol):
-    """What meshlib needs of a histogram (the OpenTelemetry API's and LocalMeter's)."""
-
-    def record(self, amount: float, attributes: Any = None, context: Any = None) -> None: ...
-
-
-class Counter(Protocol):
-    """What meshlib needs of a counter."""
-
-    def add(self, amount: float, attributes: Any = None, context: Any = None) -> None: ...
-
-
-@functools.lru_cache(maxsize=4096)  # few distinct callers; a hit costs no parse
-def workload_of(spiffe_id: str | None) -> tuple[str, str]:
-    """(service, namespace) of a workload SPIFFE ID; ("unknown", "unknown") otherwise."""
-    if not spiffe_id:
-        return UNKNOWN, UNKNOWN
-    parts = spiffe_id.split("/")
-    # spiffe: '' td ns <ns> sa <svc>
-    if len(parts) == 7 and parts[3] == "ns" and parts[5] == "sa":
-        return parts[6], parts[4]
-    return UNKNOWN, UNKNOWN
-
-
-def _otlp_tracer_provider(service: str, namespace: str) -> trace.TracerProvider | None:
-    wants = os.environ.get("OTEL_TRACES_EXPORTER", "").lower() == "otlp" or bool(
-        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
-    if not wants or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return None
-    try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter,
-        )
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError as exc:
-        log.warning(
-            "OTEL_* asks for OTLP traces but the OTLP exporter cannot be imported (%s): "
-            "pip install 'inproc-mesh[otlp]'; spans are not exported",
-            exc,
-        )
-        return None
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": service, "service.namespace": namespace})
-    )
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    return provider
-
-
-class MeshTelemetry:
+class MeshTelemetry(Recorder):
     """The instruments of one workload.
 
     Args:
@@ -136,11 +85,11 @@ class MeshTelemetry:
         if meter_provider is None:
             meter = self.local = LocalMeter()
         else:
-            meter = meter_provider.get_meter("meshlib")
+            meter = meter_provider.get_meter("meshlib", schema_url=SCHEMA_URL)
         if tracer_provider is None and isinstance(
             trace.get_tracer_provider(), trace.ProxyTracerProvider
         ):
-            tracer_provider = _otlp_tracer_provider(service, namespace)
+            tracer_provider = otlp_tracer_provider(service, namespace)
         self._tracer_provider = tracer_provider
         self._tracer: trace.Tracer | None = None
         self._global_tracing = False
@@ -189,17 +138,27 @@ class MeshTelemetry:
             unit="s",
             description="Seconds until this workload's SVID expires",
         )
+        # The version is no label of the age (a new series per policy change): it is the
+        # one label of an info-style gauge whose single series is the active version.
         meter.create_observable_gauge(
             "mesh.snapshot.age",
-            callbacks=[self._observe("mesh.snapshot.age")],
+            callbacks=[self._observe("mesh.snapshot.age", labels=False)],
             unit="s",
-            description="Seconds since the active snapshot was applied; label: version",
+            description="Seconds since the active snapshot was applied",
+        )
+        meter.create_observable_gauge(
+            "mesh.snapshot.info",
+            callbacks=[self._observe("mesh.snapshot.age", info=True)],
+            unit="1",
+            description="1, labelled with the active snapshot's version",
         )
         self._gauges: dict[str, Callable[[], tuple[float, dict[str, str]] | None]] = {}
 
     # ------------------------------------------------------------------ wiring
 
-    def _observe(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def _observe(
+        self, name: str, *, labels: bool = True, info: bool = False
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
             from opentelemetry.metrics import Observation  # only when a gauge is read
 
@@ -210,7 +169,11 @@ class MeshTelemetry:
                 value = source()
             except Exception:
                 return []
-            return [] if value is None else [Observation(value[0], value[1])]
+            if value is None:
+                return []
+            if info:
+                return [Observation(1, value[1])]
+            return [Observation(value[0], value[1] if labels else None)]
 
         return callback
 
@@ -233,9 +196,9 @@ class MeshTelemetry:
         if tracer is None:
             provider = self._tracer_provider
             tracer = self._tracer = (
-                provider.get_tracer("meshlib")
+                provider.get_tracer("meshlib", schema_url=SCHEMA_URL)
                 if provider is not None
-                else trace.get_tracer("meshlib")
+                else trace.get_tracer("meshlib", schema_url=SCHEMA_URL)
             )
         return tracer
 
@@ -260,6 +223,13 @@ class MeshTelemetry:
         self._global_tracing = True
         return self.tracer
 
+    def declare(self, services: Iterable[CompiledService]) -> None:
+        """A snapshot was installed: create its services' counters at 0 (never raises)."""
+        try:
+            declare_services(self, services)
+        except Exception:
+            log.debug("telemetry failed", exc_info=True)
+
     def prometheus(self) -> str:
         """All metrics as Prometheus text (a comment when they go to a given provider)."""
         if self.local is None:
@@ -274,186 +244,3 @@ class MeshTelemetry:
                 shutdown()
         except Exception:
             log.debug("telemetry shutdown failed", exc_info=True)
-
-    # ------------------------------------------------------------------ recording
-
-    def http_server_done(
-        self,
-        *,
-        method: str,
-        status: int,
-        duration: float,
-        peer: str | None,
-        flag: str | None,
-        path: str,
-        trace_id: str | None,
-    ) -> None:
-        """One served HTTP request."""
-        try:
-            source, source_ns = workload_of(peer)
-            self.http_server.record(
-                duration,
-                {
-                    "http.request.method": method,
-                    "http.response.status_code": status,
-                    "mesh.source.workload": source,
-                    "mesh.source.namespace": source_ns,
-                },
-            )
-            if flag == "AUTHZ_DENIED":
-                self.authz_denials.add(1, {"mesh.source.workload": source})
-            elif flag == "RATE_LIMITED":
-                self.rate_limited.add(1, {"mesh.source.workload": source})
-            if self.access_log:
-                self._access(
-                    "server", method, path, status, duration, peer, None, flag, trace_id, 1
-                )
-        except Exception:
-            log.debug("telemetry failed", exc_info=True)
-
-    def http_client_done(
-        self,
-        *,
-        service: str,
-        method: str,
-        status: int | None,
-        error: str | None,
-        duration: float,
-        attempts: int,
-        flag: str | None,
-        route: str,
-        path: str,
-        trace_id: str | None,
-    ) -> None:
-        """One call made through the mesh transport (all its attempts)."""
-        try:
-            name, _, namespace = service.partition(".")
-            attributes: dict[str, Any] = {
-                "http.request.method": method,
-                "mesh.destination.service": name,
-                "mesh.destination.namespace": namespace,
-                "mesh.route": route,
-            }
-            if status is not None:
-                attributes["http.response.status_code"] = status
-            if error is not None:
-                attributes["error.type"] = error
-            self.http_client.record(duration, attributes)
-            if attempts > 1:
-                self.retries.add(attempts - 1, {"mesh.destination.service": name})
-            if flag is not None:
-                self.mesh_failures.add(1, {"mesh.destination.service": name, "mesh.flag": flag})
-                if flag == "RETRY_BUDGET_EXHAUSTED":
-                    self.budget_exhausted.add(1, {"mesh.destination.service": name})
-            if self.access_log:
-                self._access(
-                    "client", method, path, status, duration, None, service, flag or error,
-                    trace_id, attempts, route,
-                )  # fmt: skip
-        except Exception:
-            log.debug("telemetry failed", exc_info=True)
-
-    def rpc_done(
-        self,
-        *,
-        side: str,
-        method: str,
-        code: str,
-        duration: float,
-        peer: str | None = None,
-        service: str | None = None,
-    ) -> None:
-        """One gRPC call, served (*side* ``server``) or made (``client``)."""
-        try:
-            rpc_service, _, rpc_method = method.strip("/").partition("/")
-            attributes: dict[str, Any] = {
-                "rpc.system": "grpc",
-                "rpc.service": rpc_service,
-                "rpc.method": rpc_method,
-                "rpc.grpc.status_code": code,
-            }
-            if side == "server":
-                source, source_ns = workload_of(peer)
-                attributes["mesh.source.workload"] = source
-                attributes["mesh.source.namespace"] = source_ns
-                self.rpc_server.record(duration, attributes)
-            else:
-                name, _, namespace = (service or UNKNOWN).partition(".")
-                attributes["mesh.destination.service"] = name
-                attributes["mesh.destination.namespace"] = namespace
-                self.rpc_client.record(duration, attributes)
-        except Exception:
-            log.debug("telemetry failed", exc_info=True)
-
-    def rpc_client_done(
-        self,
-        *,
-        service: str,
-        method: str,
-        code: str,
-        duration: float,
-        attempts: int = 1,
-        flag: str | None = None,
-    ) -> None:
-        """One gRPC call made through the mesh (all its attempts)."""
-        try:
-            self.rpc_done(
-                side="client", method=method, code=code, duration=duration, service=service
-            )
-            name = service.partition(".")[0]
-            if attempts > 1:
-                self.retries.add(attempts - 1, {"mesh.destination.service": name})
-            if flag is not None:
-                self.mesh_failures.add(1, {"mesh.destination.service": name, "mesh.flag": flag})
-                if flag == "RETRY_BUDGET_EXHAUSTED":
-                    self.budget_exhausted.add(1, {"mesh.destination.service": name})
-        except Exception:
-            log.debug("telemetry failed", exc_info=True)
-
-    def breaker_transition(self, service: str, authority: str, old: str, new: str) -> None:
-        """A circuit breaker changed state."""
-        try:
-            self.breaker_transitions.add(
-                1,
-                {"mesh.destination.service": service, "mesh.endpoint": authority, "to": new},
-            )
-        except Exception:
-            log.debug("telemetry failed", exc_info=True)
-
-    def ejected(self, service: str, authority: str) -> None:
-        """Outlier detection ejected an endpoint."""
-        try:
-            self.ejections.add(1, {"mesh.destination.service": service, "mesh.endpoint": authority})
-        except Exception:
-            log.debug("telemetry failed", exc_info=True)
-
-    def _access(
-        self,
-        side: str,
-        method: str,
-        path: str,
-        status: int | None,
-        duration: float,
-        peer: str | None,
-        service: str | None,
-        answered_by: str | None,
-        trace_id: str | None,
-        attempts: int,
-        route: str | None = None,
-    ) -> None:
-        record = {
-            "time": time.time(),
-            "side": side,
-            "service": f"{self.service}.{self.namespace}",
-            "trace_id": trace_id,
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": round(duration * 1000, 3),
-            "peer": peer,
-            "destination": service,
-            "route": route,
-            "attempts": attempts,
-            "answered_by": answered_by or ("upstream" if side == "client" else "app"),
-        }
-        access_log.info(json.dumps(record, separators=(",", ":")))

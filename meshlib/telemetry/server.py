@@ -9,6 +9,7 @@ The ASGI middleware and both gRPC server interceptors use the same two calls::
         path="/items/1",        # HTTP only
         scheme="https",         # HTTP only
         carrier={"traceparent": "00-…"},   # only the propagation headers, or None
+        scope=scope,            # HTTP: the ASGI scope, read for http.route once the app ran
     )
     ...
     call.finish(status=200, peer=peer, flag=None)     # HTTP
@@ -17,7 +18,10 @@ The ASGI middleware and both gRPC server interceptors use the same two calls::
 The SERVER span is started in the caller's context (W3C ``traceparent``/``baggage`` as the
 global propagator reads them) and attached as the current context while the handler runs,
 so the handler's own meshed calls continue the trace. With no propagation header in the
-request, nothing is extracted. ``finish`` is idempotent and neither function nor any
+request, nothing is extracted. Span names and attributes follow
+:mod:`meshlib.telemetry.semconv`: a served HTTP request is named ``GET /items/{id}`` when
+the app's route template is known (Starlette/FastAPI leave the matched route in
+``scope["route"]``), else ``GET``. ``finish`` is idempotent and neither function nor any
 method of :class:`ServerCall` ever raises (DESIGN.md invariant 7).
 """
 
@@ -31,6 +35,27 @@ from typing import TYPE_CHECKING, Any, Literal
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract, get_global_textmap
+
+from meshlib.telemetry.semconv import (
+    CLIENT_ADDRESS,
+    ERROR_TYPE,
+    HTTP_REQUEST_METHOD,
+    HTTP_REQUEST_METHOD_ORIGINAL,
+    HTTP_RESPONSE_STATUS_CODE,
+    HTTP_ROUTE,
+    NETWORK_PROTOCOL_VERSION,
+    OTHER,
+    RPC_METHOD,
+    RPC_METHOD_ORIGINAL,
+    RPC_RESPONSE_STATUS_CODE,
+    RPC_SYSTEM_NAME,
+    SERVER_ADDRESS,
+    SERVER_PORT,
+    URL_PATH,
+    URL_SCHEME,
+    grpc_error_type,
+    http_method,
+)
 
 if TYPE_CHECKING:
     from meshlib.telemetry.metrics import MeshTelemetry
@@ -71,14 +96,35 @@ def propagation_keys() -> frozenset[bytes]:
 class ServerCall:
     """The telemetry of one served request; see the module docstring."""
 
-    __slots__ = ("_done", "_telemetry", "method", "path", "protocol", "span", "started", "token")
+    __slots__ = (
+        "_done",
+        "_telemetry",
+        "method",
+        "path",
+        "protocol",
+        "scheme",
+        "scope",
+        "span",
+        "started",
+        "token",
+    )
 
-    def __init__(self, telemetry: MeshTelemetry, protocol: Protocol, method: str, path: str):
+    def __init__(
+        self,
+        telemetry: MeshTelemetry,
+        protocol: Protocol,
+        method: str,
+        path: str,
+        scheme: str = "https",
+        scope: Mapping[str, Any] | None = None,
+    ):
         self._telemetry = telemetry
         self._done = False
         self.protocol = protocol
         self.method = method
         self.path = path
+        self.scheme = scheme
+        self.scope = scope
         self.started = time.perf_counter()
         self.span: trace.Span | None = None
         self.token: Any = None
@@ -103,9 +149,11 @@ class ServerCall:
         except Exception:
             log.debug("telemetry failed", exc_info=True)
         span = self.span
+        scope = self.scope
+        route = _route_of(scope)
         try:
             if span is not None:
-                trace_id = self._end_span(span, status, code, peer, flag)
+                trace_id = self._end_span(span, status, code, peer, flag, route)
         except Exception:
             log.debug("telemetry failed", exc_info=True)
         telemetry = self._telemetry
@@ -119,6 +167,9 @@ class ServerCall:
                     flag=flag,
                     path=self.path,
                     trace_id=trace_id,
+                    route=route,
+                    scheme=self.scheme,
+                    protocol_version=scope.get("http_version") if scope is not None else None,
                 )
                 return
             name = code or "UNKNOWN"
@@ -139,18 +190,30 @@ class ServerCall:
         code: str | None,
         peer: str | None,
         flag: str | None,
+        route: str | None,
     ) -> str | None:
         if not span.is_recording():
             span.end()
             return None
         if self.protocol == "http":
-            span.set_attribute("http.response.status_code", 500 if status is None else status)
-            if status is None or status >= 500:
+            answered = 500 if status is None else status
+            span.set_attribute(HTTP_RESPONSE_STATUS_CODE, answered)
+            if route is not None:
+                span.set_attribute(HTTP_ROUTE, route)
+                known = http_method(self.method)
+                span.update_name(f"{self.method if known != OTHER else 'HTTP'} {route}")
+            if answered >= 500:  # a server span's error: 5xx only
+                span.set_attribute(ERROR_TYPE, str(answered))
                 span.set_status(trace.StatusCode.ERROR)
         else:
             name = code or "UNKNOWN"
-            span.set_attribute("rpc.grpc.status_code", name)
-            if name != "OK":
+            span.set_attribute(RPC_RESPONSE_STATUS_CODE, name)
+            if name == "UNIMPLEMENTED":  # the caller's method name is no bounded value
+                span.set_attribute(RPC_METHOD, OTHER)
+                span.set_attribute(RPC_METHOD_ORIGINAL, self.method.strip("/"))
+            error = grpc_error_type(name, server=True)
+            if error is not None:
+                span.set_attribute(ERROR_TYPE, error)
                 span.set_status(trace.StatusCode.ERROR, name)
         if peer is not None:
             span.set_attribute("mesh.peer.spiffe_id", peer)
@@ -169,12 +232,17 @@ def start_server_call(
     path: str = "",
     scheme: str = "https",
     carrier: Mapping[str, str] | None = None,
+    scope: Mapping[str, Any] | None = None,
 ) -> ServerCall | None:
-    """Start observing one served request; None when *telemetry* is None. Never raises."""
+    """Start observing one served request; None when *telemetry* is None. Never raises.
+
+    *scope* (HTTP): the request's ASGI scope; the route template is read from it when the
+    request is finished, and the server, client and protocol version for a recording span.
+    """
     if telemetry is None:
         return None
     try:
-        call = ServerCall(telemetry, protocol, method, path)
+        call = ServerCall(telemetry, protocol, method, path, scheme, scope)
     except Exception:
         log.debug("telemetry failed", exc_info=True)
         return None
@@ -186,20 +254,20 @@ def start_server_call(
                 call.token = otel_context.attach(incoming)
             return call
         if protocol == "http":
-            name = method
+            known = http_method(method)
+            name = method if known != OTHER else "HTTP"
             attributes: dict[str, Any] = {
-                "http.request.method": method,
-                "url.path": path,
-                "url.scheme": scheme,
+                HTTP_REQUEST_METHOD: known,
+                URL_PATH: path,
+                URL_SCHEME: scheme,
             }
+            if known == OTHER:
+                attributes[HTTP_REQUEST_METHOD_ORIGINAL] = method
+            if scope is not None:
+                _scope_attributes(scope, scheme, attributes)
         else:
             name = method.strip("/")
-            rpc_service, _, rpc_method = name.partition("/")
-            attributes = {
-                "rpc.system": "grpc",
-                "rpc.service": rpc_service,
-                "rpc.method": rpc_method,
-            }
+            attributes = {RPC_SYSTEM_NAME: "grpc", RPC_METHOD: name}
         span = tracer.start_span(
             name, context=incoming, kind=trace.SpanKind.SERVER, attributes=attributes
         )
@@ -209,3 +277,44 @@ def start_server_call(
     except Exception:
         log.debug("telemetry failed", exc_info=True)
     return call
+
+
+def _route_of(scope: Mapping[str, Any] | None) -> str | None:
+    """The route template the app matched (Starlette/FastAPI), or None."""
+    if scope is None:
+        return None
+    route = getattr(scope.get("route"), "path_format", None)
+    return route if isinstance(route, str) else None
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _scope_attributes(scope: Mapping[str, Any], scheme: str, attributes: dict[str, Any]) -> None:
+    """server.*, client.address and network.protocol.version of a recording span."""
+    host: str | None = None
+    for key, value in scope.get("headers", ()):
+        if key == b"host":
+            host = value.decode("latin-1")
+            break
+    port: int | None = None
+    if host:
+        if host.startswith("["):  # [v6]:port
+            end = host.find("]")
+            name, tail = host[1:end], host[end + 1 :].removeprefix(":")
+        else:
+            name, _, tail = host.partition(":")
+        host, port = name, int(tail) if tail.isdigit() else None
+    else:
+        server = scope.get("server")
+        if server:
+            host, port = server[0], server[1]
+    if host:
+        attributes[SERVER_ADDRESS] = host
+        attributes[SERVER_PORT] = port if port is not None else _DEFAULT_PORTS.get(scheme, 0)
+    client = scope.get("client")
+    if client:
+        attributes[CLIENT_ADDRESS] = client[0]
+    version = scope.get("http_version")
+    if version:
+        attributes[NETWORK_PROTOCOL_VERSION] = version

@@ -39,7 +39,9 @@ def is_failure(family: str, labels: Labels) -> bool:
     """True for a series of failed requests: HTTP 5xx, or a gRPC server-error code."""
     values = dict(labels)
     if family.startswith("rpc_"):
-        code = values.get("rpc_grpc_status_code", "")
+        # rpc.response.status_code (semantic conventions 1.44); rpc.grpc.status_code from
+        # instances of meshlib before it
+        code = values.get("rpc_response_status_code") or values.get("rpc_grpc_status_code", "")
         return code.upper().removeprefix("STATUSCODE.") in GRPC_SERVER_ERRORS
     status = values.get("http_response_status_code", "")
     return not status.isdigit() or int(status) >= 500

@@ -8,18 +8,23 @@ and tracing as in library mode; calls to names outside the mesh go out unchanged
 from __future__ import annotations
 
 import http.server
+import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 import meshlib
 from examples.generated import inventory_pb2 as pb
 from examples.generated import inventory_pb2_grpc as pb_grpc
-from tests.integration.harness import MESHCTL, Control, Process, free_port, wait_for
+from tests.integration.harness import MESHCTL, Control, Process, free_port, stop_all, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -63,9 +68,10 @@ class Run:
     ) -> None:
         self.service = service
         self.port = int(env.pop("PORT", "0")) or free_port()
+        launcher = env.pop("LAUNCHER", "python -m meshlib.run").split()
         environ = {
             "MESH_CONTROL_URL": control.url,
-            "MESH_TOKEN": control.token(service),
+            "MESH_TOKEN": env.pop("MESH_TOKEN") if "MESH_TOKEN" in env else control.token(service),
             "MESH_DATA_DIR": str(workdir / f"run-{service}-{self.port}"),
             "MESH_START_TIMEOUT": "15",
             "PORT": str(self.port),
@@ -73,7 +79,14 @@ class Run:
         }
         command = [part.replace("{port}", str(self.port)) for part in command]
         self.process = Process(
-            [*MESHCTL, "run", "--service", service, "--", *command],
+            [
+                *(MESHCTL if launcher == ["meshctl"] else [sys.executable, "-m", "meshlib.run"]),
+                *(["run"] if launcher == ["meshctl"] else []),
+                "--service",
+                service,
+                "--",
+                *command,
+            ],
             workdir / f"run-{service}-{self.port}.log",
             environ,
         )
@@ -87,18 +100,97 @@ class Run:
         return self.process.proc.wait(timeout)
 
 
-@pytest.fixture
-def run(tmp_path: Path, control: Control) -> Iterator[Callable[..., Run]]:
-    started: list[Run] = []
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control]:
+    """One control service for the module, with POLICY applied."""
+    control = Control(tmp_path_factory.mktemp("run") / "control", "--instance-ttl", "5s")
+    control.start()
+    control.apply(POLICY)
+    yield control
+    control.stop()
 
-    def start(service: str, command: list[str], **env: str) -> Run:
-        runner = Run(control, tmp_path, service, command, **env).start()
-        started.append(runner)
-        return runner
 
-    yield start
-    for runner in started:
-        runner.process.stop()
+@pytest.fixture(scope="module")
+def fleet(plane: Control, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
+    """Every unmodified app under ``meshctl run``, started at once (tokens in parallel)."""
+    workdir = tmp_path_factory.mktemp("fleet")
+    grpc_pair = [sys.executable, "-m", "examples.unmodified.grpc_pair"]
+    outside = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Outside)
+    threading.Thread(target=outside.serve_forever, daemon=True).start()
+    specs: dict[str, tuple[list[str], dict[str, str]]] = {
+        "inventory": (uvicorn_cli("examples.unmodified.inventory"), {"LAUNCHER": "meshctl"}),
+        "orders": (
+            [
+                sys.executable,
+                "-c",
+                "import uvicorn; uvicorn.run('examples.unmodified.orders:app', "
+                "host='127.0.0.1', port={port})",
+            ],
+            {
+                "UPSTREAM": "inventory",
+                "OUTSIDE_URL": f"http://127.0.0.1:{outside.server_address[1]}/",
+            },
+        ),
+        "grpc-back": (grpc_pair, {}),
+        "grpc-front": (grpc_pair, {}),
+        "stock": (
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-w",
+                "2",
+                "-k",
+                "uvicorn.workers.UvicornWorker",
+                "--bind",
+                "127.0.0.1:{port}",
+                "examples.unmodified.inventory:app",
+            ],
+            {"FLAKY_FAILURES": "0"},
+        ),
+    }
+    with ThreadPoolExecutor(len(specs)) as pool:
+        runs = dict(
+            zip(
+                specs,
+                pool.map(lambda n: Run(plane, workdir, n, specs[n][0], **specs[n][1]), specs),
+                strict=True,
+            )
+        )
+    for runner in runs.values():
+        runner.start()
+    try:
+        try:
+            for name, runner in runs.items():
+                wait_for(lambda r=runner: _serving(plane, r), 40, f"{name} serving", 0.3)
+        except AssertionError as exc:
+            logs = "\n".join(f"--- {n}\n{r.process.output()[-3000:]}" for n, r in runs.items())
+            raise AssertionError(f"{exc}\n{logs}") from None
+        yield runs
+    finally:
+        stop_all([r.process for r in runs.values()])
+        outside.shutdown()
+        outside.server_close()
+
+
+def _serving(plane: Control, runner: Run) -> bool:
+    assert runner.process.alive(), runner.process.output()
+    return any(i["service"] == runner.service and i["port"] for i in plane.instances())
+
+
+@pytest.fixture(scope="module")
+def caller(plane: Control, tmp_path_factory: pytest.TempPathFactory) -> Iterator[meshlib.Mesh]:
+    """A library-mode workload (frontend) calling the fleet."""
+    mesh = meshlib.Mesh(
+        service="frontend",
+        control_url=plane.url,
+        token=plane.token("frontend"),
+        data_dir=tmp_path_factory.mktemp("frontend"),
+        start_timeout=20,
+    )
+    mesh.start()
+    yield mesh
+    mesh.close()
 
 
 def uvicorn_cli(module: str) -> list[str]:
@@ -106,7 +198,7 @@ def uvicorn_cli(module: str) -> list[str]:
 
 
 class _Outside(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         body = b"outside says hi"
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
@@ -117,80 +209,200 @@ class _Outside(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_fastapi_pair_over_httpx(
-    run: Callable[..., Run], control: Control, workload: Callable[..., meshlib.Mesh]
-) -> None:
+def _wait_resolved(mesh: meshlib.Mesh, *services: str) -> None:
+    for service in services:
+        wait_for(lambda s=service: mesh.engine.resolve(s) is not None, 10, service, 0.05)
+
+
+def test_fastapi_pair_over_httpx(fleet: dict[str, Run], caller: meshlib.Mesh) -> None:
     """orders (uvicorn.run) -> inventory (uvicorn CLI) by name: mTLS, deny, retries, trace."""
-    control.apply(POLICY)
-    outside = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Outside)
-    threading.Thread(target=outside.serve_forever, daemon=True).start()
-    try:
-        inventory = run("inventory", uvicorn_cli("examples.unmodified.inventory"))
-        orders = run(
-            "orders",
-            [
-                sys.executable,
-                "-c",
-                "import uvicorn; uvicorn.run('examples.unmodified.orders:app', "
-                "host='127.0.0.1', port={port})",
-            ],
-            UPSTREAM="inventory",
-            OUTSIDE_URL=f"http://127.0.0.1:{outside.server_address[1]}/",
+    _wait_resolved(caller, "orders", "inventory")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with caller.client(timeout=10) as web:
+        reply = web.get(
+            "http://orders/order/apple",
+            headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
         )
-        control.wait_serving("inventory")
-        control.wait_serving("orders")
-        front = workload("frontend")
-        wait_for(lambda: front.engine.resolve("inventory") is not None, 10, "inventory")
-        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
-        with front.client(timeout=10) as web:
-            reply = web.get(
-                "http://orders/order/apple",
-                headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
-            )
-            assert reply.status_code == 200, (reply.text, orders.process.output())
-            body = reply.json()
-            # inventory saw an mTLS request from orders' SVID, in the caller's trace.
-            assert body["status"] == 200, body
-            assert body["body"]["scheme"] == "https"
-            assert body["body"]["xfcc"] == f"By={TD}/inventory;URI={TD}/orders"
-            assert body["body"]["traceparent"].split("-")[1] == trace_id
-            # Retries: the route retries 5xx; inventory fails twice, the third try answers.
-            flaky = web.get("http://orders/order/key1?flaky=1").json()
-            assert flaky["status"] == 200 and flaky["body"] == {"asked": 3}, flaky
-            # authz deny: frontend may not call inventory, exactly as in library mode.
-            denied = web.get("http://inventory/item/apple")
-            assert denied.status_code == 403
-            assert denied.headers["x-mesh-flag"] == "AUTHZ_DENIED"
-            assert "inventory-from-orders" in denied.text
-            # A host that is not a mesh service goes out unchanged (plain HTTP here).
-            out = web.get("http://orders/outside").json()
-            assert out == {"status": 200, "body": "outside says hi"}
-        assert inventory.process.alive() and orders.process.alive()
-    finally:
-        outside.shutdown()
-        outside.server_close()
+        assert reply.status_code == 200, (reply.text, fleet["orders"].process.output())
+        body = reply.json()
+        # inventory saw an mTLS request from orders' SVID, in the caller's trace.
+        assert body["status"] == 200, body
+        assert body["body"]["scheme"] == "https"
+        assert body["body"]["xfcc"] == f"By={TD}/inventory;URI={TD}/orders"
+        assert body["body"]["traceparent"].split("-")[1] == trace_id
+        # Retries: the route retries 5xx; inventory fails twice, the third try answers.
+        flaky = web.get("http://orders/order/key1?flaky=1").json()
+        assert flaky["status"] == 200 and flaky["body"] == {"asked": 3}, flaky
+        # authz deny: frontend may not call inventory, exactly as in library mode.
+        denied = web.get("http://inventory/item/apple")
+        assert denied.status_code == 403
+        assert denied.headers["x-mesh-flag"] == "AUTHZ_DENIED"
+        assert "inventory-from-orders" in denied.text
+        # A host that is not a mesh service goes out unchanged (plain HTTP here).
+        out = web.get("http://orders/outside").json()
+        assert out == {"status": 200, "body": "outside says hi"}
 
 
-def test_grpc_aio_pair(
-    run: Callable[..., Run], control: Control, workload: Callable[..., meshlib.Mesh]
-) -> None:
+def test_plaintext_to_a_meshed_uvicorn_fails_the_handshake(fleet: dict[str, Run]) -> None:
+    """The port uvicorn opened is mTLS only: a plain HTTP request gets no answer."""
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{fleet['inventory'].port}/item/apple", timeout=3)
+
+
+def test_grpc_aio_pair(fleet: dict[str, Run], caller: meshlib.Mesh) -> None:
     """grpc-front -> grpc-back over grpc.aio.insecure_channel('grpc-back:50051'), meshed."""
-    control.apply(POLICY)
-    command = [sys.executable, "-m", "examples.unmodified.grpc_pair"]
-    run("grpc-back", command)
-    run("grpc-front", command)
-    control.wait_serving("grpc-back")
-    control.wait_serving("grpc-front")
-    client = workload("grpc-client")
-    wait_for(lambda: client.engine.resolve("grpc-back") is not None, 10, "grpc-back")
-    with client.grpc_channel("grpc-front") as channel:
+    _wait_resolved(caller, "grpc-front", "grpc-back")
+    with caller.grpc_channel("grpc-front") as channel:
         stub = pb_grpc.InventoryStub(channel)
         reply = stub.GetItemVia(pb.ViaRequest(service="grpc-back", item="apple"), timeout=10)
-        assert reply.local.caller == f"{TD}/grpc-client"
+        assert reply.local.caller == f"{TD}/frontend"
         assert reply.upstream.caller == f"{TD}/grpc-front"
         assert reply.upstream.service == "grpc-back"
-    with client.grpc_channel("grpc-back") as channel:
+    with caller.grpc_channel("grpc-back") as channel:
         with pytest.raises(grpc.RpcError) as denied:
             pb_grpc.InventoryStub(channel).GetItem(pb.ItemRequest(item="apple"), timeout=10)
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "grpc-back-from-grpc-front" in (denied.value.details() or "")
+
+
+def test_gunicorn_workers_serve_one_registered_endpoint(
+    fleet: dict[str, Run], plane: Control, caller: meshlib.Mesh
+) -> None:
+    """gunicorn -w 2 -k UvicornWorker: one endpoint (the pod's socket), both workers mTLS."""
+    _wait_resolved(caller, "stock")
+    stock = [i for i in plane.instances() if i["service"] == "stock"]
+    with_port = [i for i in stock if i["port"]]
+    assert [i["port"] for i in with_port] == [fleet["stock"].port], stock
+    assert len(stock) == 3, stock  # the master's registration and one per worker, no port
+
+    def ask() -> int:
+        with caller.client(timeout=10) as web:  # a new connection each time
+            reply = web.get("http://stock/item/pear")
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["xfcc"] == f"By={TD}/stock;URI={TD}/frontend"
+        return int(reply.json()["pid"])
+
+    first = ask()
+    # The kernel may hand every connection to one worker; kill it: the other worker (or
+    # the master's replacement, starting its own mesh from the cached identity) answers.
+    os.kill(first, signal.SIGKILL)
+    other = wait_for(lambda: (pid := _try(ask)) not in (None, first) and pid, 20, "another worker")
+    assert other != first
+    assert fleet["stock"].process.alive()
+
+
+def _try(ask: Callable[[], int]) -> int | None:
+    try:
+        return ask()
+    except httpx.HTTPError:
+        return None
+
+
+# ---------------------------------------------------------------- failure modes, signals
+
+
+def _run_to_end(plane: Control, workdir: Path, command: list[str], **env: str) -> tuple[int, str]:
+    runner = Run(plane, workdir, env.pop("SERVICE", "lonely"), command, **env).start()
+    code = runner.wait(30)
+    return code, runner.process.output()
+
+
+def test_missing_token_fails_before_the_app_starts(plane: Control, tmp_path: Path) -> None:
+    code, out = _run_to_end(
+        plane, tmp_path, [*uvicorn_cli("examples.unmodified.inventory")], MESH_TOKEN=""
+    )
+    assert code == 1, out
+    assert "meshctl run: lonely: cannot join the mesh:" in out
+    assert "MESH_TOKEN" in out or "token" in out.lower(), out
+    assert "Uvicorn running" not in out and "Started server process" not in out
+
+
+def test_unreachable_control_fails_within_the_start_timeout(plane: Control, tmp_path: Path) -> None:
+    started = time.monotonic()
+    code, out = _run_to_end(
+        plane,
+        tmp_path,
+        uvicorn_cli("examples.unmodified.inventory"),
+        MESH_CONTROL_URL=f"https://127.0.0.1:{free_port()}",
+        MESH_START_TIMEOUT="2",
+    )
+    assert code == 1, out
+    assert "meshctl run: lonely: cannot join the mesh: mesh did not become ready within 2s" in out
+    assert time.monotonic() - started < 20
+    assert "Started server process" not in out
+
+
+@pytest.mark.parametrize(
+    ("command", "setting"),
+    [
+        (
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "examples.unmodified.inventory:app",
+                "--port",
+                "{port}",
+                "--ssl-certfile",
+                "/nonexistent/cert.pem",
+                "--ssl-keyfile",
+                "/nonexistent/key.pem",
+            ],
+            "uvicorn ssl_certfile",
+        ),
+        (
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-k",
+                "uvicorn.workers.UvicornWorker",
+                "--bind",
+                "127.0.0.1:{port}",
+                "--certfile",
+                "/nonexistent/cert.pem",
+                "--keyfile",
+                "/nonexistent/key.pem",
+                "examples.unmodified.inventory:app",
+            ],
+            "gunicorn --certfile/--keyfile",
+        ),
+    ],
+)
+def test_an_app_that_configures_tls_is_refused(
+    plane: Control, tmp_path: Path, command: list[str], setting: str
+) -> None:
+    code, out = _run_to_end(plane, tmp_path, command)
+    assert code == 1, out
+    assert f"meshctl run: the app configures TLS itself ({setting})" in out, out
+    assert "Uvicorn running" not in out and "Booting worker" not in out
+
+
+def test_exit_code_and_signals_pass_through(plane: Control, tmp_path: Path) -> None:
+    code, out = _run_to_end(plane, tmp_path, [sys.executable, "-c", "raise SystemExit(7)"])
+    assert code == 7, out
+    script = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(42))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    runner = Run(plane, tmp_path, "signalled", [sys.executable, "-c", script]).start()
+    wait_for(lambda: "ready" in runner.process.output(), 20, "child ready")
+    assert runner.process.proc is not None
+    runner.process.proc.send_signal(signal.SIGTERM)
+    assert runner.wait(10) == 42, runner.process.output()
+
+
+def test_sigterm_withdraws_a_meshed_uvicorn_first(plane: Control, tmp_path: Path) -> None:
+    runner = Run(
+        plane, tmp_path, "leaving", uvicorn_cli("examples.unmodified.inventory"), LAUNCHER="meshctl"
+    ).start()
+    wait_for(lambda: _serving(plane, runner), 30, "leaving serving", interval=0.3)
+    assert runner.process.proc is not None
+    runner.process.proc.send_signal(signal.SIGTERM)
+    code = runner.wait(15)
+    out = runner.process.output()
+    assert code in (0, 128 + signal.SIGTERM), out
+    assert "Shutting down" in out and "Finished server process" in out
+    assert not [i for i in plane.instances() if i["service"] == "leaving" and i["port"]]

@@ -48,7 +48,10 @@ def test_http_call_makes_one_client_span_and_one_sample(traced):
     assert [e.name for e in span.events] == ["mesh.retry"]
     page = telemetry.prometheus()
     assert 'http_client_request_duration_seconds_count{http_request_method="GET"' in page
-    assert 'mesh_client_retries_total{mesh_destination_service="orders"} 1' in page
+    assert (
+        'mesh_client_retries_total{mesh_destination_service="orders",'
+        'mesh_destination_namespace="default"} 1'
+    ) in page
 
 
 def test_grpc_call_records_rpc_metrics_and_mesh_flag(traced):
@@ -63,11 +66,16 @@ def test_grpc_call_records_rpc_metrics_and_mesh_flag(traced):
     )
     (span,) = exporter.get_finished_spans()
     assert span.name == "shop.Orders/Get"
-    assert span.attributes is not None and span.attributes["rpc.method"] == "Get"
+    assert span.attributes is not None and span.attributes["rpc.method"] == "shop.Orders/Get"
     assert span.attributes["mesh.flag"] == "CIRCUIT_OPEN"
+    assert span.attributes["rpc.response.status_code"] == "UNAVAILABLE"
+    assert span.attributes["error.type"] == "UNAVAILABLE"
     page = telemetry.prometheus()
-    assert 'rpc_grpc_status_code="UNAVAILABLE"' in page
-    assert 'mesh_client_retries_total{mesh_destination_service="orders"} 2' in page
+    assert 'rpc_response_status_code="UNAVAILABLE"' in page
+    assert (
+        'mesh_client_retries_total{mesh_destination_service="orders",'
+        'mesh_destination_namespace="default"} 2'
+    ) in page
     assert 'mesh_flag="CIRCUIT_OPEN"' in page
 
 
