@@ -172,6 +172,16 @@ def run_without(module: str, *argv: str, debug: bool = False) -> subprocess.Comp
     )
 
 
+def test_a_missing_grpc_for_the_ads_server_names_the_extra(tmp_path: Any) -> None:
+    result = run_without("grpc", "control", "serve", "--data-dir", str(tmp_path / "d"),
+                         "--listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0")  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: meshctl control serve needs the [control] extra (missing module 'grpc'): "
+        "pip install 'inproc-mesh[control]'"
+    ]
+
+
 def test_a_missing_extra_is_one_line_naming_the_install(tmp_path: Any) -> None:
     result = run_without("uvicorn", "control", "serve", "--data-dir", str(tmp_path / "d"))
     assert result.returncode == 1
