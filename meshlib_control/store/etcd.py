@@ -35,6 +35,10 @@ from meshlib_control.store.records import CertificateRecord, InstanceRecord, tim
 __all__ = ["DEFAULT_PREFIX", "EtcdStore"]
 
 DEFAULT_PREFIX = "/meshlib/"
+# After etcd refused writes, heartbeats resume only as fast as the agents' failover backoff
+# lets them (at most 30 s, meshlib.runtime.control_client.FAILOVER_MAX, plus a heartbeat
+# interval): for this long after an outage no registration is dropped for a missed lease.
+RECOVERY_GRACE = 45.0
 CAS_ATTEMPTS = 8
 OWNER_TOUCH_SECONDS = 60.0  # an owner's last_seen is rewritten at most this often
 
@@ -44,8 +48,16 @@ class EtcdStore(TokenOperations):
 
     replicated = True
 
-    def __init__(self, endpoints: tuple[str, ...], *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        endpoints: tuple[str, ...],
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        grace: float = RECOVERY_GRACE,
+    ) -> None:
         self.endpoints = endpoints
+        self.grace = grace
+        self._lapsed: set[str] = set()  # ids whose expiry :meth:`expire_instances` reported
         self._client = EtcdClient(endpoints)
         self._callbacks: list[Callable[[], None]] = []
         self._resources: tuple[int, tuple[Resource, ...]] = (-1, ())
@@ -168,8 +180,11 @@ class EtcdStore(TokenOperations):
         lease = int(extra_field(old.value, "lease") or 0) if old else 0
         if lease and self._client.keepalive(lease) > 0:
             return lease
-        ttl = max(1, math.ceil((record.expires_at - record.last_seen).total_seconds()))
-        return self._client.grant(ttl)
+        # The lease outlives the registration by the recovery grace, so that etcd keeps
+        # the key while heartbeats catch up after an outage; the registration's own
+        # expiry (expires_at) says whether it is live the rest of the time.
+        ttl = (record.expires_at - record.last_seen).total_seconds() + self.grace
+        return self._client.grant(max(1, math.ceil(ttl)))
 
     def upsert_instance(self, record: InstanceRecord) -> InstanceRecord | None:
         """Store *record*, keeping its etcd lease alive (or granting one)."""
@@ -191,12 +206,16 @@ class EtcdStore(TokenOperations):
         return tuple(sorted(records, key=lambda r: (r.namespace, r.service, r.id)))
 
     def live_instances(self, now: datetime) -> tuple[InstanceRecord, ...]:
-        """Instances whose etcd lease holds: etcd, not the clock, says which are live.
+        """Instances whose registration has not expired at *now*.
 
-        After etcd lost quorum, leases are extended when a leader is back; filtering by
-        the stored expiry would drop instances whose heartbeats were refused meanwhile.
+        While etcd refuses writes, and for :data:`RECOVERY_GRACE` after, every stored
+        instance counts as live: its heartbeats were refused (or are still backing off),
+        not missed, and etcd keeps its lease alive meanwhile.
         """
-        return self.instances()
+        records = self.instances()
+        if self._mirror.unwritable_within(self.grace):
+            return records
+        return tuple(r for r in records if r.expires_at >= now)
 
     def delete_instance(self, instance_id: str) -> bool:
         """Remove one instance (and end its lease); False if unknown."""
@@ -209,12 +228,17 @@ class EtcdStore(TokenOperations):
         return True
 
     def expire_instances(self, now: datetime) -> int:
-        """Nothing to do: etcd deletes an instance's key when its lease runs out."""
-        return 0
+        """How many instances lapsed since the last call (etcd deletes their keys later,
+        when their lease runs out); a positive answer makes the plane rebuild snapshots."""
+        live = {r.id for r in self.live_instances(now)}
+        lapsed = set(self._mirror.kind("inst")) - live
+        new = lapsed - self._lapsed
+        self._lapsed = lapsed
+        return len(new)
 
     def live_instances_of(self, spiffe_id: str, now: datetime) -> int:
-        """How many registrations *spiffe_id* holds (their leases hold)."""
-        return sum(1 for r in self.instances() if r.spiffe_id == spiffe_id)
+        """How many unexpired registrations *spiffe_id* holds."""
+        return sum(1 for r in self.live_instances(now) if r.spiffe_id == spiffe_id)
 
     def record_report(self, instance_id: str, version: str, error: str | None) -> bool:
         """Store which snapshot an instance applied or rejected; False if unknown."""

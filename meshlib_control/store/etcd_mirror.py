@@ -61,6 +61,7 @@ class Mirror:
         self.generations: dict[str, int] = {}  # kind → bumps on every change of that kind
         self.writable = True
         self.cause = ""
+        self.last_unwritable: float | None = None  # monotonic time the health check last failed
         self._load()
         self._threads = [
             threading.Thread(target=self._watch_loop, name="etcd-watch", daemon=True),
@@ -84,6 +85,11 @@ class Mirror:
     def key(self, kind: str, name: str) -> str:
         """The etcd key of *name* in *kind*."""
         return f"{self.prefix}{kind}/{name}"
+
+    def unwritable_within(self, seconds: float) -> bool:
+        """True when writes were refused at some point in the last *seconds*."""
+        last = self.last_unwritable
+        return not self.writable or (last is not None and time.monotonic() - last <= seconds)
 
     # ------------------------------------------------------------------ writes
 
@@ -201,6 +207,8 @@ class Mirror:
     def _health_loop(self) -> None:
         while not self._closed.wait(HEALTH_INTERVAL):
             ok, cause = self._health_client.healthy()
+            if not ok:
+                self.last_unwritable = time.monotonic()
             if ok != self.writable:
                 log.warning("etcd %s", "is back: writes resume" if ok else f"unavailable: {cause}")
             self.writable, self.cause = ok, cause

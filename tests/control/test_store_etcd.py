@@ -47,7 +47,7 @@ def stores(cluster: EtcdCluster) -> Iterator[list[EtcdStore]]:
     """Two stores (two replicas' views) on one fresh prefix; a third can be opened."""
     prefix = f"/test-{uuid.uuid4().hex[:8]}/"
     endpoints = tuple(url.removeprefix("http://") for url in cluster.client_urls)
-    opened = [EtcdStore(endpoints, prefix=prefix) for _ in range(2)]
+    opened = [EtcdStore(endpoints, prefix=prefix, grace=0.5) for _ in range(2)]
     yield opened
     for store in opened:
         store.close()
@@ -160,9 +160,16 @@ def test_instance_lease_is_kept_by_any_replica_and_expires_in_etcd(
     lease = b._mirror.get("inst", "i1").lease  # type: ignore[union-attr]
     for _ in range(3):  # 3 s of heartbeats through B on a 2 s lease
         time.sleep(1.0)
-        b.upsert_instance(record)
+        beat = datetime.now(UTC)
+        b.upsert_instance(replace(record, last_seen=beat, expires_at=beat + timedelta(seconds=2)))
     assert b._mirror.get("inst", "i1").lease == lease  # type: ignore[union-attr]
     assert [r.id for r in a.live_instances(datetime.now(UTC))] == ["i1"]
+    assert a.expire_instances(datetime.now(UTC)) == 0
+    # Lapsed at its expiry (the sweeper's answer rebuilds snapshots), deleted by etcd when
+    # the lease, 0.5 s longer (the stores' recovery grace), runs out.
+    _eventually(lambda: a.live_instances(datetime.now(UTC)) == (), timeout=3.0)
+    assert a.expire_instances(datetime.now(UTC)) == 1
+    assert a.expire_instances(datetime.now(UTC)) == 0
     _eventually(lambda: a.instance("i1") is None and b.instance("i1") is None, timeout=6.0)
 
 
@@ -220,9 +227,14 @@ def test_quorum_loss_refuses_writes_keeps_reads_and_recovers(tmp_path: Path) -> 
     """Without quorum writes fail fast with 503 naming the cause; reads go on; then resume."""
     etcd = EtcdCluster(tmp_path / "etcd", members=3).start()
     endpoints = tuple(url.removeprefix("http://") for url in etcd.client_urls)
-    store = EtcdStore(endpoints, prefix="/q/")
+    store = EtcdStore(endpoints, prefix="/q/", grace=4.0)
     try:
         store.apply(DOCS, NOW)
+        now = datetime.now(UTC)
+        short = replace(
+            instance("i1", "orders"), last_seen=now, expires_at=now + timedelta(seconds=1)
+        )
+        store.upsert_instance(short)
         etcd.kill(1)
         etcd.kill(2)
         _eventually(lambda: not store._mirror.writable, timeout=5.0)
@@ -238,6 +250,11 @@ def test_quorum_loss_refuses_writes_keeps_reads_and_recovers(tmp_path: Path) -> 
         _eventually(lambda: store._mirror.writable, timeout=5.0)
         assert [action for _, action in store.apply(CHANGED, NOW)] == ["configured"]
         assert store.resources() == CHANGED
+        # Its heartbeats were refused, not missed: live through the grace after the outage.
+        assert [r.id for r in store.live_instances(datetime.now(UTC))] == ["i1"]
+        assert store.expire_instances(datetime.now(UTC)) == 0
+        _eventually(lambda: store.live_instances(datetime.now(UTC)) == (), timeout=6.0)
+        assert store.expire_instances(datetime.now(UTC)) == 1
     finally:
         store.close()
         etcd.stop()
