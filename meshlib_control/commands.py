@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -264,7 +265,9 @@ def _cmd_explain(client: AdminClient, args: argparse.Namespace) -> None:
 def cmd_dashboard(args: argparse.Namespace) -> None:
     data_dir = Path(args.data_dir)
     try:
-        url = args.control or json.loads((data_dir / "control.json").read_text())["url"]
+        given = args.control or os.environ.get("MESH_CONTROL_URL")
+        url = given.split(",")[0].strip() if given else None
+        url = url or json.loads((data_dir / "control.json").read_text())["url"]
         token = (data_dir / "admin" / "dashboard.token").read_text().strip()
     except (OSError, ValueError, KeyError) as exc:
         raise CLIError(

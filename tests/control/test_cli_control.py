@@ -245,3 +245,14 @@ def test_a_malformed_parameter_is_a_400_with_the_envelope(plane: Plane) -> None:
     error = response.json()["error"]
     assert (error["code"], error["path"]) == ("invalid", "wait")
     assert error["message"].startswith("wait: ")
+
+
+def test_dashboard_url_follows_mesh_control_url(
+    plane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    control = plane.control
+    token = (control.data_dir / "admin" / "dashboard.token").read_text().strip()
+    monkeypatch.delenv("MESH_CONTROL_URL", raising=False)
+    assert ok(control, "dashboard") == f"{control.url}/dashboard#token={token}\n"
+    monkeypatch.setenv("MESH_CONTROL_URL", "https://mesh.example:7443,https://b.example:7443")
+    assert ok(control, "dashboard") == f"https://mesh.example:7443/dashboard#token={token}\n"
