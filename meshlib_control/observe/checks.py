@@ -21,7 +21,7 @@ from meshlib_control.ca.authority import CertificateAuthority
 from meshlib_control.errors import ApiError
 from meshlib_control.observe.instances import InstanceState, PlaneView, expected_versions
 from meshlib_control.observe.scraper import Observer
-from meshlib_control.observe.trust_checks import bundle_check, signing_checks
+from meshlib_control.observe.trust_checks import bundle_check, signing_checks, svid_roots_check
 from meshlib_control.store.sqlite import InstanceRecord
 from meshlib_control.xds.status import XdsStatus
 
@@ -178,6 +178,7 @@ async def run_checks(plane: CheckedPlane, observer: Observer) -> list[dict[str, 
     checks.extend(cert_problems)
     trusting = [(_who(r), by_id[r.id][0]) for r in admin]
     checks.append(bundle_check(plane.ca.bundle_fingerprints, trusting))
+    checks.append(svid_roots_check(plane.ca.bundle.roots, plane.ca.root, trusting))
 
     # Admin pages are the workload's word: a malformed one is reported here, never raised.
     page_problems: list[dict[str, str]] = []

@@ -13,7 +13,9 @@ from typing import Any
 
 from cryptography import x509
 
-__all__ = ["INTERMEDIATE_WARN", "bundle_check", "signing_checks"]
+from meshlib_control.ca.bundle import anchor_of, describe
+
+__all__ = ["INTERMEDIATE_WARN", "bundle_check", "signing_checks", "svid_roots_check"]
 
 INTERMEDIATE_WARN = timedelta(days=30)
 
@@ -73,3 +75,46 @@ def bundle_check(
     if unknown:
         message += f"; {unknown} unknown (no bundle on the admin page or unreachable)"
     return _check("trust bundle", WARN if behind else OK, message)
+
+
+def _anchor(chain_pem: Any, roots: Sequence[x509.Certificate]) -> x509.Certificate | None:
+    if not isinstance(chain_pem, str):
+        return None
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem.encode())
+    except ValueError:
+        return None
+    return anchor_of(chain[-1], roots) if chain else None
+
+
+def svid_roots_check(
+    roots: Sequence[x509.Certificate],
+    signing_root: x509.Certificate,
+    identities: Sequence[tuple[str, Any]],
+) -> dict[str, str]:
+    """Which root each instance's current SVID chains to (the ``certificateChain`` of
+    its ``/debug/identity``): after a signing switch, wait until none is left under the
+    old root before retiring it. An SVID under no root of the bundle fails: peers refuse it.
+    """
+    names = {root: describe(root) for root in roots}
+    counts: dict[str, int] = {}
+    others: list[str] = []
+    orphans: list[str] = []
+    for who, identity in identities:
+        if not isinstance(identity, dict):
+            continue
+        root = _anchor(identity.get("certificateChain"), roots)
+        if root is None:
+            orphans.append(who)
+            continue
+        counts[names[root]] = counts.get(names[root], 0) + 1
+        if root != signing_root:
+            others.append(who)
+    parts = [f"{count} under {name}" for name, count in sorted(counts.items())]
+    message = "; ".join(parts) if parts else "no instance SVID seen"
+    if others:
+        message += f"; not yet under the signing root: {', '.join(others)}"
+    if orphans:
+        message += f"; under no root of the bundle (refused by peers): {', '.join(orphans)}"
+        return _check("instance SVID roots", FAIL, message)
+    return _check("instance SVID roots", WARN if others else OK, message)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from meshlib.identity.spiffe import SpiffeId
 from meshlib.identity.svid import load_pem_certificates
+from meshlib_control.ca.authority import CertificateAuthority
+from meshlib_control.ca.bundle import describe
 from meshlib_control.ca.offline import init_root, issue_intermediate
-from meshlib_control.observe.trust_checks import bundle_check, signing_checks
+from meshlib_control.observe.trust_checks import bundle_check, signing_checks, svid_roots_check
 
 TD = "mesh.local"
 NOW = datetime.now(UTC)
@@ -52,3 +55,33 @@ def test_bundle_check_names_the_instances_behind() -> None:
         "status": "ok",
         "message": "2 root(s); 1 instance(s) trust exactly this bundle",
     }
+
+
+def _chain(tmp_path: Path, root: str) -> str:
+    """The certificateChain an instance's admin page shows for an SVID under *root*."""
+    out = tmp_path / f"int-{root}"
+    if not out.exists():
+        issue_intermediate(tmp_path / root, out, TD, name=root)
+    ca = CertificateAuthority.from_files(out / "ca.pem", out / "ca.key", TD)
+    issued, _ = ca.issue_local(SpiffeId.for_service(TD, "default", "x"), timedelta(hours=1))
+    return issued.cert_pem.decode()
+
+
+def test_svid_roots_check_follows_the_age_out(tmp_path: Path) -> None:
+    """After switching signing to B, instances still under A are named (warn); all under
+    B is ok; an SVID under no root of the bundle fails (its peers refuse it)."""
+    a = init_root(tmp_path / "A", TD, name="A").cert
+    b = init_root(tmp_path / "B", TD, name="B").cert
+    init_root(tmp_path / "C", TD, name="C")
+    old, new = _chain(tmp_path, "A"), _chain(tmp_path, "B")
+    mixed = [("ns/lib/1", {"certificateChain": old}), ("ns/side/2", {"certificateChain": new})]
+    check = svid_roots_check([a, b], b, [*mixed, ("ns/down/3", "unreachable")])
+    assert check["status"] == "warn"
+    assert check["message"] == (
+        f"1 under {describe(a)}; 1 under {describe(b)}; not yet under the signing root: ns/lib/1"
+    )
+    done = svid_roots_check([b], b, [("ns/side/2", {"certificateChain": new})])
+    assert (done["status"], done["message"]) == ("ok", f"1 under {describe(b)}")
+    orphan = svid_roots_check([b], b, [("ns/x/4", {"certificateChain": _chain(tmp_path, "C")})])
+    assert orphan["status"] == "fail"
+    assert "under no root of the bundle (refused by peers): ns/x/4" in orphan["message"]
