@@ -2,7 +2,9 @@
 
 The peer certificate arrives as the ASGI TLS extension (``scope["extensions"]["tls"]``),
 which :func:`meshlib.serve` provides; meshlib adds one key to it, ``spiffe_id``, computed
-once per connection. A request with no TLS extension came over plaintext. The decision —
+once per connection. Another server's extension (``client_cert_chain``, no ``spiffe_id``)
+has its leaf validated here. A request with no TLS extension came over plaintext; a
+PLAINTEXT_REFUSED then names why the app saw no TLS (docs/run.md). The decision —
 identity, PeerAuthentication, authorization, rate limit, deadline — is
 :meth:`meshlib.inbound.Admission.decide`; this module only reads the scope, renders the
 refusal and runs the app.
@@ -21,12 +23,15 @@ caller's request (PERMISSIVE) carries no XFCC at all, so an app that reads the c
 
 from __future__ import annotations
 
+import dataclasses
+import ssl
 import time
 from typing import Any, Protocol
 
+from meshlib.errors import IdentityError
 from meshlib.inbound.cache import AdmissionSource
 from meshlib.inbound.peer import PeerInfo
-from meshlib.inbound.refusal import FLAG_HEADER, Refusal
+from meshlib.inbound.refusal import FLAG_HEADER, PLAINTEXT_REFUSED, Refusal
 from meshlib.policy.engine import PolicyEngine
 from meshlib.resilience.deadline import DEADLINE_HEADER, current_deadline, parse_deadline_header
 from meshlib.telemetry.server import ServerCall, propagation_keys, start_server_call
@@ -203,13 +208,15 @@ class MeshMiddleware:
         if deadline_value is not None:
             deadline = parse_deadline_header(deadline_value.decode("latin-1"), time.monotonic())
         if tls is not None:
-            peer = tls.get("spiffe_id")
+            peer, peer_error = tls.get("spiffe_id"), tls.get("client_cert_error")
+            if "spiffe_id" not in tls:  # another server's extension: validate its chain here
+                peer, peer_error = _peer_of_chain(self.mesh, tls.get("client_cert_chain"))
             decision = admission.decide(
                 secure=True,
                 peer=peer,
                 method=scope.get("method", "GET"),
                 path=scope["path"],
-                peer_error=None if peer is not None else tls.get("client_cert_error"),
+                peer_error=None if peer is not None else peer_error,
                 deadline=deadline,
                 headers=headers,
                 query=scope.get("query_string", b""),
@@ -226,6 +233,8 @@ class MeshMiddleware:
                 query=scope.get("query_string", b""),
             )
         if isinstance(decision, Refusal):
+            if tls is None and decision.flag == PLAINTEXT_REFUSED:
+                decision = _no_tls_refusal(decision, scope.get("scheme") in ("https", "wss"))
             await _refuse(scope, send, decision)
             return decision.flag
         # XFCC is the mesh's: drop a caller-sent one, add ours for an mTLS caller.
@@ -248,6 +257,32 @@ class MeshMiddleware:
         finally:
             current_deadline.reset(token)
         return None
+
+
+def _peer_of_chain(mesh: object, chain: Any) -> tuple[str | None, str | None]:
+    """``(spiffe_id, error)`` of the leaf of an ASGI ``client_cert_chain`` (PEM strings)."""
+    if not chain:
+        return None, "no client certificate"
+    try:
+        validator = mesh.tls.peer_validator  # type: ignore[attr-defined]
+        return str(validator.validate_der(ssl.PEM_cert_to_DER_cert(chain[0]))), None
+    except (IdentityError, ValueError, AttributeError) as exc:
+        return None, str(exc) or type(exc).__name__
+
+
+def _no_tls_refusal(refusal: Refusal, server_tls: bool) -> Refusal:
+    """PLAINTEXT_REFUSED naming why the app saw no TLS (docs/run.md, "Other servers")."""
+    cause = (
+        "the server terminated TLS but does not report the peer certificate (no ASGI TLS "
+        "extension in the scope)"
+        if server_tls
+        else "the request reached the app without TLS (no ASGI TLS extension in the scope)"
+    )
+    message = (
+        f"{refusal.message}; {cause}: serve the app with meshlib.serve or meshctl run, or "
+        "under a server that reports the peer certificate as the ASGI TLS extension"
+    )
+    return dataclasses.replace(refusal, message=message, grpc_details=message)
 
 
 def _own_id(mesh: object) -> str | None:
