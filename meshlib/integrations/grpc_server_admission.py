@@ -66,27 +66,20 @@ def admit(
         deadline: the call's absolute deadline on the monotonic clock, or None.
         metadata: the call's invocation metadata (where a JWT is read from).
     """
-    if _first(auth, "transport_security_type") != "ssl":
-        return admission.decide(
-            secure=False,
-            peer=None,
-            method=GRPC_METHOD,
-            path=method,
-            deadline=deadline,
-            headers=metadata or (),
-        )
-    pems = auth.get("x509_pem_cert", ())
+    secure = _first(auth, "transport_security_type") == "ssl"
     peer: str | None = None
     reason: str | None = None
-    if not pems:
-        reason = "no client certificate"
-    else:
-        try:
-            peer = str(validator.validate_pem(pems[0]))
-        except IdentityError as exc:
-            reason = str(exc)
+    if secure:
+        pems = auth.get("x509_pem_cert", ())
+        if not pems:
+            reason = "no client certificate"
+        else:
+            try:
+                peer = str(validator.validate_pem(pems[0]))
+            except IdentityError as exc:
+                reason = str(exc)
     return admission.decide(
-        secure=True,
+        secure=secure,
         peer=peer,
         method=GRPC_METHOD,
         path=method,

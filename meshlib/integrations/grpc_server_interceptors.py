@@ -142,11 +142,11 @@ class _Gate:
         )
 
 
-def _fields(handler: Any) -> tuple[str, bool]:
-    """The handler's behaviour field and whether it answers once (unary response)."""
+def _shape(handler: Any, details: Any) -> tuple[str, str, bool]:
+    """The call's method, the handler's behaviour field, and whether it answers once."""
     for field in ("unary_unary", "stream_unary", "unary_stream", "stream_stream"):
         if getattr(handler, field) is not None:
-            return field, field.endswith("_unary")
+            return _method_name(details), field, field.endswith("_unary")
     raise ValueError("a gRPC method handler without a behaviour")
 
 
@@ -167,10 +167,8 @@ class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = _method_name(handler_call_details)
-        gate, mesh = self._gate, self._mesh
-        field, unary_response = _fields(handler)
-        behavior = getattr(handler, field)
+        method, field, unary_response = _shape(handler, handler_call_details)
+        gate, mesh, behavior = self._gate, self._mesh, getattr(handler, field)
 
         def served(context: Any) -> _Served:
             call = _Served(mesh, method, context)
@@ -207,10 +205,8 @@ class AsyncMeshServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = _method_name(handler_call_details)
-        gate, mesh = self._gate, self._mesh
-        field, unary_response = _fields(handler)
-        behavior = getattr(handler, field)
+        method, field, unary_response = _shape(handler, handler_call_details)
+        gate, mesh, behavior = self._gate, self._mesh, getattr(handler, field)
 
         async def served(context: Any) -> _Served:
             call = _Served(mesh, method, context)
