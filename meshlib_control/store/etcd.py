@@ -74,7 +74,8 @@ class EtcdStore(TokenOperations):
 
     def _changed(self, changes: list[tuple[str, KV | None, KV | None]]) -> None:
         for kind, old, new in changes:
-            if kind == "res" or (kind == "inst" and _endpoint(old) != _endpoint(new)):
+            # meta: the trust bundle (root rotation) is in every snapshot.
+            if kind in ("res", "meta") or (kind == "inst" and _endpoint(old) != _endpoint(new)):
                 for callback in self._callbacks:
                     callback()
                 return
