@@ -52,6 +52,10 @@ class TrustOperations(PlaneBase):
     def _adopt(self, bundle: TrustBundle) -> None:
         """Make *bundle* this replica's; ConfigError when it lacks the signing root."""
         self.ca.use_bundle(bundle)
+        # meshctl verifies this replica with the bundle beside the admin credentials.
+        admin_bundle = self.settings.data_dir / "admin" / "bundle.pem"
+        if admin_bundle.parent.exists():
+            write_private_file(admin_bundle, bundle.pem)
         for listener in getattr(self, "_bundle_listeners", ()):
             try:
                 listener(bundle.pem)
@@ -88,14 +92,11 @@ class TrustOperations(PlaneBase):
         return super().state()
 
     def _store_bundle(self, bundle: TrustBundle) -> None:
-        try:
-            self._adopt(bundle)
-        except ConfigError as exc:
-            raise ApiError(409, "conflict", str(exc), path="fingerprint") from exc
+        """Store *bundle*, then serve it (a store refusing writes changes nothing here)."""
+        if self.ca.root not in bundle.roots:  # add/retire never drop it; kept as a guard
+            raise ApiError(409, "conflict", "the bundle must keep this replica's signing root")
         self.store.set_meta(BUNDLE_META_KEY, bundle.pem.decode())
-        admin_bundle = self.settings.data_dir / "admin" / "bundle.pem"
-        if admin_bundle.parent.exists():
-            write_private_file(admin_bundle, bundle.pem)
+        self._adopt(bundle)
         self.refresh()
 
     def add_root(self, body: dict[str, Any]) -> dict[str, Any]:
