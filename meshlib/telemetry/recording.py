@@ -3,9 +3,10 @@
 One method per finished event (a served request, a call made, a breaker transition, …),
 each building the attribute set of its metric and swallowing its own errors. Attribute
 names and values follow :mod:`meshlib.telemetry.semconv`; every label value is bounded:
-methods outside the HTTP conventions' list are ``_OTHER``, unknown gRPC methods served are
-``_OTHER``, paths are never labels (``http.route`` is the app's route template), status
-codes are numbers, and the mesh labels name services and endpoints of the snapshot.
+methods outside the HTTP conventions' list are ``_OTHER``, gRPC methods are those the
+server registered (the interceptors observe no other call), paths are never labels
+(``http.route`` is the app's route template), status codes are numbers, and the mesh
+labels name services and endpoints of the snapshot.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from meshlib.telemetry.semconv import (
     HTTP_RESPONSE_STATUS_CODE,
     HTTP_ROUTE,
     NETWORK_PROTOCOL_VERSION,
-    OTHER,
     RPC_METHOD,
     RPC_RESPONSE_STATUS_CODE,
     RPC_SYSTEM_NAME,
@@ -66,10 +66,8 @@ def workload_of(spiffe_id: str | None) -> tuple[str, str]:
     return UNKNOWN, UNKNOWN
 
 
-def rpc_method_of(method: str, code: str, *, server: bool) -> str:
-    """``rpc.method`` of the full method *method*: ``pkg.Service/Method``, or ``_OTHER``."""
-    if server and code == "UNIMPLEMENTED":
-        return OTHER
+def rpc_method_of(method: str) -> str:
+    """``rpc.method`` of the full method ``/pkg.Service/Method``: ``pkg.Service/Method``."""
     return method[1:] if method.startswith("/") else method
 
 
@@ -189,15 +187,13 @@ class Recorder:
     ) -> None:
         """One gRPC call, served (*side* ``server``) or made (``client``).
 
-        *method* is the full method (``/pkg.Service/Method``); a served call answered
-        UNIMPLEMENTED is recorded with ``rpc.method="_OTHER"`` (the method is the caller's
-        choice, not a bounded label).
+        *method* is the full method (``/pkg.Service/Method``).
         """
         try:
             server = side == "server"
             attributes: dict[str, Any] = {
                 RPC_SYSTEM_NAME: "grpc",
-                RPC_METHOD: rpc_method_of(method, code, server=server),
+                RPC_METHOD: rpc_method_of(method),
                 RPC_RESPONSE_STATUS_CODE: code,
             }
             error = grpc_error_type(code, server=server)

@@ -43,11 +43,10 @@ NETWORK_PROTOCOL_VERSION = "network.protocol.version"
 ERROR_TYPE = "error.type"
 RPC_SYSTEM_NAME = "rpc.system.name"
 RPC_METHOD = "rpc.method"
-RPC_METHOD_ORIGINAL = "rpc.method_original"
 RPC_RESPONSE_STATUS_CODE = "rpc.response.status_code"
 
 OTHER = "_OTHER"
-"""What an unknown HTTP method or unrecognised RPC method is recorded as (bounded labels)."""
+"""What an HTTP method the conventions do not list is recorded as (bounded labels)."""
 
 HTTP_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}

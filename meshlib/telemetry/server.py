@@ -46,7 +46,6 @@ from meshlib.telemetry.semconv import (
     NETWORK_PROTOCOL_VERSION,
     OTHER,
     RPC_METHOD,
-    RPC_METHOD_ORIGINAL,
     RPC_RESPONSE_STATUS_CODE,
     RPC_SYSTEM_NAME,
     SERVER_ADDRESS,
@@ -177,6 +176,7 @@ class ServerCall:
                 side="server", method=self.method, code=name, duration=duration, peer=peer
             )
             if name == "PERMISSION_DENIED":
+                # by method: only registered methods reach the interceptors (bounded)
                 telemetry.authz_denials.add(1, {"rpc.method": self.method})
             elif name == "RESOURCE_EXHAUSTED":
                 telemetry.rate_limited.add(1, {"rpc.method": self.method})
@@ -208,9 +208,6 @@ class ServerCall:
         else:
             name = code or "UNKNOWN"
             span.set_attribute(RPC_RESPONSE_STATUS_CODE, name)
-            if name == "UNIMPLEMENTED":  # the caller's method name is no bounded value
-                span.set_attribute(RPC_METHOD, OTHER)
-                span.set_attribute(RPC_METHOD_ORIGINAL, self.method.strip("/"))
             error = grpc_error_type(name, server=True)
             if error is not None:
                 span.set_attribute(ERROR_TYPE, error)
