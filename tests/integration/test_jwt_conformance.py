@@ -249,6 +249,13 @@ def test_valid_tokens_are_admitted_and_the_app_sees_the_user(jwt_mesh: JwtMesh) 
         assert jwt_mesh.grpc.call("get", signer.token("alice")) == ("OK", "alice")
     anonymous = jwt_mesh.http("/whoami/open/b")
     assert (anonymous.status, anonymous.body["user"]) == (200, None)
+    # The prefix is matched case-sensitively, as Envoy does: "bearer <token>" is no token of
+    # this rule (unauthenticated, passed on as it came); spaces after the prefix are skipped.
+    token = RS.token("zed")
+    lower = jwt_mesh.caller.get("api", "/whoami/open/b", {"authorization": f"bearer {token}"})
+    assert (lower.status, lower.body["user"], lower.body["token"]) == (200, None, True)
+    spaced = jwt_mesh.caller.get("api", "/whoami/open/b", {"authorization": f"Bearer  {token}"})
+    assert (spaced.status, spaced.body["user"], spaced.body["token"]) == (200, "zed", False)
 
 
 BAD_TOKENS: dict[str, tuple[Callable[[], str], str]] = {
