@@ -25,6 +25,7 @@ from typing import Any
 from meshlib.integrations.grpc_client import (
     DEFAULT_GRACE,
     AsyncMeshChannel,
+    BudgetExhaustedRpcError,
     MeshChannel,
     MeshRpcError,
     current_deadline,
@@ -46,6 +47,7 @@ __all__ = [
     "FLAG_METADATA",
     "AsyncMeshChannel",
     "AsyncMeshServerInterceptor",
+    "BudgetExhaustedRpcError",
     "MeshChannel",
     "MeshRpcError",
     "MeshServerInterceptor",

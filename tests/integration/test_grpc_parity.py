@@ -31,7 +31,6 @@ import pytest
 import meshlib
 from meshlib.errors import CircuitOpen, DeadlineExceeded, FaultInjected, PoolOverflow
 from meshlib.integrations import grpc as meshgrpc
-from meshlib.integrations.grpc_client import BudgetExhaustedRpcError
 from meshlib.resilience.deadline import reset_deadline, set_deadline
 from tests.integration.fleet import FleetBase
 from tests.integration.grpc_app import IDEMPOTENT, GrpcService, load_protos
@@ -305,7 +304,7 @@ def test_retry_budget_is_shared_by_http_and_grpc_calls(fleet: Fleet) -> None:
     flaky = f"flaky:{key('budget')}:1"
     with meshgrpc.MeshChannel("ledger", mesh=mesh, idempotent_methods=IDEMPOTENT) as channel:
         error = call_error(lambda: pb_grpc.InventoryStub(channel).GetItem(request(flaky)))
-    assert isinstance(error, BudgetExhaustedRpcError)
+    assert isinstance(error, meshgrpc.BudgetExhaustedRpcError)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert error.details() == "flaky failure 1 of 1"  # the server's answer, as it came
     assert flag(error) == "RETRY_BUDGET_EXHAUSTED"
