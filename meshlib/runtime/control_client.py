@@ -293,8 +293,9 @@ class ControlClient:
             )
             try:
                 stale = await self._until_done_or_stale(poll, attempts)
-            except BaseException:
+            except BaseException:  # cancelled (agent stopping, wait_for): end the poll too
                 poll.cancel()
+                await asyncio.wait([poll])
                 raise
             if not stale:
                 response = poll.result()
