@@ -225,8 +225,12 @@ class EtcdClient:
             }
         }
         timeout = httpx.Timeout(5.0, read=None)
+        # etcd's require-leader (clientv3.WithRequireLeader) through the gateway: a member
+        # cut off from the leader ends the watch instead of holding it open and silent,
+        # so the caller moves to a member that still gets the changes.
+        headers = {"Grpc-Metadata-hasleader": "true"}
         with self._http.stream(
-            "POST", self._url(endpoint, "/v3/watch"), json=body, timeout=timeout
+            "POST", self._url(endpoint, "/v3/watch"), json=body, headers=headers, timeout=timeout
         ) as stream:
             if stream.status_code != 200:
                 return
@@ -237,7 +241,10 @@ class EtcdClient:
             for line in stream.iter_lines():
                 if not line.strip():
                     continue
-                result = json.loads(line).get("result", {})
+                message = json.loads(line)
+                if "error" in message:  # e.g. "etcdserver: no leader"
+                    return
+                result = message.get("result", {})
                 revision = int(result.get("header", {}).get("revision", 0))
                 if result.get("canceled"):
                     yield WatchBatch(revision, (), compacted=int(result.get("compact_revision", 1)))
