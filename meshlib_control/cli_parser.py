@@ -151,6 +151,7 @@ def add_admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     revoke.add_argument("--service", required=True, metavar="NAME", help="the service")
     revoke.add_argument("--namespace", default="default", metavar="NS", help="its namespace")
+    _output(revoke)
 
     apply = sub.add_parser(
         "apply",

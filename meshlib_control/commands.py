@@ -174,10 +174,11 @@ def _cmd_token(client: AdminClient, args: argparse.Namespace) -> None:
             "/v1/admin/tokens/revoke",
             json={"service": args.service, "namespace": args.namespace},
         )
-        print(
-            f"{revoked['spiffeId']}: {revoked['revokedRebootstrapCredentials']} "
-            "re-bootstrap credential(s) revoked"
-        )
+        if not _dump(revoked, args.output):
+            print(
+                f"{revoked['spiffeId']}: {revoked['revokedRebootstrapCredentials']} "
+                "re-bootstrap credential(s) revoked"
+            )
         return
     answer = client.call(
         "POST",

@@ -89,6 +89,7 @@ def test_one_output_flag_everywhere() -> None:
         ["apply", "-f", "x.yaml"],
         ["delete", "tp", "a"],
         ["token", "create", "--service", "a"],
+        ["token", "revoke", "--service", "a"],
         ["stat"],
         ["check"],
         ["explain", "a"],
