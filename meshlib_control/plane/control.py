@@ -35,6 +35,7 @@ from meshlib_control.plane.trust import TrustOperations
 from meshlib_control.plane.workloads import WorkloadOperations
 from meshlib_control.settings import ADMIN_CERT_TTL, CONTROL_CERT_TTL, Settings
 from meshlib_control.snapshot.cache import SnapshotCache
+from meshlib_control.store.base import StoreUnavailable
 from meshlib_control.store.open import open_store
 from meshlib_control.xds.status import XdsStatus
 
@@ -121,6 +122,17 @@ class ControlPlane(WorkloadOperations, AdminOperations, TrustOperations):
                 loop.call_soon_threadsafe(notice)
 
         self.store.subscribe(from_watch_thread)
+
+    def report_sidecar(self, instance_id: str, version: str, error: str | None) -> None:
+        """Record what an Envoy applied or rejected (from the ADS stream), best effort.
+
+        While the store refuses writes (etcd without quorum) the report is dropped with a
+        log line: failing the ADS stream for it would only make Envoy reconnect.
+        """
+        try:
+            self.store.record_report(instance_id, version, error)
+        except StoreUnavailable as exc:
+            log.info("sidecar %s's report of %s not stored: %s", instance_id, version, exc)
 
     def expire(self) -> int:
         """Drop instances that stopped heartbeating; refresh snapshots if any went."""

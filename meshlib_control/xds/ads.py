@@ -251,7 +251,7 @@ class _Stream:
             status.rejected_version,
             message,
         )
-        self.plane.store.record_report(
+        self.plane.report_sidecar(
             self.node_id,
             self.snapshot_version,
             f"Envoy rejected {kind} version {status.rejected_version}: {message}",
@@ -270,7 +270,7 @@ class _Stream:
             if status is None or status.acked_version != self.encoded[kind].version:
                 return
         self.status.applied_version = self.snapshot_version
-        self.plane.store.record_report(self.node_id, self.snapshot_version, None)
+        self.plane.report_sidecar(self.node_id, self.snapshot_version, None)
 
 
 # --------------------------------------------------------------------- the service
