@@ -12,14 +12,19 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from meshlib_control.admin_client import AdminClient
 from meshlib_control.api.discovery import TARGETS_PATH
+from meshlib_control.observe.discovery import scrape_targets
+from meshlib_control.store.records import InstanceRecord
 from tests.integration.harness import Control, Service, free_port, wait_endpoints, wait_for
+from tests.records import instance_record
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +192,50 @@ def test_discovery_needs_the_dashboard_token_or_the_admin_svid(control):
         assert good.status_code == 200
         assert good.json() == []  # nothing registered yet
         assert good.headers["cache-control"] == "no-store"
+
+
+def test_discovery_answers_the_admin_svid(control):
+    """The admin SVID reads the list too (what `meshctl` authenticates with)."""
+    admin = AdminClient(control.data_dir)
+    try:
+        assert admin.call("GET", TARGETS_PATH) == []
+    finally:
+        admin.close()
+
+
+def _record(iid: str, **changes: Any) -> InstanceRecord:
+    base = instance_record(iid, changes.pop("service", "orders"), **changes.pop("kw", {}))
+    return replace(base, **changes)
+
+
+def test_targets_list_only_what_the_observer_would_scrape():
+    """One group per instance with an admin port at its own address (the registration's
+    source, or loopback from loopback); labels name the instance; the rest is left out."""
+    records = [
+        _record("b-lib", admin_port=40001, source="127.0.0.1", kw={"labels": {"version": "v1"}}),
+        _record("a-car", admin_port=15020, source="127.0.0.1", kw={"mode": "sidecar"}),
+        _record("c-v6", admin_port=40003, source="::1", kw={"address": "::1"}),
+        _record("d-noadmin", source="127.0.0.1"),
+        _record("e-foreign", admin_port=40005, source="10.0.0.9", kw={"address": "10.0.0.8"}),
+        _record("f-name", admin_port=40006, source="10.0.0.9", kw={"address": "db.internal"}),
+        _record("g-remote", admin_port=40007, source="10.0.0.9", kw={"address": "10.0.0.9"}),
+    ]
+    groups = scrape_targets(records)
+    by_id = {g["labels"]["mesh_instance"]: g for g in groups}
+    assert list(by_id) == ["a-car", "b-lib", "c-v6", "g-remote"]  # sorted, refused ones out
+    assert by_id["b-lib"] == {
+        "targets": ["127.0.0.1:40001"],
+        "labels": {
+            "__metrics_path__": "/metrics",
+            "__scheme__": "http",
+            "mesh_service": "orders",
+            "mesh_namespace": "default",
+            "mesh_instance": "b-lib",
+            "mesh_mode": "library",
+            "__meta_mesh_label_version": "v1",
+        },
+    }
+    assert by_id["a-car"]["labels"]["mesh_mode"] == "sidecar"
+    assert by_id["a-car"]["targets"] == ["127.0.0.1:15020"]
+    assert by_id["c-v6"]["targets"] == ["[::1]:40003"]
+    assert by_id["g-remote"]["targets"] == ["10.0.0.9:40007"]
