@@ -13,7 +13,7 @@ GRPC_METHOD = "/meshlib.demo.inventory.v1.Inventory/GetItem"
 class Mode:
     """One way of making the frontend -> backend hop."""
 
-    key: str  # the issue's letter: a plain, b tls, c library, d sidecar, e library+tracing
+    key: str  # a plain, b tls, c library, d sidecar, e library+tracing, run: meshctl run
     label: str
     protocol: str  # "http" or "grpc"
     app_mode: str  # what benchmarks.apps run as (see benchmarks/apps/common.py)
@@ -28,7 +28,8 @@ class Mode:
 
     @property
     def meshed(self) -> bool:
-        return self.app_mode in ("mesh", "traced")
+        """A mesh workload on both ends (library mode, or ``meshctl run`` of plain apps)."""
+        return self.app_mode in ("mesh", "traced", "run")
 
     @property
     def services(self) -> tuple[str, str]:
@@ -59,6 +60,7 @@ _LABELS = {
     "c": ("meshlib library", "mesh"),
     "d": ("Envoy sidecar pair", "app"),
     "e": ("library + tracing", "traced"),
+    "run": ("meshctl run (unmodified apps)", "run"),
 }
 
 

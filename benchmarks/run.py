@@ -38,7 +38,7 @@ from benchmarks.control_service import Control
 from benchmarks.measure import LoadGen, measure_mode
 from benchmarks.modes import MODES
 from benchmarks.processes import ROOT, Fleet
-from benchmarks.profiles import ALL_MODES, PROFILES, Profile
+from benchmarks.profiles import ALL_MODES, PROFILES, RUN_MODES, Profile
 from benchmarks.provenance import machine_info, source_state
 
 __all__ = ["PROFILES", "Profile", "main", "run"]
@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="default")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--modes", help=f"comma-separated subset of {','.join(ALL_MODES)}")
+    parser.add_argument(
+        "--modes", help=f"comma-separated subset of {','.join((*ALL_MODES, *RUN_MODES))}"
+    )
     parser.add_argument("--repeats", type=int, help="override the profile's repeats")
     parser.add_argument("--rates", help="override the open-loop rates, e.g. 100,300,600")
     args = parser.parse_args(argv)

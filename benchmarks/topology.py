@@ -111,6 +111,19 @@ def launch_sidecar(
     )  # fmt: skip
 
 
+def _launchers(mode: Mode) -> tuple[list[str], list[str]]:
+    """Mode ``run``: ``python -m meshlib.run`` before each app (the frontend's server stays
+    plain, ``--clients-only``: the load generator is outside the mesh); others: nothing."""
+    if mode.app_mode != "run":
+        return [], []
+    front, back = mode.services
+    launcher = [PYTHON, "-m", "meshlib.run"]
+    return (
+        [*launcher, "--service", back, "--"],
+        [*launcher, "--service", front, "--clients-only", "--"],
+    )
+
+
 def start_topology(fleet: Fleet, control: Control | None, mode: Mode, run_dir: Path) -> Topology:
     """Start backend, frontend (and sidecars) for *mode*; return once ``/call`` answers.
 
@@ -155,15 +168,16 @@ def _start_topology(fleet: Fleet, control: Control | None, mode: Mode, run_dir: 
             data_dir=run_dir / "frontend-sidecar",
         )  # fmt: skip
         upstream = outbound
+    back_run, front_run = _launchers(mode)
     backend = fleet.spawn(
         f"{mode.id}-backend",
-        [PYTHON, "-m", "benchmarks.apps.backend", "--mode", mode.app_mode,
+        [*back_run, PYTHON, "-m", "benchmarks.apps.backend", "--mode", mode.app_mode,
          "--port", str(back_port), *common],
         back_env,
     )  # fmt: skip
     frontend = fleet.spawn(
         f"{mode.id}-frontend",
-        [PYTHON, "-m", "benchmarks.apps.frontend", "--mode", mode.app_mode,
+        [*front_run, PYTHON, "-m", "benchmarks.apps.frontend", "--mode", mode.app_mode,
          "--port", str(front_port), "--upstream", str(upstream), "--service", back_service,
          *common],
         front_env,

@@ -45,7 +45,7 @@ def _traced(mode: str) -> TracerProvider | None:
 
 
 def serve_http(mode: str, port: int, tls_dir: Path | None) -> None:
-    if mode in ("plain", "app"):
+    if mode in ("plain", "app", "run"):  # run: meshctl run meshes this very uvicorn
         run_plain_uvicorn(http_app(), port)
     elif mode == "tls":
         assert tls_dir is not None, "--tls-dir is required for mode tls"

@@ -8,6 +8,9 @@ Modes name how the frontend -> backend hop is made (docs/benchmarks.md):
 ``mesh``   meshlib library mode (metrics always on, no tracer provider: no-op spans)
 ``traced`` library mode with an SDK TracerProvider that records and exports every span
 ``app``    a plain app behind an Envoy sidecar (the sidecar makes the hop)
+``run``    the plain apps under ``meshctl run`` (docs/run.md): the code of ``plain``, but
+           the backend is called by its mesh name; the launcher meshes the servers and
+           clients (the frontend with ``--clients-only``: the load generator is outside)
 =========  =====================================================================
 """
 
@@ -32,7 +35,7 @@ __all__ = [
     "write_stats",
 ]
 
-MODES = ("plain", "tls", "mesh", "traced", "app")
+MODES = ("plain", "tls", "mesh", "traced", "app", "run")
 
 
 class CountingExporter(SpanExporter):

@@ -59,6 +59,9 @@ async def http_caller(args: argparse.Namespace, mesh: Any) -> AsyncIterator[Call
             verify=_client_context(args.tls_dir), timeout=TIMEOUT, limits=LIMITS
         )
         url = f"https://127.0.0.1:{args.upstream}/work"
+    elif args.mode == "run":  # an ordinary client, by name: meshctl run routes it
+        client = httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS)
+        url = f"http://{args.service}/work"
     elif args.mode == "app":
         client = httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS, headers={"Host": args.service})
         url = f"http://127.0.0.1:{args.upstream}/work"
@@ -94,6 +97,8 @@ async def grpc_caller(args: argparse.Namespace, mesh: Any) -> AsyncIterator[Call
         channel = grpc.aio.secure_channel(
             target, credentials, options=[("grpc.ssl_target_name_override", "backend")]
         )
+    elif args.mode == "run":  # by name: meshctl run makes it the mesh channel
+        channel = grpc.aio.insecure_channel(f"{args.service}:{args.upstream}")
     elif args.mode == "app":
         channel = grpc.aio.insecure_channel(
             target, options=[("grpc.default_authority", args.service)]

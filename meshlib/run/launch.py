@@ -33,7 +33,10 @@ FORWARDED = (
     signal.SIGUSR1,
     signal.SIGUSR2,
 )
-USAGE = "meshctl run [--service S] [--namespace N] [--labels k=v,...] -- COMMAND [ARG...]"
+USAGE = (
+    "meshctl run [--service S] [--namespace N] [--labels k=v,...] [--clients-only] "
+    "-- COMMAND [ARG...]"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--service", help="the service name (MESH_SERVICE)")
     parser.add_argument("--namespace", help="its namespace (MESH_NAMESPACE)")
     parser.add_argument("--labels", help="instance labels, k=v,... (MESH_LABELS)")
+    parser.add_argument(
+        "--clients-only",
+        action="store_true",
+        help="mesh the clients only: the process's servers stay as the app made them "
+        "(an edge service facing callers outside the mesh; MESH_RUN_SERVE=0)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the server command")
     return parser
 
@@ -64,6 +73,8 @@ def child_environment(args: argparse.Namespace, environ: dict[str, str]) -> dict
             env[name] = value
     if args.labels is not None:
         env["MESH_LABELS"] = args.labels
+    if args.clients_only:
+        env["MESH_RUN_SERVE"] = "0"
     if not env.get("MESH_SERVICE"):
         raise ConfigError("--service: required (or set MESH_SERVICE)")
     parse_labels(env.get("MESH_LABELS", ""))

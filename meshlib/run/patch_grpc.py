@@ -6,8 +6,9 @@
   the app opens becomes the mesh's secure port), ``start`` registers that port and
   ``stop`` withdraws it first. ``add_secure_port`` (the app configuring TLS) is refused.
 * ``grpc.insecure_channel("<service>:<port>")`` and its aio twin return the mesh channel
-  of a service of the active snapshot (the port is the registry's, not the one named);
-  any other target gets the channel the app asked for.
+  of a service of the active snapshot (the port is the registry's, not the one named),
+  or of a single-label name that neither the snapshot nor DNS knows yet (see
+  :func:`mesh_service_of`); any other target gets the channel the app asked for.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import asyncio
 import functools
 import inspect
 import logging
+import re
+import socket
 from types import ModuleType
 from typing import Any
 
@@ -25,15 +28,29 @@ from meshlib.run.patch_httpx import is_mesh_service
 __all__ = ["mesh_service_of", "patch_aio", "patch_sync"]
 
 _log = logging.getLogger("meshlib.run")
+_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def mesh_service_of(target: str) -> str | None:
-    """The mesh service a channel target names (``orders:50051``, ``dns:///orders``)."""
+    """The mesh service a channel target names (``orders:50051``, ``dns:///orders``).
+
+    A service of the active snapshot; or a single-label name the mesh does not know yet
+    (its first instance still starting) that DNS does not resolve either — a plain
+    channel to it could never connect, a mesh channel resolves the service per call.
+    """
     host = target.removeprefix("dns:///").removeprefix("dns:")
-    if host.startswith("["):
+    if host.startswith("[") or host.startswith("unix:"):
         return None
     host = host.rpartition(":")[0] if ":" in host else host
-    return host if is_mesh_service(host) else None
+    if is_mesh_service(host):
+        return host
+    if state.active() is None or not _LABEL.match(host) or host == "localhost":
+        return None
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError:
+        return host
+    return None
 
 
 def _secure_port_refused(_address: str, _credentials: Any = None) -> int:
@@ -94,6 +111,8 @@ def _server_factory(original: Any, wrapper: type[_Server], aio: bool) -> Any:
 
     @functools.wraps(original)
     def server(*args: Any, **kwargs: Any) -> Any:
+        if not state.serves():  # --clients-only
+            return original(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
         mesh = state.current()
         ours = mesh.grpc_aio_server_interceptors() if aio else mesh.grpc_server_interceptors()

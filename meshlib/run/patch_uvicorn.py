@@ -42,6 +42,8 @@ def _tls_setting(config: Any) -> str | None:
 def _mesh_config(config: Any) -> Any:
     """Mesh *config* in place (once); returns the mesh, or None for meshlib's own servers."""
     if getattr(config, _MESHED, False) or isinstance(config.app, MeshMiddleware):
+        return None
+    if not state.serves():  # --clients-only
         return None  # meshlib.serve / MeshServer inside a meshctl run: already meshed
     setting = _tls_setting(config)
     if setting is not None:

@@ -27,6 +27,7 @@ __all__ = [
     "current",
     "fail",
     "role",
+    "serves",
     "set_role",
     "start",
 ]
@@ -40,6 +41,11 @@ _role = "process"
 
 class RunError(MeshError):
     """The app does something ``meshctl run`` cannot mesh (it configures TLS, …)."""
+
+
+def serves() -> bool:
+    """False under ``--clients-only`` (``MESH_RUN_SERVE=0``): servers are left alone."""
+    return os.environ.get("MESH_RUN_SERVE", "1") != "0"
 
 
 def role() -> str:
