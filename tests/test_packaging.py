@@ -13,6 +13,7 @@ extra is slower (~25 s) and runs with ``MESH_PACKAGING_EXTRAS=1`` (docs/cli.md).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -205,3 +206,18 @@ def test_each_extra_alone_in_a_fresh_venv(dist: tuple[Path, Path], tmp_path: Pat
     for extra in RUNTIME_EXTRAS:
         python = _venv(tmp_path / extra, dist[1], extra)
         _run([str(python), "-c", SMOKE[extra]], cwd=tmp_path)
+
+
+def test_every_install_hint_names_the_distribution() -> None:
+    """Installing the distribution "meshlib" would fetch an unrelated PyPI project: every
+    install hint in the code and docs names inproc-mesh."""
+    hint = re.compile(r"pip install\s+['\"]?meshlib\b")
+    files = _run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT).splitlines()
+    wrong = [
+        f"{name}:{number}"
+        for name in files
+        if name.endswith((".py", ".md", ".toml", ".cfg", ".txt")) and (ROOT / name).is_file()
+        for number, line in enumerate((ROOT / name).read_text(errors="replace").splitlines(), 1)
+        if hint.search(line)
+    ]
+    assert wrong == []

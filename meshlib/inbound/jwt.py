@@ -164,7 +164,7 @@ class JwtVerifier:
         except ImportError as exc:
             raise PolicyError(
                 "inbound.requestAuthentication",
-                "needs PyJWT: pip install 'meshlib[fastapi]' (or [grpc])",
+                "needs PyJWT: pip install 'inproc-mesh[fastapi]' (or [grpc])",
             ) from exc
         fetched = dict(snapshot.inbound.jwks)
         self = object.__new__(cls)
