@@ -271,6 +271,12 @@ class EtcdStore(TokenOperations):
     def claim_instance(self, instance_id: str, spiffe_id: str, now: datetime, *, keep: int) -> str:
         """Own *instance_id* for *spiffe_id* unless another identity does (see SQLiteStore)."""
         key = self._key("owner", instance_id)
+        seen = self._mirror.get("owner", instance_id)
+        if seen is not None:  # an id never changes owner while owned: the mirror may answer
+            stored = json.loads(seen.value)
+            fresh = now - datetime.fromisoformat(stored["last_seen"])
+            if stored["spiffe_id"] != spiffe_id or fresh.total_seconds() < OWNER_TOUCH_SECONDS:
+                return str(stored["spiffe_id"])
 
         def plan(current: dict[str, KV | None]) -> tuple[str, list[Any]]:
             kv = current[key]
