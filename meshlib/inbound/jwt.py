@@ -225,9 +225,10 @@ class JwtVerifier:
             entries = self._headers.get(name)
             if entries is None:
                 continue
-            matched = [p for prefix, p in entries if value.startswith(prefix)]
-            if matched:
-                prefix = next(pf for pf, p in entries if p is matched[0])
+            prefixes = [prefix for prefix, _ in entries if value.startswith(prefix)]
+            if prefixes:  # the longest prefix that fits, and the rules that read it
+                prefix = max(prefixes, key=len)
+                matched = [p for pf, p in entries if pf == prefix]
                 return value[len(prefix) :].strip(), name, matched
         if query and self._params:
             for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=False):

@@ -253,3 +253,20 @@ def test_a_verified_token_is_remembered_but_its_times_are_checked_again(es: Sign
     assert isinstance(failure, JwtFailure) and failure.reason == "Jwt is expired"
     # A token seen in another location of another rule is not taken from the cache.
     assert verifier.verify([(b"x-other", f"Bearer {token}".encode())]) is None
+
+
+def test_two_rules_on_one_header_with_different_prefixes(rs: Signer, es: Signer) -> None:
+    """The longest prefix that fits picks the rules that read the value."""
+    keys_rs, keys_es = json.dumps(jwks_text(rs)), json.dumps(jwks_text(es))
+    adm = admission(
+        request_auth(
+            f"  - issuer: bare\n    jwks: {keys_rs}\n    fromHeaders: [{{name: x-t}}]\n"
+            f"  - issuer: {ISSUER}\n    jwks: {keys_es}\n"
+            "    fromHeaders: [{name: x-t, prefix: 'Bearer '}]\n"
+        )
+    )
+    bearer = call(adm, headers=[(b"x-t", f"Bearer {es.token()}".encode())])
+    assert isinstance(bearer, PeerInfo) and bearer.auth is not None
+    assert bearer.auth.issuer == ISSUER
+    bare = call(adm, headers=[(b"x-t", rs.token(iss="bare").encode())])
+    assert isinstance(bare, PeerInfo) and bare.auth is not None and bare.auth.issuer == "bare"
