@@ -179,7 +179,8 @@ def test_prometheus_scrapes_the_mesh_through_http_sd(tmp_path, control, workload
 
 
 def test_discovery_needs_the_dashboard_token_or_the_admin_svid(control):
-    """No token or a wrong one: 401 with the error envelope; the token: the target list."""
+    """No token or a wrong one: 401 with the error envelope; the token or the admin SVID:
+    the target list."""
     token = (control.data_dir / "admin" / "dashboard.token").read_text().strip()
     with httpx.Client(base_url=control.url, verify=False, timeout=10) as http:
         missing = http.get(TARGETS_PATH)
@@ -192,10 +193,7 @@ def test_discovery_needs_the_dashboard_token_or_the_admin_svid(control):
         assert good.status_code == 200
         assert good.json() == []  # nothing registered yet
         assert good.headers["cache-control"] == "no-store"
-
-
-def test_discovery_answers_the_admin_svid(control):
-    """The admin SVID reads the list too (what `meshctl` authenticates with)."""
+    # the admin SVID (what meshctl authenticates with) reads it too
     admin = AdminClient(control.data_dir)
     try:
         assert admin.call("GET", TARGETS_PATH) == []
