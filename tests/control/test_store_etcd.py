@@ -258,3 +258,24 @@ def test_quorum_loss_refuses_writes_keeps_reads_and_recovers(tmp_path: Path) -> 
     finally:
         store.close()
         etcd.stop()
+
+
+def test_control_serve_refuses_a_bad_store_naming_the_flag(tmp_path: Path) -> None:
+    """``meshctl control serve --store …`` with a bad value fails at once with the reason."""
+    import subprocess
+    import sys
+
+    for bad, reason in (
+        ("redis://127.0.0.1:6379", "--store: scheme 'redis' is not etcd or sqlite"),
+        ("etcd://127.0.0.1:2379", "--store etcd://: give --ca-cert and --ca-key"),
+    ):
+        meshctl = [sys.executable, "-m", "meshlib_control.cli", "--data-dir", str(tmp_path)]
+        result = subprocess.run(
+            [*meshctl, "control", "serve", "--store", bad, "--listen", "127.0.0.1:0"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode != 0
+        assert reason in result.stderr, result.stderr
+        assert not (tmp_path / "mesh.db").exists()  # nothing opened, nothing written
