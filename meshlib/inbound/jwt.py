@@ -95,14 +95,20 @@ def _family(alg: str) -> str:
     return {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}.get(alg, "RSA")
 
 
-def _load_keys(text: str) -> list[tuple[str | None, str, str | None, Any]]:
-    from jwt import PyJWK
+def _load_keys(text: str, where: str) -> list[tuple[str | None, str, str | None, Any]]:
+    """Key objects of a validated key set; PolicyError (the snapshot is rejected) if PyJWT
+    cannot load one."""
+    from jwt import PyJWK, PyJWKError
 
     out = []
-    for jwk in json.loads(text)["keys"]:
+    for i, jwk in enumerate(json.loads(text)["keys"]):
         family = "RSA" if jwk["kty"] == "RSA" else jwk["crv"]
         alg = jwk.get("alg") or ("RS256" if family == "RSA" else _alg_of(family))
-        out.append((jwk.get("kid"), family, jwk.get("alg"), PyJWK(jwk, algorithm=alg).key))
+        try:
+            key = PyJWK(jwk, algorithm=alg).key
+        except (PyJWKError, ValueError, TypeError) as exc:
+            raise PolicyError(f"{where}.keys[{i}]", f"PyJWT cannot load this key: {exc}") from exc
+        out.append((jwk.get("kid"), family, jwk.get("alg"), key))
     return out
 
 
@@ -182,7 +188,7 @@ class JwtVerifier:
                 text = rule.jwks if rule.jwks is not None else fetched.get(rule.jwks_uri or "")
                 provider = _Provider(rule, rule.jwks_uri or "inline")
                 if text is not None:
-                    provider.keys = _load_keys(text)
+                    provider.keys = _load_keys(text, f"inbound.jwks[{provider.source}]")
                 self.providers.append(provider)
                 for h in rule.headers:
                     self._headers.setdefault(h.name, []).append((h.prefix, provider))
