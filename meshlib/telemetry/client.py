@@ -53,6 +53,7 @@ from meshlib.telemetry.semconv import (
     URL_FULL,
     grpc_error_type,
     http_method,
+    redact_url,
     server_of_url,
 )
 
@@ -278,7 +279,7 @@ def start_client_call(
             if known == OTHER:
                 attributes[HTTP_REQUEST_METHOD_ORIGINAL] = method
             if url is not None:
-                attributes[URL_FULL] = str(url)
+                attributes[URL_FULL] = redact_url(str(url))
                 address, port = server_of_url(url)
                 if address is not None:
                     attributes[SERVER_ADDRESS] = address

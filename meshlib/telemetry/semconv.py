@@ -23,6 +23,7 @@ __all__ = [
     "SCHEMA_URL",
     "grpc_error_type",
     "http_method",
+    "redact_url",
     "server_of_url",
 ]
 
@@ -95,3 +96,27 @@ def server_of_url(url: Any) -> tuple[str | None, int | None]:
     if not host:
         return None, None
     return host, port if port is not None else _DEFAULT_PORTS.get(scheme)
+
+
+REDACTED = "REDACTED"
+_SENSITIVE_QUERY = frozenset({"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"})
+"""Query keys whose values the HTTP conventions ask to redact in ``url.full``."""
+
+
+def redact_url(text: str) -> str:
+    """*text* as ``url.full``: credentials in the authority and signing query values
+    replaced by ``REDACTED``, as the HTTP conventions ask (only looked at when present)."""
+    scheme, sep, rest = text.partition("://")
+    if sep and "@" in rest.partition("/")[0].partition("?")[0]:
+        authority, slash, tail = rest.partition("/")
+        _, _, host = authority.rpartition("@")
+        text = f"{scheme}://{REDACTED}:{REDACTED}@{host}{slash}{tail}"
+    head, mark, query = text.partition("?")
+    if not mark or not any(key in query for key in _SENSITIVE_QUERY):
+        return text
+    query, hash_mark, fragment = query.partition("#")
+    parts = []
+    for pair in query.split("&"):
+        key, eq, _value = pair.partition("=")
+        parts.append(f"{key}={REDACTED}" if eq and key in _SENSITIVE_QUERY else pair)
+    return f"{head}?{'&'.join(parts)}{hash_mark}{fragment}"

@@ -305,3 +305,17 @@ def test_grpc_client_and_server_spans_and_metrics(sdk):
         for p in metrics[rpc_metrics.RPC_SERVER_CALL_DURATION].data.data_points
     }
     assert served_methods == {"shop.Orders/Get", "shop.Orders/Put"}
+
+
+def test_url_full_hides_credentials_and_signatures():
+    """Credentials in the URL and signing query values are REDACTED in url.full."""
+    assert semconv.redact_url("http://orders/items?x=1") == "http://orders/items?x=1"
+    assert (
+        semconv.redact_url("https://ann:secret@orders:8443/a?b=1")
+        == "https://REDACTED:REDACTED@orders:8443/a?b=1"
+    )
+    assert (
+        semconv.redact_url("http://s3/obj?AWSAccessKeyId=AK&Expires=9&Signature=abc#f")
+        == "http://s3/obj?AWSAccessKeyId=REDACTED&Expires=9&Signature=REDACTED#f"
+    )
+    assert semconv.redact_url("http://orders/a?q=me@host") == "http://orders/a?q=me@host"
