@@ -5,8 +5,12 @@ Metrics are recorded through the OpenTelemetry API shape. With ``meter_provider=
 application's pipeline exports them; with none, they come from a small in-process
 :class:`~meshlib.telemetry.local.LocalMeter` that backs the admin port's ``/metrics``
 (Prometheus text), so the OpenTelemetry SDK is never imported for metrics. Names and
-attributes follow the OpenTelemetry semantic conventions (``http.server.request.duration``
-in seconds, …); mesh-specific ones are prefixed ``mesh.``. Edges are labelled with the
+attributes follow the OpenTelemetry semantic conventions 1.44.0
+(:mod:`meshlib.telemetry.semconv`; ``http.server.request.duration`` in seconds, …) and
+tracer and meter carry that schema URL; mesh-specific ones are prefixed ``mesh.``. The
+recording methods live in :class:`~meshlib.telemetry.recording.Recorder`; the series a
+snapshot names are created at 0 by :meth:`MeshTelemetry.declare`
+(:mod:`meshlib.telemetry.series`). Edges are labelled with the
 caller (``mesh.source.workload``/``namespace``, from its SPIFFE ID) on the server side and
 the destination (``mesh.destination.service``/``namespace``) on the client side.
 
