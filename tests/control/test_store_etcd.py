@@ -279,3 +279,30 @@ def test_control_serve_refuses_a_bad_store_naming_the_flag(tmp_path: Path) -> No
         assert result.returncode != 0
         assert reason in result.stderr, result.stderr
         assert not (tmp_path / "mesh.db").exists()  # nothing opened, nothing written
+
+
+def test_a_watch_behind_a_compaction_reloads_everything(
+    stores: list[EtcdStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica whose watch resumes from a compacted revision reloads the prefix and
+    notices what differs from the view it held."""
+    import socket
+
+    a, b = stores
+    b.apply(DOCS, NOW)
+    b.apply(CHANGED, NOW)
+    _eventually(lambda: a.resources() == CHANGED)
+    revision, _ = b._client.range(b._mirror.prefix, prefix=True)
+    b._client.post("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+    notices: list[int] = []
+    a.subscribe(lambda: notices.append(1))
+    with a._mirror._cond:  # make A's view stale: nothing seen since revision 1
+        a._mirror._data["res"] = {}
+        a._mirror.revision = 1
+        sock = a._mirror._watch_client._watch_socket
+        assert sock is not None
+        sock.shutdown(socket.SHUT_RDWR)  # its member "went away": A resumes from revision 2
+    _eventually(lambda: a._mirror.kind("res") != {} and a._mirror.revision >= revision)
+    assert a.resources() == CHANGED
+    assert notices
+    assert "compacted past revision 1: reloading" in caplog.text
