@@ -11,7 +11,8 @@
   follows every SVID rotation without a restart.
 
 Once listening the instance registers its endpoint (not in a gunicorn worker: the master
-registers the shared socket), and withdraws it first thing on shutdown. ``uvicorn.run``
+registers the shared socket), withdraws it first thing on shutdown, and deregisters once
+the server has stopped (the process leaves the mesh). ``uvicorn.run``
 with ``workers`` > 1 or ``reload`` is refused: those start fresh interpreters that would
 serve outside the mesh.
 """
@@ -100,6 +101,10 @@ def patch_server(module: ModuleType) -> None:
             # Withdraw first, so callers stop picking this instance, then drain and close.
             await asyncio.to_thread(mesh.clear_endpoint)
         await shutdown(self, sockets=sockets)
+        if mesh is not None and state.role() == "process":
+            # uvicorn re-raises SIGTERM/SIGINT once serve() returns, so no atexit handler
+            # would run: the process leaves the mesh (deregisters) here.
+            await asyncio.to_thread(mesh.close)
 
     server_cls.serve = meshed_serve
     server_cls.startup = meshed_startup
