@@ -4,16 +4,12 @@ status code, content type and body that the document declares (bounded, derandom
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-import schemathesis
 from hypothesis import HealthCheck, given, settings
-from requests.adapters import HTTPAdapter
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -21,8 +17,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-import meshlib
-from tests.integration.harness import Control
+from tests.fuzz.test_fuzz_control_api import Plane
 
 pytestmark = pytest.mark.integration
 
@@ -41,59 +36,16 @@ CHECKS = [
 ]
 
 
-class _ContextAdapter(HTTPAdapter):
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self._context = context
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["ssl_context"] = self._context
-        super().init_poolmanager(*args, **kwargs)
-
-
-def _session(context: ssl.SSLContext) -> requests.Session:
-    session = requests.Session()
-    session.mount("https://", _ContextAdapter(context))
-    return session
-
-
-class Api:
-    def __init__(self, root: Path) -> None:
-        self.control = Control(root / "control")
-        self.control.start()
-        admin_dir = self.control.data_dir / "admin"
-        ctx = ssl.create_default_context(cafile=str(admin_dir / "bundle.pem"))
-        ctx.check_hostname = False
-        ctx.load_cert_chain(admin_dir / "admin.pem", admin_dir / "admin.key")
-        self.admin = _session(ctx)
-        self.mesh = meshlib.Mesh(
-            service="orders",
-            control_url=self.control.url,
-            token=self.control.token("orders"),
-            data_dir=root / "orders",
-            start_timeout=20,
-        ).start()
-        self.workload = _session(self.mesh.tls.client_context())
-        raw = self.admin.get(f"{self.control.url}/openapi.json", timeout=10)
-        raw.raise_for_status()
-        self.schema = schemathesis.openapi.from_dict(raw.json())
-
-    def close(self) -> None:
-        self.mesh.close()
-        self.admin.close()
-        self.workload.close()
-        self.control.stop()
-
-
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    a = Api(tmp_path_factory.mktemp("api-schema"))
-    yield a
-    a.close()
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
+    """A control service process, an admin and a workload session, and its document."""
+    p = Plane(tmp_path_factory.mktemp("api-schema"))
+    yield p
+    p.close()
 
 
 def _check_operation(
-    api: Api, operation: Any, callers: list[requests.Session], failures: list[str]
+    api: Plane, operation: Any, callers: list[requests.Session], failures: list[str]
 ) -> int:
     """Check *operation*'s answers; the number of requests made."""
     label = f"{operation.method.upper()} {operation.path}"
@@ -116,7 +68,7 @@ def _check_operation(
     return calls
 
 
-def test_every_answer_conforms_to_the_document(api: Api) -> None:
+def test_every_answer_conforms_to_the_document(api: Plane) -> None:
     operations = [r.ok() for r in api.schema.get_all_operations()]
     assert len(operations) >= 15, "the document lists every operation"
     failures: list[str] = []
