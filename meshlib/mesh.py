@@ -28,6 +28,7 @@ from meshlib.runtime.view import ActiveView, build_view
 from meshlib.runtime.waiting import WaitReporter
 from meshlib.telemetry.metrics import MeshTelemetry
 from meshlib.traffic.balancers import StatsRegistry
+from meshlib.transport.pools import MeshPools
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -105,6 +106,7 @@ class Mesh:
         self.config = config
         self._tls: TLSContexts | None = None
         self._view: ActiveView | None = None
+        self._pools = MeshPools(self._client_context)  # shared by every client of the mesh
         self._installed_at = time.monotonic()
         self.stats = StatsRegistry()
         self.telemetry = MeshTelemetry(
@@ -312,7 +314,8 @@ class Mesh:
         return await asyncio.to_thread(self.start, timeout)
 
     def close(self) -> None:
-        """Deregister and stop the agent and the admin port."""
+        """Deregister and stop the agent and the admin port; close the sync connection pools."""
+        self._pools.close()
         self._agent.stop()
         self._started = False
         if self._admin is not None:
@@ -320,7 +323,8 @@ class Mesh:
             self._admin = None
 
     async def aclose(self) -> None:
-        """Async twin of :meth:`close`."""
+        """Async twin of :meth:`close`; also closes this event loop's connection pools."""
+        await self._pools.aclose()
         await asyncio.to_thread(self.close)
 
     def __enter__(self) -> Mesh:
@@ -361,16 +365,26 @@ class Mesh:
             raise MeshError("the mesh is not started: call mesh.start() first")
         return view
 
-    def transport(self) -> MeshTransport:
-        """A sync httpx transport that routes ``http://<service>/…`` over the mesh."""
+    def transport(self, *, own_pools: bool = False) -> MeshTransport:
+        """A sync httpx transport that routes ``http://<service>/…`` over the mesh.
+
+        It sends over the mesh's shared connection pools (``meshlib.transport.pools``);
+        with *own_pools* it keeps pools of its own, closed with it.
+        """
         return MeshTransport(
-            view=self._view_now, tls=self._client_context, telemetry=self.telemetry
+            view=self._view_now,
+            tls=self._client_context,
+            telemetry=self.telemetry,
+            pools=None if own_pools else self._pools,
         )
 
-    def async_transport(self) -> AsyncMeshTransport:
-        """An async httpx transport that routes ``http://<service>/…`` over the mesh."""
+    def async_transport(self, *, own_pools: bool = False) -> AsyncMeshTransport:
+        """An async httpx transport that routes ``http://<service>/…`` (see :meth:`transport`)."""
         return AsyncMeshTransport(
-            view=self._view_now, tls=self._client_context, telemetry=self.telemetry
+            view=self._view_now,
+            tls=self._client_context,
+            telemetry=self.telemetry,
+            pools=None if own_pools else self._pools,
         )
 
     def resilient(

@@ -26,6 +26,7 @@ def _path_clients(
     from meshlib.integrations.httpx_mesh import AsyncMeshTransport, MeshTransport
     from meshlib.runtime.view import standalone_view
     from meshlib.traffic.balancers import StatsRegistry
+    from meshlib.transport.pools import MeshPools
 
     server_id = str(ids.server.spiffe_id)
     engine = make_engine([("127.0.0.1", backend.http_tls, "v1")], None, server_id)
@@ -34,12 +35,18 @@ def _path_clients(
     tls_url = f"https://127.0.0.1:{backend.http_tls}{PATH}"
     mesh_url = f"http://backend{PATH}"
 
-    def mesh(is_async: bool, telemetry: Any) -> Callable[[], Any]:
+    shared_view = standalone_view(engine, stats=StatsRegistry())  # one view for the pair
+    shared = MeshPools(lambda: ctx)  # what a Mesh holds: pools every client of it shares
+
+    def mesh(is_async: bool, telemetry: Any, pools: MeshPools | None = None) -> Callable[[], Any]:
         def make() -> Any:
             kwargs: dict[str, Any] = {
-                "view": standalone_view(engine, stats=StatsRegistry()),
+                "view": shared_view
+                if pools is not None
+                else standalone_view(engine, stats=StatsRegistry()),
                 "tls": lambda: ctx,
                 "telemetry": telemetry,
+                "pools": pools,
             }
             if is_async:
                 return httpx.AsyncClient(transport=AsyncMeshTransport(**kwargs))
@@ -56,6 +63,9 @@ def _path_clients(
         "httpx async hand-wired mTLS": (tls_url, lambda: httpx.AsyncClient(verify=ctx), True),
         "meshlib async, telemetry off": (mesh_url, mesh(True, None), True),
         "meshlib async, telemetry on": (mesh_url, mesh(True, telemetry_sdk), True),
+        # The mesh's shared pools: one client for the series, or a new client per request.
+        "meshlib async, shared client": (mesh_url, mesh(True, None, shared), True),
+        "meshlib async, client per request": (mesh_url, mesh(True, None, shared), True),
     }
 
 
@@ -96,6 +106,32 @@ def _async_series(url: str, make: Callable[[], Any], profile: Profile) -> list[f
     return asyncio.run(body())
 
 
+PER_REQUEST = "meshlib async, client per request"
+
+
+def _per_request_series(url: str, make: Callable[[], Any], profile: Profile) -> list[float]:
+    """Each timed request opens and closes its own client (the README's anti-pattern)."""
+
+    async def body() -> list[float]:
+        out: list[float] = []
+        for _ in range(profile.warmup):
+            async with make() as client:
+                (await client.get(url)).raise_for_status()
+        deadline = time.perf_counter() + profile.item_time_cap * 2
+        for _ in range(profile.path_requests):
+            start = time.perf_counter_ns()
+            async with make() as client:
+                response = await client.get(url)
+            out.append(time.perf_counter_ns() - start)
+            if response.status_code != 200:
+                raise RuntimeError(f"{url}: {response.status_code}")
+            if time.perf_counter() > deadline:
+                break
+        return out
+
+    return asyncio.run(body())
+
+
 def measure_path(profile: Profile, backend: Backend, ids: Identities) -> dict[str, Any]:
     """Sequential keep-alive GETs: per-request latency of each client, interleaved repeats."""
     from meshlib.telemetry.metrics import MeshTelemetry
@@ -108,7 +144,8 @@ def measure_path(profile: Profile, backend: Backend, ids: Identities) -> dict[st
         means: dict[str, list[float]] = {name: [] for name in clients}
         for _ in range(profile.path_repeats):  # interleaved, so drift hits every series
             for name, (url, make, is_async) in clients.items():
-                series = (_async_series if is_async else _sync_series)(url, make, profile)
+                run = _async_series if is_async else _sync_series
+                series = (_per_request_series if name == PER_REQUEST else run)(url, make, profile)
                 samples[name].extend(series)
                 means[name].append(statistics.fmean(series))
         rows: list[dict[str, Any]] = []

@@ -39,6 +39,7 @@ from meshlib.runtime.view import ActiveView, Destination
 from meshlib.telemetry.metrics import MeshTelemetry
 from meshlib.traffic.driver import ABORT, DONE, SLEEP
 from meshlib.transport.checked import AsyncIdentityTransport, IdentityTransport
+from meshlib.transport.pools import MeshPools
 
 __all__ = ["ATTEMPTS_HEADER", "AsyncMeshTransport", "MeshTransport"]
 
@@ -93,6 +94,8 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
         tls: returns the current client SSLContext.
         outside: transport for hosts outside the mesh (default: a plain httpx transport).
         telemetry: spans and metrics; none when omitted.
+        pools: the mesh's shared connection pools (:mod:`meshlib.transport.pools`);
+            without them the transport keeps pools of its own, closed with it.
     """
 
     def __init__(
@@ -103,19 +106,28 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
         outside: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         telemetry: MeshTelemetry | None = None,
+        pools: MeshPools | None = None,
     ) -> None:
         super().__init__(view=view, clock=clock, telemetry=telemetry)
         self._tls = tls
         self._outside = outside or httpx.AsyncHTTPTransport()
+        self._shared = pools
         self._pools: dict[tuple[str, int], AsyncIdentityTransport] = {}
         self._mirrors: set[asyncio.Task[None]] = set()
 
-    def _pool(self, destination: Destination) -> AsyncIdentityTransport:
+    async def _pool(self, destination: Destination) -> AsyncIdentityTransport:
         # Keyed by pool size too, so a maxConnections update takes effect on open clients.
-        pool = self._pools.get(destination.pool_key)
+        key = destination.pool_key
+        shared = self._shared
+        if shared is not None:
+            pool = shared.async_pool(key)
+            if pool is None:
+                pool = await shared.new_async_pool(key, destination.service.dns_name)
+            return pool
+        pool = self._pools.get(key)
         if pool is None:
             service = destination.service
-            pool = self._pools[destination.pool_key] = AsyncIdentityTransport(
+            pool = self._pools[key] = AsyncIdentityTransport(
                 expected=service.spiffe_id,
                 tls=self._tls,
                 sni=service.dns_name,
@@ -142,7 +154,7 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
 
     async def _run(self, call: HttpCall) -> httpx.Response:
         driver = call.driver
-        pool = self._pool(call.destination)
+        pool = await self._pool(call.destination)
         try:
             action = driver.begin()
             while True:  # bounded: the driver allows at most 1 + retries.attempts tries
@@ -183,6 +195,7 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
         task.add_done_callback(self._mirrors.discard)
 
     async def aclose(self) -> None:
+        """Close what this transport owns; the mesh's shared pools stay open."""
         for task in list(self._mirrors):
             task.cancel()
         for pool in self._pools.values():
@@ -201,16 +214,20 @@ class MeshTransport(_Base, httpx.BaseTransport):
         outside: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         telemetry: MeshTelemetry | None = None,
+        pools: MeshPools | None = None,
     ) -> None:
         super().__init__(view=view, clock=clock, telemetry=telemetry)
         self._tls = tls
         self._outside = outside or httpx.HTTPTransport()
+        self._shared = pools
         self._pools: dict[tuple[str, int], IdentityTransport] = {}
         self._lock = threading.Lock()  # creation of per-service pools only, not per request
         self._mirror_pool: ThreadPoolExecutor | None = None
         self._mirrors_in_flight = 0
 
     def _pool(self, destination: Destination) -> IdentityTransport:
+        if self._shared is not None:
+            return self._shared.sync_pool(destination.pool_key, destination.service.dns_name)
         pool = self._pools.get(destination.pool_key)
         if pool is None:
             with self._lock:
@@ -288,6 +305,7 @@ class MeshTransport(_Base, httpx.BaseTransport):
         self._mirror_pool.submit(send)
 
     def close(self) -> None:
+        """Close what this transport owns; the mesh's shared pools stay open."""
         if self._mirror_pool is not None:
             self._mirror_pool.shutdown(wait=False, cancel_futures=True)
         for pool in self._pools.values():

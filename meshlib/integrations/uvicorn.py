@@ -111,6 +111,18 @@ def tls_protocol(base: type[Any], *, validator: ValidatorSource) -> type[Any]:
 
             this.app = app
 
+        def shutdown(self) -> None:
+            # An idle kept-alive connection is closed at once, without waiting for the
+            # caller's TLS close_notify: mesh clients keep pooled connections open and a
+            # sync one is not reading, so a graceful TLS close would hold the shutdown for
+            # uvicorn's whole grace period. HTTP/1.1 framing makes the truncation harmless.
+            this: Any = self
+            cycle = this.cycle
+            if cycle is None or cycle.response_complete:
+                this.transport.abort()
+            else:
+                super().shutdown()
+
     TLSProtocol.__name__ = f"TLS{base.__name__}"
     return TLSProtocol
 

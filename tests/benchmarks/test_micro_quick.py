@@ -57,7 +57,9 @@ def test_tls_and_path_series_complete(result: tuple[dict[str, Any], Path]) -> No
         assert doc["tls"][key]["count"] > 0 and doc["tls"][key]["p50_us"] > 0
     assert doc["tls"]["tls_round_trip"]["p50_us"] > 0
     rows = doc["path"]["rows"]
-    assert len(rows) == 8
+    assert len(rows) == 10
+    clients = {row["client"] for row in rows}
+    assert {"meshlib async, shared client", "meshlib async, client per request"} <= clients
     for row in rows:
         assert row["count"] > 0
         assert 0 < row["p50_us"] <= row["p99_us"]

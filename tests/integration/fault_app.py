@@ -130,8 +130,10 @@ async def slow(ms: int, request: Request) -> dict[str, Any]:
 async def chain(to: str, path: str, request: Request) -> dict[str, Any]:
     arrival = request.state.mesh.remaining()
     seen: dict[str, Any] = {"labels": LABELS, "remaining_on_arrival": arrival}
-    # A client per request: no idle keep-alive connection to the callee outlives the call.
-    async with _state["mesh"].async_client() as client:
+    # A client with pools of its own per request: no idle keep-alive connection to the
+    # callee outlives the call (the mesh's shared pools would keep one).
+    transport = _state["mesh"].async_transport(own_pools=True)
+    async with httpx.AsyncClient(transport=transport) as client:
         try:
             response = await client.get(f"http://{to}{path}")
         except (MeshError, httpx.HTTPError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 import meshlib
@@ -39,7 +40,7 @@ def test_services_keep_serving_with_control_down(services, workload, control):
     with frontend.client() as http:
         for i in range(20):
             assert http.get(f"http://orders/items/{i}").status_code == 200
-    with frontend.client() as http:  # new connections, new handshakes
+    with httpx.Client(transport=frontend.transport(own_pools=True)) as http:  # new handshakes
         assert http.get("http://orders/items/x").json()["peer"].endswith("/sa/frontend")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 import meshlib
@@ -49,7 +50,8 @@ def test_rotation_under_traffic_has_zero_failures(tmp_path: Path):
                 response = pooled.get(f"http://orders/items/{sent}")
                 if response.status_code != 200:
                     failures.append(f"pooled {response.status_code}")
-                with client.client() as fresh:
+                # a transport with pools of its own: a new connection, a new handshake
+                with httpx.Client(transport=client.transport(own_pools=True)) as fresh:
                     response = fresh.get(f"http://orders/items/{sent}")
                     server_serials.add(_serial(response))
                     if response.status_code != 200:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import meshlib
@@ -30,7 +31,8 @@ MAX_ROUNDS = 300
 def _chain(mesh: meshlib.Mesh, via: str, to: str) -> str | None:
     """None when *via* reached *to* over the mesh (new connections both hops), else why not."""
     try:
-        with mesh.client() as http:  # a fresh client: a new handshake with *via*
+        # pools of its own: a new handshake with *via* (which does the same towards *to*)
+        with httpx.Client(transport=mesh.transport(own_pools=True)) as http:
             response = http.get(f"http://{via}/chain", params={"to": to, "path": "/ping"})
     except Exception as exc:  # any failure is a reason to keep waiting
         return f"{via}: {exc!r}"
