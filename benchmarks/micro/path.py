@@ -86,47 +86,33 @@ def _sync_series(url: str, make: Callable[[], Any], profile: Profile) -> list[fl
     return out
 
 
-def _async_series(url: str, make: Callable[[], Any], profile: Profile) -> list[float]:
+PER_REQUEST = "meshlib async, client per request"
+
+
+def _async_series(
+    url: str, make: Callable[[], Any], profile: Profile, per_request: bool = False
+) -> list[float]:
+    """Timed GETs on one client, or (*per_request*) each on a client opened and closed
+    around it (the pattern ``async with mesh.async_client()`` inside a handler)."""
+
     async def body() -> list[float]:
         out: list[float] = []
-        async with make() as client:
+        async with make() as shared:
             for _ in range(profile.warmup):
-                (await client.get(url)).raise_for_status()
+                (await shared.get(url)).raise_for_status()
             deadline = time.perf_counter() + profile.item_time_cap * 2
             for _ in range(profile.path_requests):
                 start = time.perf_counter_ns()
-                response = await client.get(url)
+                if per_request:
+                    async with make() as client:
+                        response = await client.get(url)
+                else:
+                    response = await shared.get(url)
                 out.append(time.perf_counter_ns() - start)
                 if response.status_code != 200:
                     raise RuntimeError(f"{url}: {response.status_code}")
                 if time.perf_counter() > deadline:
                     break
-        return out
-
-    return asyncio.run(body())
-
-
-PER_REQUEST = "meshlib async, client per request"
-
-
-def _per_request_series(url: str, make: Callable[[], Any], profile: Profile) -> list[float]:
-    """Each timed request opens and closes its own client (the README's anti-pattern)."""
-
-    async def body() -> list[float]:
-        out: list[float] = []
-        for _ in range(profile.warmup):
-            async with make() as client:
-                (await client.get(url)).raise_for_status()
-        deadline = time.perf_counter() + profile.item_time_cap * 2
-        for _ in range(profile.path_requests):
-            start = time.perf_counter_ns()
-            async with make() as client:
-                response = await client.get(url)
-            out.append(time.perf_counter_ns() - start)
-            if response.status_code != 200:
-                raise RuntimeError(f"{url}: {response.status_code}")
-            if time.perf_counter() > deadline:
-                break
         return out
 
     return asyncio.run(body())
@@ -144,8 +130,10 @@ def measure_path(profile: Profile, backend: Backend, ids: Identities) -> dict[st
         means: dict[str, list[float]] = {name: [] for name in clients}
         for _ in range(profile.path_repeats):  # interleaved, so drift hits every series
             for name, (url, make, is_async) in clients.items():
-                run = _async_series if is_async else _sync_series
-                series = (_per_request_series if name == PER_REQUEST else run)(url, make, profile)
+                if is_async:
+                    series = _async_series(url, make, profile, name == PER_REQUEST)
+                else:
+                    series = _sync_series(url, make, profile)
                 samples[name].extend(series)
                 means[name].append(statistics.fmean(series))
         rows: list[dict[str, Any]] = []
