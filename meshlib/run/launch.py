@@ -77,7 +77,12 @@ def child_environment(args: argparse.Namespace, environ: dict[str, str]) -> dict
         env["MESH_RUN_SERVE"] = "0"
     if not env.get("MESH_SERVICE"):
         raise ConfigError("--service: required (or set MESH_SERVICE)")
-    parse_labels(env.get("MESH_LABELS", ""))
+    try:
+        parse_labels(env.get("MESH_LABELS", ""))
+    except ConfigError as exc:
+        if args.labels is None:
+            raise
+        raise ConfigError(str(exc).replace("MESH_LABELS", "--labels", 1)) from None
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(BOOT_DIR) + (os.pathsep + path if path else "")
     env["MESH_RUN"] = "1"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import http.server
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -103,7 +105,9 @@ class Run:
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control]:
     """One control service for the module, with POLICY applied."""
-    control = Control(tmp_path_factory.mktemp("run") / "control", "--instance-ttl", "5s")
+    control = Control(
+        tmp_path_factory.mktemp("run") / "control", "--instance-ttl", "5s", "--svid-ttl", "10s"
+    )
     control.start()
     control.apply(POLICY)
     yield control
@@ -292,6 +296,38 @@ def _spans(trace_id: str, count: int) -> list[tuple[str, str, str, str]] | None:
     return found if len(found) >= count else None
 
 
+def _served_certificate(caller: meshlib.Mesh, port: int) -> bytes:
+    """The DER leaf a listener on 127.0.0.1:*port* presents to a mesh client."""
+    context = caller.tls.client_context()
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=None) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_the_served_svid_rotates_without_a_restart(
+    fleet: dict[str, Run], caller: meshlib.Mesh
+) -> None:
+    """10 s SVIDs: the uvicorn under meshctl run presents a new leaf, same process, still 200."""
+    inventory = fleet["inventory"]
+    pid = inventory.process.proc.pid if inventory.process.proc else None
+    first = _served_certificate(caller, inventory.port)
+    wait_for(
+        lambda: _served_certificate(caller, inventory.port) != first,
+        20,
+        "inventory presenting a renewed SVID",
+        interval=0.5,
+    )
+    assert inventory.process.alive() and inventory.process.proc is not None
+    assert inventory.process.proc.pid == pid
+    with caller.client(timeout=10) as web:
+        reply = web.get("http://orders/order/pear")
+    assert reply.status_code == 200 and reply.json()["status"] == 200, reply.text
+
+
 def test_plaintext_to_a_meshed_uvicorn_fails_the_handshake(fleet: dict[str, Run]) -> None:
     """The port uvicorn opened is mTLS only: a plain HTTP request gets no answer."""
     with pytest.raises(httpx.HTTPError):
@@ -470,3 +506,35 @@ def test_sigterm_withdraws_a_meshed_uvicorn_first(plane: Control, tmp_path: Path
     assert code == 128 + signal.SIGTERM, out  # uvicorn re-raises the signal it handled
     assert "Shutting down" in out and "Finished server process" in out
     assert not [i for i in plane.instances() if i["service"] == "leaving"]  # deregistered
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (
+            ["--service", "a", "--labels", "zone", "--", "python", "-c", "pass"],
+            2,
+            "--labels: 'zone' is not key=value",
+        ),
+        (["--", "python", "-c", "pass"], 2, "--service: required (or set MESH_SERVICE)"),
+        (["--service", "orders"], 2, "no command to run"),
+        (
+            ["--service", "orders", "--", "/nonexistent/server"],
+            127,
+            "cannot start /nonexistent/server",
+        ),
+    ],
+)
+def test_launcher_bad_input(args: list[str], code: int, message: str) -> None:
+    """Bad flags, no command, a command that cannot start: named, nothing started."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "meshlib.run", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == code, result.stderr
+    assert f"meshctl run: {message}" in result.stderr
