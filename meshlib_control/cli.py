@@ -246,8 +246,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "control":
         _cmd_control_serve(args)
         return 0
-    if args.command == "run":
-        os.execv(sys.executable, [sys.executable, "-m", "meshlib.run", *args.args])
     if args.command == "version":
         print(f"meshctl {version()}")
         return 0
@@ -268,6 +266,31 @@ def _run(args: argparse.Namespace) -> int:
         client.close()
 
 
+def _exec_run(words: list[str]) -> None:
+    """``meshctl [global flags] run …``: exec ``python -m meshlib.run …`` (docs/run.md).
+
+    The launcher parses its own flags; exec keeps the pid, the signals and the exit code.
+    ``--control`` and ``--debug`` before ``run`` become MESH_CONTROL_URL and
+    MESH_LOG_LEVEL=debug; ``--data-dir`` is meshctl's own, not the workload's.
+    """
+    i = 0
+    while i < len(words) and words[i] != "run":
+        flag, _, value = words[i].partition("=")
+        if flag == "--debug" and not value:
+            os.environ["MESH_LOG_LEVEL"] = "debug"
+            i += 1
+        elif flag in ("--control", "--data-dir"):
+            if not value and i + 1 < len(words):
+                value, i = words[i + 1], i + 1
+            if flag == "--control":
+                os.environ["MESH_CONTROL_URL"] = value
+            i += 1
+        else:
+            return  # not a run command: argparse handles it
+    if i < len(words):
+        os.execv(sys.executable, [sys.executable, "-m", "meshlib.run", *words[i + 1 :]])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``meshctl`` console script.
 
@@ -275,8 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Ctrl-C); ``--debug`` or ``MESH_LOG_LEVEL=debug`` adds the traceback.
     """
     words = list(sys.argv[1:] if argv is None else argv)
-    if words[:1] == ["run"]:  # the launcher parses its own flags; exec keeps pid and signals
-        os.execv(sys.executable, [sys.executable, "-m", "meshlib.run", *words[1:]])
+    _exec_run(words)
     args = _parser().parse_args(words)
     try:
         return _run(args)

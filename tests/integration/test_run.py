@@ -508,6 +508,19 @@ def test_sigterm_withdraws_a_meshed_uvicorn_first(plane: Control, tmp_path: Path
     assert not [i for i in plane.instances() if i["service"] == "leaving"]  # deregistered
 
 
+def test_meshctl_global_flags_before_run_reach_the_child() -> None:
+    """``meshctl --control URL run …``: the URL is the child's MESH_CONTROL_URL (bad labels
+    still stop it before it starts)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    result = subprocess.run(
+        [*MESHCTL, "--debug", "--control", "https://127.0.0.1:1", "run", "--service", "a",
+         "--labels", "zone", "--", sys.executable, "-c", "pass"],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "meshctl run: --labels: 'zone' is not key=value" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
