@@ -56,10 +56,37 @@ class StoreSpec:
     path: Path | None = None
     endpoints: tuple[str, ...] = ()
     prefix: str = "/meshlib/"
+    tls: tuple[Path, Path, Path] | None = None  # etcds://: CA bundle, client cert, client key
+
+
+_TLS_PARAMS = ("ca", "cert", "key")
+
+
+def _store_tls(query: str) -> tuple[Path, Path, Path]:
+    """``ca=…&cert=…&key=…`` of an ``etcds://`` URL: three readable absolute paths."""
+    from urllib.parse import parse_qs
+
+    params = parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(params) - set(_TLS_PARAMS))
+    if unknown:
+        raise ConfigError(
+            f"--store: unknown parameter {unknown[0]!r} (etcds:// takes ca, cert, key)"
+        )
+    paths = []
+    for name in _TLS_PARAMS:
+        values = params.get(name)
+        if not values or len(values) != 1 or not values[0].startswith("/"):
+            raise ConfigError(f"--store: etcds:// needs {name}=ABSOLUTE_PATH (PEM), once")
+        path = Path(values[0])
+        if not path.is_file():
+            raise ConfigError(f"--store: {name}={path}: no such file")
+        paths.append(path)
+    return paths[0], paths[1], paths[2]
 
 
 def parse_store(value: str | None, data_dir: Path) -> StoreSpec:
-    """``--store``: ``etcd://h:p[,h:p…][/prefix]``, ``sqlite:///path``; None: the data dir's.
+    """``--store``: ``etcd://h:p[,h:p…][/prefix]``, the same as ``etcds://…?ca=&cert=&key=``
+    (TLS with a client certificate), ``sqlite:///path``; None: the data dir's.
 
     Raises:
         ConfigError: naming ``--store`` and what is wrong.
@@ -73,8 +100,12 @@ def parse_store(value: str | None, data_dir: Path) -> StoreSpec:
         if not rest.startswith("/") or rest == "/":
             raise ConfigError(f"--store: {value!r}: sqlite:///PATH needs an absolute path")
         return StoreSpec("sqlite", path=Path(rest))
-    if scheme != "etcd":
-        raise ConfigError(f"--store: scheme {scheme!r} is not etcd or sqlite")
+    if scheme not in ("etcd", "etcds"):
+        raise ConfigError(f"--store: scheme {scheme!r} is not etcd, etcds or sqlite")
+    rest, question, query = rest.partition("?")
+    if question and scheme == "etcd":
+        raise ConfigError("--store: parameters (ca, cert, key) belong to etcds://, not etcd://")
+    tls = _store_tls(query) if scheme == "etcds" else None
     members, slash, prefix = rest.partition("/")
     endpoints = tuple(m.strip() for m in members.split(","))
     for endpoint in endpoints:
@@ -82,7 +113,7 @@ def parse_store(value: str | None, data_dir: Path) -> StoreSpec:
     if slash and (not prefix or not all(c.isalnum() or c in "-_/." for c in prefix)):
         raise ConfigError(f"--store: key prefix {prefix!r}: letters, digits, -_./ only")
     chosen = f"/{prefix.strip('/')}/" if slash else "/meshlib/"
-    return StoreSpec("etcd", endpoints=endpoints, prefix=chosen)
+    return StoreSpec("etcd", endpoints=endpoints, prefix=chosen, tls=tls)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from meshlib.policy.decode import decode_resource, encode_resource
@@ -28,7 +29,7 @@ from meshlib.policy.model import Resource
 from meshlib_control.store.base import StoreUnavailable
 from meshlib_control.store.codec import decode, encode, extra_field
 from meshlib_control.store.etcd_client import KV, EtcdClient
-from meshlib_control.store.etcd_mirror import Mirror
+from meshlib_control.store.etcd_mirror import LOAD_TIMEOUT, Mirror
 from meshlib_control.store.etcd_tokens import TokenOperations
 from meshlib_control.store.records import CertificateRecord, InstanceRecord, timestamp
 
@@ -54,14 +55,16 @@ class EtcdStore(TokenOperations):
         *,
         prefix: str = DEFAULT_PREFIX,
         grace: float = RECOVERY_GRACE,
+        tls: tuple[Path, Path, Path] | None = None,
+        load_timeout: float = LOAD_TIMEOUT,
     ) -> None:
         self.endpoints = endpoints
         self.grace = grace
         self._lapsed: set[str] = set()  # ids whose expiry :meth:`expire_instances` reported
-        self._client = EtcdClient(endpoints)
+        self._client = EtcdClient(endpoints, tls=tls)
         self._callbacks: list[Callable[[], None]] = []
         self._resources: tuple[int, tuple[Resource, ...]] = (-1, ())
-        self._mirror = Mirror(self._client, prefix, self._changed)
+        self._mirror = Mirror(self._client, prefix, self._changed, load_timeout=load_timeout)
 
     def close(self) -> None:
         """Stop watching and close the connections."""

@@ -17,8 +17,10 @@ import base64
 import contextlib
 import json
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -79,15 +81,34 @@ def prefix_end(prefix: str) -> str:
 class EtcdClient:
     """Calls to one etcd cluster, given its members' ``host:port`` client addresses."""
 
-    def __init__(self, endpoints: tuple[str, ...], *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        endpoints: tuple[str, ...],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
         if not endpoints:
             raise ValueError("endpoints: at least one etcd member")
         self.endpoints = endpoints
         self.timeout = timeout
+        self.tls = tls
+        self._scheme = "https" if tls else "http"
         self._current = 0
-        self._http = httpx.Client(timeout=timeout, trust_env=False)
         self._watch_socket: socket.socket | None = None
         self._aborted = False
+        verify: ssl.SSLContext | bool = True  # plain http: nothing to verify
+        if tls is not None:  # etcd's --trusted-ca-file / --client-cert-auth
+            ca, cert, key = tls
+            verify = ssl.create_default_context(cafile=str(ca))
+            verify.load_cert_chain(str(cert), str(key))
+        self._http = httpx.Client(timeout=timeout, trust_env=False, verify=verify)
+
+    def clone(self, *, timeout: float | None = None) -> EtcdClient:
+        """Another client of the same members (own connections), for another thread."""
+        return EtcdClient(
+            self.endpoints, timeout=self.timeout if timeout is None else timeout, tls=self.tls
+        )
 
     def abort_watch(self) -> None:
         """End a :meth:`watch` blocked reading, from another thread (for good)."""
@@ -102,7 +123,7 @@ class EtcdClient:
         self._http.close()
 
     def _url(self, i: int, path: str) -> str:
-        return f"http://{self.endpoints[i]}{path}"
+        return f"{self._scheme}://{self.endpoints[i]}{path}"
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST *body* to *path* on the first member that answers; the decoded reply."""
@@ -112,14 +133,21 @@ class EtcdClient:
             i = (self._current + step) % n
             try:
                 reply = self._http.post(self._url(i, path), json=body)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-                causes.append(f"{self.endpoints[i]}: {type(exc).__name__}")
-                continue  # that member is gone: another one may answer
-            except httpx.HTTPError as exc:
+            except httpx.TimeoutException as exc:
+                if isinstance(exc, httpx.ConnectTimeout):
+                    causes.append(f"{self.endpoints[i]}: ConnectTimeout")
+                    continue
                 # A member that took the request and timed out: the cluster cannot decide
                 # now (no quorum); asking the next one would only wait as long again.
                 causes.append(f"{self.endpoints[i]}: {type(exc).__name__} after {self.timeout}s")
                 break
+            except httpx.HTTPError as exc:
+                # Gone, refused, or a TLS refusal (a client certificate etcd does not trust):
+                # another member may answer.
+                detail = str(exc).strip()
+                shown = f"{type(exc).__name__}: {detail[:160]}" if detail else type(exc).__name__
+                causes.append(f"{self.endpoints[i]}: {shown}")
+                continue
             data: dict[str, Any] = reply.json() if reply.content else {}
             if reply.status_code != 200:
                 message = str(data.get("message") or data.get("error") or reply.status_code)

@@ -47,10 +47,12 @@ class Mirror:
         client: EtcdClient,
         prefix: str,
         on_change: Callable[[list[tuple[str, KV | None, KV | None]]], None],
+        *,
+        load_timeout: float = LOAD_TIMEOUT,
     ) -> None:
         self._client = client
-        self._watch_client = EtcdClient(client.endpoints, timeout=client.timeout)
-        self._health_client = EtcdClient(client.endpoints)
+        self._watch_client = client.clone()
+        self._health_client = client.clone()
         self.prefix = prefix
         self._on_change = on_change
         self._data: dict[str, dict[str, KV]] = {}
@@ -62,7 +64,7 @@ class Mirror:
         self.writable = True
         self.cause = ""
         self.last_unwritable: float | None = None  # monotonic time the health check last failed
-        self._load()
+        self._load(load_timeout)
         self._threads = [
             threading.Thread(target=self._watch_loop, name="etcd-watch", daemon=True),
             threading.Thread(target=self._health_loop, name="etcd-health", daemon=True),
@@ -125,8 +127,8 @@ class Mirror:
         kind, _, name = key[len(self.prefix) :].partition("/")
         return kind, name
 
-    def _load(self) -> None:
-        deadline = time.monotonic() + LOAD_TIMEOUT
+    def _load(self, timeout: float = LOAD_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 revision, kvs = self._client.range(self.prefix, prefix=True)
@@ -136,7 +138,7 @@ class Mirror:
                     raise ApiError(
                         503,
                         "store-unavailable",
-                        f"--store: cannot load the state from etcd within {LOAD_TIMEOUT:g} s: "
+                        f"--store: cannot load the state from etcd within {timeout:g} s: "
                         + exc.message.rpartition("): ")[2],
                     ) from exc
                 time.sleep(0.2)

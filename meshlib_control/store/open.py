@@ -13,7 +13,7 @@ def open_store(spec: StoreSpec) -> Store:
     if spec.backend == "etcd":
         from meshlib_control.store.etcd import EtcdStore  # httpx's etcd calls: only when used
 
-        return EtcdStore(spec.endpoints, prefix=spec.prefix)
+        return EtcdStore(spec.endpoints, prefix=spec.prefix, tls=spec.tls)
     from meshlib_control.store.sqlite import SQLiteStore
 
     assert spec.path is not None
