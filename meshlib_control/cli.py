@@ -156,8 +156,9 @@ def _add_serve_parser(control_sub: argparse._SubParsersAction[argparse.ArgumentP
     serve.add_argument(
         "--store",
         metavar="URL",
-        help="where the state lives: etcd://HOST:PORT[,HOST:PORT...] (replicas share it) or "
-        "sqlite:///PATH (default: mesh.db in the data dir)",
+        help="where the state lives: etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (replicas share "
+        "it; etcds://...?ca=&cert=&key= for TLS) or sqlite:///PATH (default: mesh.db in the "
+        "data dir)",
     )
     serve.add_argument(
         "--rebootstrap-ttl",
