@@ -1,7 +1,8 @@
 """An ordinary FastAPI service calling another by name with httpx: no meshlib import.
 
 ``/order/{name}`` asks ``http://$UPSTREAM/item/{name}`` (``/flaky/{name}`` with
-``?flaky=1``) and answers with the upstream's status and body; ``/outside`` fetches
+``?flaky=1``) and answers with the upstream's status and body; ``/order-sync/{name}`` does
+the same with a sync ``httpx.Client``; ``/outside`` fetches
 ``$OUTSIDE_URL`` — a host that is not a mesh service, which must go out unchanged.
 """
 
@@ -28,6 +29,13 @@ async def order(name: str, flaky: int = 0) -> JSONResponse:
             "flag": reply.headers.get("x-mesh-flag"),
         }
     )
+
+
+@app.get("/order-sync/{name}")
+def order_sync(name: str) -> dict[str, object]:
+    with httpx.Client(timeout=5) as client:  # sync client, in FastAPI's thread pool
+        reply = client.get(f"http://{os.environ['UPSTREAM']}/item/{name}")
+    return {"status": reply.status_code, "body": reply.json()}
 
 
 @app.get("/outside")

@@ -58,7 +58,10 @@ spec:
   service: grpc-back
   action: ALLOW
   rules:
-  - from: {principals: ["spiffe://mesh.local/ns/default/sa/grpc-front"]}
+  - from:
+      principals:
+      - spiffe://mesh.local/ns/default/sa/grpc-front
+      - spiffe://mesh.local/ns/default/sa/grpc-sync
 """
 
 
@@ -145,6 +148,7 @@ def fleet(plane: Control, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ),
         "grpc-back": (grpc_pair, {}),
         "grpc-front": (grpc_pair, {}),
+        "grpc-sync": ([sys.executable, "-m", "examples.unmodified.grpc_sync"], {}),
         "stock": (
             [
                 sys.executable,
@@ -271,6 +275,9 @@ def test_fastapi_pair_over_httpx(fleet: dict[str, Run], caller: meshlib.Mesh) ->
         assert denied.status_code == 403
         assert denied.headers["x-mesh-flag"] == "AUTHZ_DENIED"
         assert "inventory-from-orders" in denied.text
+        # The same through a sync httpx.Client.
+        sync = web.get("http://orders/order-sync/fig").json()
+        assert sync["status"] == 200 and sync["body"]["xfcc"].endswith(f"URI={TD}/orders")
         # A host that is not a mesh service goes out unchanged (plain HTTP here).
         out = web.get("http://orders/outside").json()
         assert out == {"status": 200, "body": "outside says hi"}
@@ -348,6 +355,16 @@ def test_grpc_aio_pair(fleet: dict[str, Run], caller: meshlib.Mesh) -> None:
             pb_grpc.InventoryStub(channel).GetItem(pb.ItemRequest(item="apple"), timeout=10)
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "grpc-back-from-grpc-front" in (denied.value.details() or "")
+
+
+def test_sync_grpc_server_and_insecure_channel(fleet: dict[str, Run], caller: meshlib.Mesh) -> None:
+    """grpc.server + grpc.insecure_channel('grpc-back:50051'): meshed like the aio pair."""
+    _wait_resolved(caller, "grpc-sync", "grpc-back")
+    with caller.grpc_channel("grpc-sync") as channel:
+        stub = pb_grpc.InventoryStub(channel)
+        reply = stub.GetItemVia(pb.ViaRequest(service="grpc-back", item="fig"), timeout=10)
+    assert reply.local.caller == f"{TD}/frontend" and reply.local.service == "grpc-sync"
+    assert reply.upstream.caller == f"{TD}/grpc-sync"
 
 
 def test_gunicorn_workers_serve_one_registered_endpoint(
