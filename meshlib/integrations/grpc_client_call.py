@@ -115,6 +115,10 @@ def call_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value is not None}
 
 
+_MAX_MADE = 64
+"""Per-endpoint multi-callables one meshed multi-callable keeps (one per channel)."""
+
+
 class Multi:
     """What the sync and aio multi-callables share: the call's method and codecs."""
 
@@ -124,15 +128,23 @@ class Multi:
         self._method = method
         self._ser = ser
         self._de = de
+        self._made: dict[int, tuple[Any, Any]] = {}  # id(channel) -> (channel, callable)
 
     def _inner(self, channel: Any) -> Any:
-        """The real multi-callable of this kind on a per-endpoint *channel*."""
-        return getattr(channel, self._kind)(
+        """The real multi-callable of this kind on a per-endpoint *channel* (made once)."""
+        made = self._made.get(id(channel))
+        if made is not None and made[0] is channel:
+            return made[1]
+        inner = getattr(channel, self._kind)(
             self._method,
             request_serializer=self._ser,
             response_deserializer=self._de,
             _registered_method=True,
         )
+        if len(self._made) >= _MAX_MADE:  # endpoints come and go: forget them all at once
+            self._made.clear()
+        self._made[id(channel)] = (channel, inner)
+        return inner
 
 
 def replayable(request: Any, limit: int) -> bool:
