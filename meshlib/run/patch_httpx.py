@@ -23,8 +23,8 @@ __all__ = ["AsyncRunTransport", "RunTransport", "is_mesh_service", "patch"]
 def is_mesh_service(host: str) -> bool:
     """True when *host* names a service of this process's active snapshot."""
     mesh = state.active()
-    if mesh is None or not host or ":" in host or host[-1].isdigit() or host == "localhost":
-        return False
+    if mesh is None or not host or ":" in host or host == "localhost":
+        return False  # an IPv4 address is one dictionary miss in resolve()
     try:
         return mesh.view.resolve(host) is not None
     except MeshError:  # not started yet

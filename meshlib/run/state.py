@@ -57,10 +57,17 @@ def set_role(value: str) -> None:
     _role = value
 
 
+WORKER_BOOT_ERROR = 3  # gunicorn's: a worker exiting with it makes the master stop
+
+
 def fail(message: str) -> NoReturn:
-    """One ``meshctl run: …`` line on stderr, then exit code 1 (nothing served)."""
+    """One ``meshctl run: …`` line on stderr, then exit code 1 (nothing served).
+
+    A gunicorn worker exits with gunicorn's boot-error code instead, so that the master
+    stops rather than respawning it.
+    """
     print(f"{PREFIX}: {message}", file=sys.stderr, flush=True)
-    os._exit(1)
+    os._exit(WORKER_BOOT_ERROR if _role == "gunicorn-worker" else 1)
 
 
 def start() -> Mesh:
