@@ -1,0 +1,1 @@
+"""The directory ``meshctl run`` puts first on ``PYTHONPATH`` (its ``sitecustomize``)."""
