@@ -196,6 +196,12 @@ def test_a_change_on_one_replica_reaches_a_workload_watching_another(
         listed = [json.loads(r.ok("get", "trafficpolicies", "-o", "json")) for r in ha.replicas]
         assert all(items == listed[0] for items in listed), listed
         assert listed[0][0]["status"]["revision"] == 5
+        twin = _mesh(ha, "frontend", tmp_path / "twin", first.url, first.token("frontend"))
+        try:  # the same identity watching replica A gets the very same snapshot version
+            wait_endpoints(twin, "orders")
+            assert twin.engine.version == frontend.engine.version
+        finally:
+            twin.close()
         # A replica restarted while changes were made catches up before it serves.
         ha.replicas[2].stop()
         first.apply(PROBE_POLICY)
