@@ -75,3 +75,26 @@ def test_expire_instances(tmp_path):
     assert store.expire_instances(NOW) == 0
     assert store.expire_instances(NOW + timedelta(minutes=1)) == 1
     assert store.instances() == ()
+
+
+def test_store_flag_puts_sqlite_where_it_says(tmp_path):
+    """--store sqlite:///PATH keeps the state in PATH, not in the data dir; it survives."""
+    from meshlib_control.plane import ControlPlane
+    from meshlib_control.settings import Settings
+
+    path = tmp_path / "elsewhere" / "state.db"
+    path.parent.mkdir()
+    settings = Settings(data_dir=tmp_path / "data", store=f"sqlite://{path}")
+    plane = ControlPlane(settings)
+    plane.apply(
+        "apiVersion: meshlib.io/v1\nkind: RateLimit\nmetadata: {name: orders}\n"
+        "spec: {service: orders, requestsPerSecond: 5}"
+    )
+    plane.store.close()
+    assert path.exists() and not (tmp_path / "data" / "mesh.db").exists()
+    again = ControlPlane(settings)
+    try:
+        assert [r.metadata.name for r in again.store.resources()] == ["orders"]
+        assert again.store.replicated is False
+    finally:
+        again.store.close()
