@@ -74,6 +74,7 @@ class Run:
         self.service = service
         self.port = int(env.pop("PORT", "0")) or free_port()
         launcher = env.pop("LAUNCHER", "python -m meshlib.run").split()
+        self.flags = env.pop("RUN_FLAGS", "").split()
         environ = {
             "MESH_CONTROL_URL": control.url,
             "MESH_TOKEN": env.pop("MESH_TOKEN") if "MESH_TOKEN" in env else control.token(service),
@@ -89,6 +90,7 @@ class Run:
                 *(["run"] if launcher == ["meshctl"] else []),
                 "--service",
                 service,
+                *self.flags,
                 "--",
                 *command,
             ],
@@ -146,6 +148,10 @@ def fleet(plane: Control, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 **otlp,
             },
         ),
+        "edge": (
+            uvicorn_cli("examples.unmodified.orders"),
+            {"RUN_FLAGS": "--clients-only", "UPSTREAM": "inventory", "OUTSIDE_URL": "-"},
+        ),
         "grpc-back": (grpc_pair, {}),
         "grpc-front": (grpc_pair, {}),
         "grpc-sync": ([sys.executable, "-m", "examples.unmodified.grpc_sync"], {}),
@@ -190,7 +196,11 @@ def fleet(plane: Control, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def _serving(plane: Control, runner: Run) -> bool:
+    """Registered with its port; under --clients-only: listening (it registers no port)."""
     assert runner.process.alive(), runner.process.output()
+    if "--clients-only" in runner.flags:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", runner.port)) == 0
     return any(i["service"] == runner.service and i["port"] for i in plane.instances())
 
 
@@ -333,6 +343,19 @@ def test_the_served_svid_rotates_without_a_restart(
     with caller.client(timeout=10) as web:
         reply = web.get("http://orders/order/pear")
     assert reply.status_code == 200 and reply.json()["status"] == 200, reply.text
+
+
+def test_clients_only_leaves_the_server_plain_and_meshes_the_client(
+    fleet: dict[str, Run], plane: Control
+) -> None:
+    """--clients-only: plain HTTP in (an edge), the mesh out — as 'edge', whom inventory's
+    AuthorizationPolicy does not name: refused AUTHZ_DENIED, as in library mode."""
+    reply = httpx.get(f"http://127.0.0.1:{fleet['edge'].port}/order/apple", timeout=10)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["status"] == 403 and body["flag"] == "AUTHZ_DENIED", body
+    assert body["body"]["peer"] == f"{TD}/edge", body
+    assert [i["port"] for i in plane.instances() if i["service"] == "edge"] == [0]  # no endpoint
 
 
 def test_plaintext_to_a_meshed_uvicorn_fails_the_handshake(fleet: dict[str, Run]) -> None:
