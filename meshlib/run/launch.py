@@ -3,14 +3,16 @@
 The launcher sets the ``MESH_*`` variables from its flags, puts meshlib's bootstrap
 directory first on ``PYTHONPATH`` (its ``sitecustomize`` installs the mesh in the child
 before the app's code runs, the way ``opentelemetry-instrument`` does) and starts the
-command in its own process group. SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2
-are passed to the child; the launcher returns the child's exit code, or 128 + N when a
-signal N ended it (as a shell reports it).
+command in its own process group (SIGTERM'd if the launcher dies). SIGTERM, SIGINT,
+SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed to the child; the launcher returns the
+child's exit code, or 128 + N when a signal N ended it (as a shell reports it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -33,6 +35,7 @@ FORWARDED = (
     signal.SIGUSR1,
     signal.SIGUSR2,
 )
+PR_SET_PDEATHSIG = 1  # prctl(2)
 USAGE = (
     "meshctl run [--service S] [--namespace N] [--labels k=v,...] [--clients-only] "
     "-- COMMAND [ARG...]"
@@ -89,6 +92,15 @@ def child_environment(args: argparse.Namespace, environ: dict[str, str]) -> dict
     return env
 
 
+def _terminate_with_launcher() -> None:
+    """In the child, before exec: SIGTERM it if the launcher dies (even by SIGKILL).
+
+    The child has its own process group, so it would otherwise outlive a killed launcher.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = list(args.command)
@@ -103,7 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"meshctl run: {exc}", file=sys.stderr)
         return 2
     try:
-        child = subprocess.Popen(command, env=env, process_group=0)
+        child = subprocess.Popen(
+            command,
+            env=env,
+            process_group=0,
+            preexec_fn=_terminate_with_launcher if sys.platform == "linux" else None,
+        )
     except OSError as exc:
         print(f"meshctl run: cannot start {command[0]}: {exc.strerror or exc}", file=sys.stderr)
         return 127

@@ -532,6 +532,31 @@ def test_exit_code_and_signals_pass_through(plane: Control, tmp_path: Path) -> N
     assert runner.process.proc is not None
     runner.process.proc.send_signal(signal.SIGTERM)
     assert runner.wait(10) == 42, runner.process.output()
+    # A launcher killed outright takes its child with it (SIGTERM, PR_SET_PDEATHSIG).
+    script = script.replace("print('ready'", "print('ready', os.getpid()").replace(
+        "import signal", "import os, signal"
+    )
+    orphan = Run(plane, tmp_path, "orphan", [sys.executable, "-c", script]).start()
+    line = wait_for(
+        lambda: next(
+            (x for x in orphan.process.output().splitlines() if x.startswith("ready")), ""
+        ),
+        20,
+        "child ready",
+    )
+    child = int(line.split()[1])
+    assert orphan.process.proc is not None
+    orphan.process.proc.kill()
+    orphan.process.proc.wait(5)
+    wait_for(lambda: _gone(child), 10, f"child {child} gone after its launcher's SIGKILL")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "State:\tZ" in status  # exited, not yet reaped by its new parent
 
 
 def test_sigterm_withdraws_a_meshed_uvicorn_first(plane: Control, tmp_path: Path) -> None:
