@@ -108,6 +108,8 @@ def _cmd_control_serve(args: argparse.Namespace) -> None:
         instance_ttl=ttl("--instance-ttl", args.instance_ttl, defaults.instance_ttl),
         rebootstrap_ttl=ttl("--rebootstrap-ttl", args.rebootstrap_ttl, defaults.rebootstrap_ttl),
         store=args.store,
+        consul=args.consul or os.environ.get("CONSUL_HTTP_ADDR") or None,
+        consul_token=args.consul_token or os.environ.get("CONSUL_HTTP_TOKEN") or None,
         **{
             field: getattr(args, field) for field in QUOTA_FLAGS if getattr(args, field) is not None
         },
@@ -159,6 +161,15 @@ def _add_serve_parser(control_sub: argparse._SubParsersAction[argparse.ArgumentP
         help="where the state lives: etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (replicas share "
         "it; etcds://...?ca=&cert=&key= for TLS) or sqlite:///PATH (default: mesh.db in the "
         "data dir)",
+    )
+    serve.add_argument(
+        "--consul",
+        metavar="URL",
+        help="keep this Consul agent's catalog in step with the registry and import "
+        "ExternalServices from it (http://HOST:8500; env CONSUL_HTTP_ADDR; docs/consul.md)",
+    )
+    serve.add_argument(
+        "--consul-token", metavar="TOKEN", help="Consul ACL token (env CONSUL_HTTP_TOKEN)"
     )
     serve.add_argument(
         "--rebootstrap-ttl",

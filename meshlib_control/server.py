@@ -86,6 +86,11 @@ async def serve(
     renewer = asyncio.create_task(_renew_own_certificate(plane, contexts))
     scraper = asyncio.create_task(plane.observer.run())
     fetcher = asyncio.create_task(plane.jwks.run(plane.refresh))  # RequestAuthentication keys
+    consul: list[asyncio.Task[None]] = []
+    if settings.consul is not None:
+        from meshlib_control.consul.link import start_consul  # py-consul: only when used
+
+        consul = start_consul(plane)
 
     def shutdown() -> None:
         # Stop expiring instances first: while the listener drains, heartbeats cannot
@@ -133,7 +138,7 @@ async def serve(
     finally:
         if xds is not None:
             await xds.stop(grace=0.5)
-        for task in (sweeper, renewer, scraper, fetcher):
+        for task in (sweeper, renewer, scraper, fetcher, *consul):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -139,6 +139,8 @@ class Settings:
     max_deps: int = DEFAULT_MAX_DEPS
     scrape_max_bytes: int = DEFAULT_SCRAPE_MAX_BYTES
     store: str | None = None  # --store; None: SQLite in the data dir
+    consul: str | None = None  # --consul URL (CONSUL_HTTP_ADDR); None: no Consul export
+    consul_token: str | None = None  # --consul-token (CONSUL_HTTP_TOKEN)
 
     @property
     def store_spec(self) -> StoreSpec:
@@ -156,6 +158,10 @@ class Settings:
             )
         if self.xds_listen is not None:
             split_hostport(self.xds_listen, "--xds-listen")
+        if self.consul is not None:
+            from meshlib_control.consul.client import parse_consul_url
+
+            parse_consul_url(self.consul)
         if (self.ca_cert is None) != (self.ca_key is None):
             raise ConfigError("--ca-cert and --ca-key: give both or neither")
         if self.svid_ttl <= timedelta(0):

@@ -297,6 +297,8 @@ def create_app(plane: ControlPlane) -> FastAPI:
         checks = await run_checks(plane, plane.observer)
         state = plane.state()
         checks.extend(policy_checks(plane.store, state.resources, state.instances))
+        if plane.consul is not None:
+            checks.extend(plane.consul.checks())
         return {"checks": checks}
 
     @app.get("/v1/admin/explain/{namespace}/{service}", responses=errors(400, 403, 404))

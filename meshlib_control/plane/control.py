@@ -26,6 +26,7 @@ from meshlib.identity.keys import write_private_file
 from meshlib.identity.spiffe import SpiffeId
 from meshlib.identity.svid import SVID, load_pem_certificates
 from meshlib_control.ca.authority import CertificateAuthority
+from meshlib_control.consul.status import ConsulStatus
 from meshlib_control.errors import ApiError
 from meshlib_control.jwks import JwksCache
 from meshlib_control.observe.scraper import Observer
@@ -75,6 +76,7 @@ class ControlPlane(WorkloadOperations, AdminOperations, TrustOperations):
         self.dashboard_token = secrets.token_urlsafe(32)
         self.observer = Observer(self, max_bytes=settings.scrape_max_bytes)
         self.xds_status = XdsStatus()
+        self.consul: ConsulStatus | None = None  # --consul: set by meshlib_control.consul.link
         self.xds_address: str | None = None  # host:port of the ADS server once it serves
 
     def _trust_domain(self, wanted: str) -> str:
