@@ -413,7 +413,12 @@ def test_gunicorn_workers_serve_one_registered_endpoint(
     os.kill(first, signal.SIGKILL)
     other = wait_for(lambda: (pid := _try(ask)) not in (None, first) and pid, 20, "another worker")
     assert other != first
-    assert fleet["stock"].process.alive()
+    stock_run = fleet["stock"]
+    assert stock_run.process.alive() and stock_run.process.proc is not None
+    # SIGTERM: gunicorn stops gracefully (exit 0 through the launcher), endpoint withdrawn.
+    stock_run.process.proc.send_signal(signal.SIGTERM)
+    assert stock_run.wait(20) == 0, stock_run.process.output()[-2000:]
+    assert not [i for i in plane.instances() if i["service"] == "stock" and i["port"]]
 
 
 def _try(ask: Callable[[], int]) -> int | None:
