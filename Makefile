@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit protos system-deps bench bench-deps clean
+.PHONY: demo test lint typecheck unit protos docs system-deps bench bench-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ protos: $(GENERATED)
 
 demo: $(STAMP) $(GENERATED)
 	$(PY) -m examples.demo
+
+# The API reference, HTML from the public modules' docstrings (pdoc), in build/api (not
+# committed); any pdoc warning or dead cross-reference fails it (tests/test_api_docs.py too).
+docs: $(STAMP)
+	$(PY) tools/api_docs.py -o build/api
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check meshlib meshlib_control tests examples benchmarks

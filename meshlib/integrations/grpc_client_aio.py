@@ -236,7 +236,7 @@ def _after_aio_stream(rpc: Any, call: GrpcCall, began: float) -> None:
 class AsyncMeshChannel(Factories, grpc.aio.Channel):  # type: ignore[misc]
     """A ``grpc.aio.Channel`` to a mesh service; create and use it on one event loop.
 
-    Arguments as :class:`MeshChannel`.
+    Arguments as :class:`meshlib.integrations.grpc_client.MeshChannel`.
     """
 
     def __init__(

@@ -260,14 +260,20 @@ class GrpcCall:
     # ------------------------------------------------------------------ the loop's steps
 
     def begin(self) -> int:
-        """The driver's first action; mesh refusals raised as :class:`MeshRpcError`."""
+        """The driver's first action.
+
+        Mesh refusals are raised as :class:`meshlib.integrations.grpc.MeshRpcError`.
+        """
         try:
             return self.driver.begin()
         except RequestError as exc:
             raise rpc_error(exc) from exc
 
     def resume(self) -> int:
-        """The driver's action after a sleep; mesh refusals raised as :class:`MeshRpcError`."""
+        """The driver's action after a sleep.
+
+        Mesh refusals are raised as :class:`meshlib.integrations.grpc.MeshRpcError`.
+        """
         try:
             return self.driver.resume()
         except RequestError as exc:
@@ -302,7 +308,8 @@ class GrpcCall:
     def on_error(self, error: Any, began: float) -> int:
         """The next action after a failed try; raises the call's error when done.
 
-        That is *error* itself, or a :class:`BudgetExhaustedRpcError` wrapping it when the
+        That is *error* itself, or a
+        :class:`meshlib.integrations.grpc.BudgetExhaustedRpcError` wrapping it when the
         retry budget refused the retry.
         """
         driver = self.driver

@@ -90,8 +90,9 @@ class MeshRpcError(grpc.RpcError):  # type: ignore[misc]
     """A call the mesh itself answered, as a ``grpc.RpcError`` (``code()``, ``details()``).
 
     ``mesh_error`` is the :class:`~meshlib.errors.RequestError` behind it
-    (:class:`NoHealthyEndpoint`, :class:`CircuitOpen`, :class:`DeadlineExceeded`,
-    :class:`FaultInjected`), also chained as ``__cause__``.
+    (:class:`meshlib.errors.NoHealthyEndpoint`, :class:`meshlib.errors.CircuitOpen`,
+    :class:`meshlib.errors.DeadlineExceeded`, :class:`meshlib.errors.FaultInjected`), also
+    chained as ``__cause__``.
     """
 
     def __init__(self, code: grpc.StatusCode, mesh_error: RequestError) -> None:

@@ -3,8 +3,9 @@
 Each call: start the server telemetry, decide with
 :func:`~meshlib.integrations.grpc_server_admission.admit` (the admission of the active
 snapshot, built once per snapshot), abort with the refusal's status, details and trailing
-metadata, or run the handler with the caller published (:func:`current_peer`) and its
-deadline ambient; finish the telemetry. One ``with`` block (:class:`_Served`) does all of
+metadata, or run the handler with the caller published
+(:func:`meshlib.integrations.grpc.current_peer`) and its deadline ambient; finish the
+telemetry. One ``with`` block (:class:`_Served`) does all of
 that for the four handler kinds of both flavours, which differ only in how they await.
 """
 

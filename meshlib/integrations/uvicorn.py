@@ -138,8 +138,9 @@ def _http_protocol(validator: ValidatorSource) -> type[Any]:
 def listen_socket(host: str, port: int, what: str) -> socket.socket:
     """A TCP socket bound to ``host:port`` for uvicorn to listen on.
 
-    Binding before uvicorn starts turns a taken port into one :class:`ConfigError` naming
-    *what* (a flag or parameter), instead of uvicorn's log line and ``SystemExit(3)``.
+    Binding before uvicorn starts turns a taken port into one
+    :class:`meshlib.errors.ConfigError` naming *what* (a flag or parameter), instead of
+    uvicorn's log line and ``SystemExit(3)``.
     """
     try:
         family, kind, proto, _name, address = socket.getaddrinfo(
@@ -165,7 +166,7 @@ class MeshServer:
     """uvicorn serving *app* with the mesh identity; registers the instance once listening.
 
     Args:
-        app: the ASGI app; wrapped in :class:`MeshMiddleware` (harmless if already added).
+        app: the ASGI app; wrapped in :class:`meshlib.MeshMiddleware` (harmless if already added).
         mesh: a started or startable :class:`meshlib.Mesh`.
         host, port: the mTLS listener.
         plaintext_port: optional second listener without TLS (see PeerAuthentication).

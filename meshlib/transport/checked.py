@@ -51,7 +51,9 @@ def check_peer(
     where: str,
     validator: PeerSVIDValidator | None = None,
 ) -> str:
-    """Return the peer's SPIFFE ID, or raise :class:`PeerIdentityError` unless it is *expected*.
+    """Return the peer's SPIFFE ID, or raise :class:`meshlib.errors.PeerIdentityError`.
+
+    It is raised unless the peer is *expected*.
 
     The server's leaf must be a valid X.509-SVID (one URI SAN, a workload path, *expected*'s
     trust domain, not a CA) and carry exactly *expected*.
