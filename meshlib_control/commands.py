@@ -40,6 +40,7 @@ _KIND_ALIASES = {k.lower(): k for k in KINDS} | {
     "peerauthentications": "PeerAuthentication",
     "ratelimits": "RateLimit",
     "requestauthentications": "RequestAuthentication",
+    "externalservices": "ExternalService",
     "ra": "RequestAuthentication",
     "tp": "TrafficPolicy",
     "authz": "AuthorizationPolicy",

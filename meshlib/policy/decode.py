@@ -29,6 +29,7 @@ from meshlib.policy import model as m
 from meshlib.policy.decode_traffic import decode_traffic_policy
 from meshlib.policy.documents import load_documents
 from meshlib.policy.encode import encode_resource
+from meshlib.policy.external import decode_external_service
 from meshlib.policy.fields import (
     _NAMESPACE_GLOB,
     _at,
@@ -196,7 +197,10 @@ def decode_resource(doc: Mapping[str, Any]) -> m.Resource:
         name=_dns_label(_required(meta, "name", "metadata"), "metadata.name"),
         namespace=_opt(meta, "namespace", "metadata", _dns_label, m.DEFAULT_NAMESPACE),
     )
-    spec = _SPEC_DECODERS[kind](_required(mp, "spec", ""), "spec")
+    if kind == "ExternalService":  # its spec defaults to the resource's name
+        spec: m.Spec = decode_external_service(_required(mp, "spec", ""), "spec", metadata.name)
+    else:
+        spec = _SPEC_DECODERS[kind](_required(mp, "spec", ""), "spec")
     return m.Resource(kind=kind, metadata=metadata, spec=spec)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from meshlib.policy import model as m
 from meshlib.policy.durations import format_duration
+from meshlib.policy.external import encode_external_service
 from meshlib.policy.requestauth import encode_conditions, encode_request_authentication
 
 __all__ = ["encode_resource"]
@@ -148,6 +149,8 @@ def _encode_spec(spec: m.Spec) -> dict[str, Any]:
         return out
     if isinstance(spec, m.RequestAuthenticationSpec):
         return encode_request_authentication(spec)
+    if isinstance(spec, m.ExternalServiceSpec):
+        return encode_external_service(spec)
     return {
         "service": spec.service,
         "requestsPerSecond": spec.requests_per_second,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
+from meshlib.policy.externalmodel import ExternalServiceSpec
 from meshlib.policy.jwtmodel import (
     AuthzCondition,
     ClaimToHeader,
@@ -75,6 +76,7 @@ __all__ = [
     "ClaimToHeader",
     "ConnectionPool",
     "DelayFault",
+    "ExternalServiceSpec",
     "FaultPolicy",
     "HeaderMatch",
     "JwtHeader",
@@ -103,6 +105,7 @@ KINDS = (
     "PeerAuthentication",
     "RateLimit",
     "RequestAuthentication",
+    "ExternalService",
 )
 DEFAULT_NAMESPACE = "default"
 
@@ -391,6 +394,7 @@ Spec: TypeAlias = (
     | PeerAuthenticationSpec
     | RateLimitSpec
     | RequestAuthenticationSpec
+    | ExternalServiceSpec
 )
 
 

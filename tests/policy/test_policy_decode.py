@@ -503,7 +503,14 @@ def test_decode_documents_prefixes_paths_and_fails_the_whole_batch() -> None:
 
 def test_decode_documents_decodes_every_kind() -> None:
     """A valid batch decodes to one Resource per document, in order."""
-    text = "\n---\n".join(json.dumps(d) for d in (TRAFFIC, AUTHZ, PEER, RATE, REQAUTH))
+    external = {
+        "apiVersion": "meshlib.io/v1",
+        "kind": "ExternalService",
+        "metadata": {"name": "legacy-billing"},
+        "spec": {},
+    }
+    docs = (TRAFFIC, AUTHZ, PEER, RATE, REQAUTH, external)
+    text = "\n---\n".join(json.dumps(d) for d in docs)
     kinds = [r.kind for r in decode_documents(text)]
     assert kinds == list(m.KINDS)
 
