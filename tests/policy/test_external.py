@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from meshlib.errors import PolicyError
-from meshlib.identity.keys import generate_private_key
 from meshlib.policy.decode import decode_resource, encode_resource
 from meshlib.policy.externalmodel import ExternalServiceSpec
+from tests.etcd_cluster import EtcdTLS
 
 
 def _doc(spec: Any, name: str = "legacy-billing") -> dict[str, Any]:
@@ -21,29 +22,6 @@ def _doc(spec: Any, name: str = "legacy-billing") -> dict[str, Any]:
     }
 
 
-def _ca_pem() -> str:
-    from datetime import UTC, datetime, timedelta
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import NameOID
-
-    key = generate_private_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "legacy CA")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
 def test_defaults_select_the_consul_service_of_the_same_name_in_plaintext():
     """An empty spec selects the Consul service named like the resource, any tag, no TLS."""
     res = decode_resource(_doc({}))
@@ -51,9 +29,9 @@ def test_defaults_select_the_consul_service_of_the_same_name_in_plaintext():
     assert decode_resource(encode_resource(res)) == res
 
 
-def test_tls_with_ca_and_sni_round_trips():
+def test_tls_with_ca_and_sni_round_trips(tmp_path: Path):
     """tls: tls with a CA bundle and an SNI name decodes and re-encodes unchanged."""
-    ca = _ca_pem()
+    ca = EtcdTLS.create(tmp_path).ca.read_text()
     spec = {"consul": {"service": "billing_v2", "tags": ["v1", "eu"]}, "tls": "tls",
             "caCertificate": ca, "sni": "Billing.Internal"}  # fmt: skip
     res = decode_resource(_doc(spec))
