@@ -3,7 +3,7 @@
 The master (arbiter) joins the mesh before it listens, refuses what it cannot mesh (a
 worker class other than uvicorn's, gunicorn's own TLS, a Unix socket), and once the shared
 socket is bound registers that one endpoint; it withdraws it first on shutdown. Each
-worker, right after the fork, starts its own mesh from the identity the master cached in
+worker, before it serves, starts its own mesh from the identity the master cached in
 ``MESH_DATA_DIR`` (no second join: a token is used once); it keeps its own snapshot and
 SVID rotation, serves on the master's socket through the uvicorn patch, and registers no
 endpoint. See docs/run.md for why one endpoint per pod rather than one per worker.
@@ -66,14 +66,15 @@ def patch_arbiter(module: ModuleType) -> None:
 
 
 def patch_worker(module: ModuleType) -> None:
-    """Patch ``gunicorn.workers.base.Worker.init_process``: a fresh mesh per worker."""
+    """Patch ``gunicorn.workers.base.Worker.init_process``: the forked process is a worker."""
     worker_cls: Any = module.Worker
     init_process = worker_cls.init_process
 
     @functools.wraps(init_process)
     def meshed_init_process(self: Any) -> None:
+        # The fork's own mesh starts in the uvicorn patch, once the worker has its own
+        # signal handling: a SIGTERM from the master while it starts is not lost.
         state.set_role("gunicorn-worker")
-        state.current()  # the fork's own mesh, from the master's cached identity
         init_process(self)
 
     worker_cls.init_process = meshed_init_process

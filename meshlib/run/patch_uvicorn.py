@@ -25,7 +25,6 @@ from types import ModuleType
 from typing import Any
 
 from meshlib.integrations.asgi import MeshMiddleware
-from meshlib.integrations.uvicorn import tls_protocol
 from meshlib.run import state
 
 __all__ = ["patch_main", "patch_server"]
@@ -52,6 +51,8 @@ def _mesh_config(config: Any) -> Any:
             f"the app configures TLS itself (uvicorn {setting}); under meshctl run the mesh "
             "terminates mTLS with the workload's SVID: remove the app's TLS settings"
         )
+    from meshlib.integrations.uvicorn import tls_protocol  # uvicorn is imported by now
+
     mesh = state.current()
     if not config.loaded:
         config.load()

@@ -417,7 +417,11 @@ def test_gunicorn_workers_serve_one_registered_endpoint(
     assert stock_run.process.alive() and stock_run.process.proc is not None
     # SIGTERM: gunicorn stops gracefully (exit 0 through the launcher), endpoint withdrawn.
     stock_run.process.proc.send_signal(signal.SIGTERM)
-    assert stock_run.wait(20) == 0, stock_run.process.output()[-2000:]
+    try:
+        code = stock_run.wait(20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(stock_run.process.output()[-3000:]) from None
+    assert code == 0, stock_run.process.output()[-2000:]
     assert not [i for i in plane.instances() if i["service"] == "stock" and i["port"]]
 
 
