@@ -128,7 +128,7 @@ class HttpCall:
                 method=request.method,
                 route=plan.name,
                 url=request.url,
-                peer_spiffe_id=service.spiffe_id,
+                peer_spiffe_id=service.spiffe_id or None,  # "" for an ExternalService
                 fault_delay=fault.delay,
                 fault_abort=fault.abort_http,
             )

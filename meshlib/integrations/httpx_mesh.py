@@ -122,7 +122,8 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
         if shared is not None:
             pool = shared.async_pool(key)
             if pool is None:
-                pool = await shared.new_async_pool(key, destination.service.dns_name)
+                service = destination.service
+                pool = await shared.new_async_pool(key, service.dns_name, service.external)
             return pool
         pool = self._pools.get(key)
         if pool is None:
@@ -132,6 +133,7 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
                 tls=self._tls,
                 sni=service.dns_name,
                 max_connections=service.connection_pool.max_connections,
+                external=service.external,
             )
         return pool
 
@@ -227,7 +229,8 @@ class MeshTransport(_Base, httpx.BaseTransport):
 
     def _pool(self, destination: Destination) -> IdentityTransport:
         if self._shared is not None:
-            return self._shared.sync_pool(destination.pool_key, destination.service.dns_name)
+            service = destination.service
+            return self._shared.sync_pool(destination.pool_key, service.dns_name, service.external)
         pool = self._pools.get(destination.pool_key)
         if pool is None:
             with self._lock:
@@ -239,6 +242,7 @@ class MeshTransport(_Base, httpx.BaseTransport):
                         tls=self._tls,
                         sni=service.dns_name,
                         max_connections=service.connection_pool.max_connections,
+                        external=service.external,
                     )
         return pool
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 
 from meshlib.errors import PolicyError
+from meshlib.policy.externalmodel import ExternalServiceSpec
 from meshlib.policy.model import (
     DEFAULT_BACKEND_WEIGHT,
     CircuitBreakerPolicy,
@@ -169,6 +170,7 @@ class CompiledService:
     subsets: Mapping[str, tuple[Endpoint, ...]]
     default_plan: RoutePlan
     _routes: tuple[_CompiledRoute, ...] = field(default=(), repr=False)
+    external: ExternalServiceSpec | None = None  # an ExternalService: no mesh identity
 
     @property
     def key(self) -> str:
@@ -288,4 +290,5 @@ def compile_service(entry: ServiceEntry, trust_domain: str) -> CompiledService:
         subsets=subsets,
         default_plan=default_plan,
         _routes=routes,
+        external=entry.external,
     )

@@ -15,11 +15,14 @@ from typing import Any
 
 from meshlib.errors import PolicyError
 from meshlib.policy.decode import decode_resource, encode_resource, is_dns_label
+from meshlib.policy.external import decode_external_service, encode_external_service
+from meshlib.policy.externalmodel import ExternalServiceSpec
 from meshlib.policy.jwks import check_jwks
 from meshlib.policy.model import PEER_MODES, Resource, TrafficPolicySpec
 
 __all__ = [
     "ENDPOINT_MODES",
+    "EXTERNAL_MODE",
     "Endpoint",
     "InboundPolicy",
     "ServiceEntry",
@@ -34,6 +37,7 @@ __all__ = [
 ]
 
 ENDPOINT_MODES = ("library", "sidecar")
+EXTERNAL_MODE = "external"  # an ExternalService's instance: no SPIFFE ID (spiffeId "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +70,18 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class ServiceEntry:
-    """A service this workload may call, its endpoints and its TrafficPolicy (if any)."""
+    """A service this workload may call, its endpoints and its TrafficPolicy (if any).
+
+    ``external`` is set for an ExternalService (docs/consul.md): then ``spiffe_id`` and
+    every endpoint's are ``""`` (no mesh identity is claimed) and it says how to connect.
+    """
 
     name: str
     namespace: str
     spiffe_id: str
     endpoints: tuple[Endpoint, ...]
     traffic_policy: Resource | None = None
+    external: ExternalServiceSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,14 +165,17 @@ def _encode_jwt(inbound: InboundPolicy) -> dict[str, Any]:
 
 
 def encode_service_entry(e: ServiceEntry) -> dict[str, Any]:
-    """One ``services[]`` item of :func:`encode_snapshot`."""
-    return {
+    """One ``services[]`` item of :func:`encode_snapshot` (``external`` only when set)."""
+    out = {
         "name": e.name,
         "namespace": e.namespace,
         "spiffeId": e.spiffe_id,
         "endpoints": [_encode_endpoint(x) for x in e.endpoints],
         "trafficPolicy": None if e.traffic_policy is None else encode_resource(e.traffic_policy),
     }
+    if e.external is not None:
+        out["external"] = encode_external_service(e.external)
+    return out
 
 
 def _canonical(value: Any) -> bytes:
@@ -266,7 +278,8 @@ def _resource(value: Any, path: str, kind: str) -> Resource:
     return res
 
 
-def _endpoint(value: Any, path: str) -> Endpoint:
+def _endpoint(value: Any, path: str, external: bool) -> Endpoint:
+    """An endpoint; those of an external service are mode ``external`` with no SPIFFE ID."""
     mp = _fields(value, path, ("id", "address", "port", "labels", "mode", "spiffeId"))
     port = mp["port"]
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
@@ -279,25 +292,38 @@ def _endpoint(value: Any, path: str) -> Endpoint:
     ):
         raise PolicyError(f"{path}.labels", "must be a mapping of strings to strings")
     mode = mp["mode"]
-    if not isinstance(mode, str) or mode not in ENDPOINT_MODES:
-        raise PolicyError(f"{path}.mode", f"must be one of {', '.join(ENDPOINT_MODES)}")
+    modes = (EXTERNAL_MODE,) if external else ENDPOINT_MODES
+    if not isinstance(mode, str) or mode not in modes:
+        raise PolicyError(f"{path}.mode", f"must be one of {', '.join(modes)}")
+    if external and mp["spiffeId"] != "":
+        raise PolicyError(f"{path}.spiffeId", "must be '' for an external service")
     return Endpoint(
         id=_str(mp["id"], f"{path}.id"),
         address=_str(mp["address"], f"{path}.address"),
         port=port,
         labels=tuple(sorted(labels.items())),
         mode=mode,
-        spiffe_id=_spiffe(mp["spiffeId"], f"{path}.spiffeId"),
+        spiffe_id="" if external else _spiffe(mp["spiffeId"], f"{path}.spiffeId"),
     )
 
 
 def _service(value: Any, path: str) -> ServiceEntry:
+    external = None
+    if isinstance(value, Mapping) and "external" in value:
+        external = value["external"]
+        value = {k: v for k, v in value.items() if k != "external"}
     mp = _fields(value, path, ("name", "namespace", "spiffeId", "endpoints", "trafficPolicy"))
     name = _label(mp["name"], f"{path}.name")
     namespace = _label(mp["namespace"], f"{path}.namespace")
+    spec = None
+    if external is not None:
+        spec = decode_external_service(external, f"{path}.external", name)
+        if mp["spiffeId"] != "":
+            raise PolicyError(f"{path}.spiffeId", "must be '' for an external service")
     where = f"{path}.endpoints"
     endpoints = tuple(
-        _endpoint(e, f"{where}[{i}]") for i, e in enumerate(_list(mp["endpoints"], where))
+        _endpoint(e, f"{where}[{i}]", spec is not None)
+        for i, e in enumerate(_list(mp["endpoints"], where))
     )
     policy = None
     if mp["trafficPolicy"] is not None:
@@ -312,9 +338,10 @@ def _service(value: Any, path: str) -> ServiceEntry:
     return ServiceEntry(
         name=name,
         namespace=namespace,
-        spiffe_id=_spiffe(mp["spiffeId"], f"{path}.spiffeId"),
+        spiffe_id="" if spec is not None else _spiffe(mp["spiffeId"], f"{path}.spiffeId"),
         endpoints=endpoints,
         traffic_policy=policy,
+        external=spec,
     )
 
 

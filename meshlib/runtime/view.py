@@ -91,7 +91,9 @@ def build_view(
             clock=clock,
             hooks=hooks,
         )
-        pool_key = (service.spiffe_id, service.connection_pool.max_connections)
+        # An ExternalService has no SPIFFE ID: its pool is keyed by its name and settings.
+        identity = service.spiffe_id or f"external:{service.key}:{hash(service.external)}"
+        pool_key = (identity, service.connection_pool.max_connections)
         destinations[service.key] = Destination(service, runtime, pool_key)
     # The Mesh passes meshlib.inbound's Admission.build: the inbound limiter and decision
     # tables are built here too, once per snapshot, carried over when unchanged.

@@ -9,6 +9,10 @@ Two layers, each wrapping the next (the httpx way):
   are pooled per endpoint, so the check runs once per connection. A refusal raises
   :class:`~meshlib.errors.PeerIdentityError`, which the mesh transports count as a connect
   failure (nothing was sent).
+* given ``external`` (an ExternalService's spec, docs/consul.md), the same transports
+  send to a destination outside the mesh: plaintext for ``tls: none``, else HTTPS with
+  the server verified against the spec's CA (the system store without one) and its SNI
+  name. No SPIFFE ID is expected and the mesh's client certificate is not presented.
 * the mesh transports (:mod:`meshlib.integrations.httpx_mesh`) turn
   ``http://orders/path`` into a call to one endpoint of ``orders`` and send it through the
   identity transport of that service.
@@ -29,6 +33,7 @@ from meshlib.errors import IdentityError, PeerIdentityError
 from meshlib.identity.spiffe import SpiffeId
 from meshlib.identity.svid import PeerSVIDValidator
 from meshlib.policy.engine import PolicyEngine
+from meshlib.policy.externalmodel import ExternalServiceSpec
 from meshlib.transport.aio import AsyncioBackend
 
 __all__ = ["AsyncIdentityTransport", "IdentityTransport", "check_peer", "expected_validator"]
@@ -245,6 +250,7 @@ def _core_request(
     port: int | None,
     sni: str | None,
     extra: list[tuple[bytes, bytes]] | None,
+    scheme: bytes = b"https",
 ) -> httpcore.Request:
     extensions = dict(request.extensions)
     if sni is not None:
@@ -258,7 +264,7 @@ def _core_request(
     return httpcore.Request(
         method=request.method,
         url=httpcore.URL(
-            scheme=b"https",
+            scheme=scheme,
             host=host if isinstance(host, bytes) else host.encode("ascii"),
             port=port,
             target=request.url.raw_path,
@@ -301,14 +307,31 @@ class _Body(httpx.SyncByteStream):
 _POOL_PLACEHOLDER_CONTEXT = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
-def _pool_args(max_connections: int) -> dict[str, Any]:
+def _pool_args(max_connections: int, external: ExternalServiceSpec | None = None) -> dict[str, Any]:
     return {
-        "ssl_context": _POOL_PLACEHOLDER_CONTEXT,
+        "ssl_context": _POOL_PLACEHOLDER_CONTEXT
+        if external is None
+        else external_context(external),
         "max_connections": max_connections,
         "keepalive_expiry": DEFAULT_KEEPALIVE_EXPIRY,
         "http1": True,
         "http2": False,
     }
+
+
+def external_context(spec: ExternalServiceSpec) -> ssl.SSLContext:
+    """The client context for an ExternalService with ``tls: tls``: its CA (else the
+    system trust store), hostname checked; no client certificate."""
+    context = ssl.create_default_context(cadata=spec.ca_certificate or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _external_args(spec: ExternalServiceSpec | None, sni: str | None) -> tuple[bytes, str | None]:
+    """(URL scheme, SNI) of a pool: mesh mTLS, or what the ExternalService says."""
+    if spec is None:
+        return b"https", sni
+    return (b"http" if spec.tls == "none" else b"https"), spec.sni
 
 
 # --------------------------------------------------------------------- identity transports
@@ -318,9 +341,10 @@ class AsyncIdentityTransport(httpx.AsyncBaseTransport):
     """Send each request to its URL over mTLS, refusing a server that is not *expected*.
 
     Args:
-        expected: the SPIFFE ID the server must present.
+        expected: the SPIFFE ID the server must present (ignored with *external*).
         tls: returns the client SSLContext to use for a new connection.
         sni: server name to send, for example the service's DNS SAN.
+        external: an ExternalService's spec: no identity check (see the module docstring).
     """
 
     def __init__(
@@ -330,11 +354,13 @@ class AsyncIdentityTransport(httpx.AsyncBaseTransport):
         tls: ContextSource,
         sni: str | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        external: ExternalServiceSpec | None = None,
     ) -> None:
-        self.expected = expected
-        self._sni = sni
+        self.expected = "" if external is not None else expected
+        self._scheme, self._sni = _external_args(external, sni)
+        backend = AsyncioBackend() if external is not None else _AsyncCheckedBackend(expected, tls)
         self._pool = httpcore.AsyncConnectionPool(
-            network_backend=_AsyncCheckedBackend(expected, tls), **_pool_args(max_connections)
+            network_backend=backend, **_pool_args(max_connections, external)
         )
 
     async def send_to(
@@ -345,7 +371,7 @@ class AsyncIdentityTransport(httpx.AsyncBaseTransport):
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> httpx.Response:
         """Send *request* to ``host:port`` whatever its URL says, with *extra_headers*."""
-        core = _core_request(request, host, port, self._sni, extra_headers)
+        core = _core_request(request, host, port, self._sni, extra_headers, self._scheme)
         with map_httpcore_exceptions():
             resp = await self._pool.handle_async_request(core)
         return httpx.Response(
@@ -372,11 +398,13 @@ class IdentityTransport(httpx.BaseTransport):
         tls: ContextSource,
         sni: str | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        external: ExternalServiceSpec | None = None,
     ) -> None:
-        self.expected = expected
-        self._sni = sni
+        self.expected = "" if external is not None else expected
+        self._scheme, self._sni = _external_args(external, sni)
+        backend = httpcore.SyncBackend() if external is not None else _CheckedBackend(expected, tls)
         self._pool = httpcore.ConnectionPool(
-            network_backend=_CheckedBackend(expected, tls), **_pool_args(max_connections)
+            network_backend=backend, **_pool_args(max_connections, external)
         )
 
     def send_to(
@@ -387,7 +415,7 @@ class IdentityTransport(httpx.BaseTransport):
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> httpx.Response:
         """Send *request* to ``host:port`` whatever its URL says, with *extra_headers*."""
-        core = _core_request(request, host, port, self._sni, extra_headers)
+        core = _core_request(request, host, port, self._sni, extra_headers, self._scheme)
         with map_httpcore_exceptions():
             resp = self._pool.handle_request(core)
         return httpx.Response(

@@ -23,6 +23,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from meshlib.policy.externalmodel import ExternalServiceSpec
 from meshlib.transport.checked import AsyncIdentityTransport, IdentityTransport
 
 __all__ = ["MeshPools"]
@@ -69,15 +70,22 @@ class MeshPools:
 
     # ------------------------------------------------------------------ sync
 
-    def sync_pool(self, key: PoolKey, sni: str | None) -> IdentityTransport:
-        """The sync pool of the destination *key* (created on first use)."""
+    def sync_pool(
+        self, key: PoolKey, sni: str | None, external: ExternalServiceSpec | None = None
+    ) -> IdentityTransport:
+        """The sync pool of the destination *key* (created on first use); *external*: an
+        ExternalService's spec (no identity check)."""
         pool = self._sync.get(key)
         if pool is None:
             with self._lock:
                 pool = self._sync.get(key)
                 if pool is None:
                     pool = self._sync[key] = IdentityTransport(
-                        expected=key[0], tls=self._tls, sni=sni, max_connections=key[1]
+                        expected=key[0],
+                        tls=self._tls,
+                        sni=sni,
+                        max_connections=key[1],
+                        external=external,
                     )
         return pool
 
@@ -88,7 +96,9 @@ class MeshPools:
         loop_pools = self._loops.get(asyncio.get_running_loop())
         return loop_pools.pools.get(key) if loop_pools is not None else None
 
-    async def new_async_pool(self, key: PoolKey, sni: str | None) -> AsyncIdentityTransport:
+    async def new_async_pool(
+        self, key: PoolKey, sni: str | None, external: ExternalServiceSpec | None = None
+    ) -> AsyncIdentityTransport:
         """Create (or find) the running loop's pool of *key*."""
         loop = asyncio.get_running_loop()
         loop_pools = self._loops.get(loop)
@@ -104,7 +114,7 @@ class MeshPools:
         pool = loop_pools.pools.get(key)
         if pool is None:
             pool = loop_pools.pools[key] = AsyncIdentityTransport(
-                expected=key[0], tls=self._tls, sni=sni, max_connections=key[1]
+                expected=key[0], tls=self._tls, sni=sni, max_connections=key[1], external=external
             )
         return pool
 

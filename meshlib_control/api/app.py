@@ -24,6 +24,7 @@ from meshlib_control.api.schema import (
     json_body,
     validation_error,
 )
+from meshlib_control.consul.explain import explain_external
 from meshlib_control.errors import ApiError
 from meshlib_control.observe.checks import explain, run_checks
 from meshlib_control.plane import ControlPlane
@@ -304,7 +305,16 @@ def create_app(plane: ControlPlane) -> FastAPI:
     @app.get("/v1/admin/explain/{namespace}/{service}", responses=errors(400, 403, 404))
     async def explain_service(namespace: str, service: str, request: Request) -> dict[str, Any]:
         admin(request)
-        return await explain(plane, plane.observer, namespace, service)
+        external = explain_external(plane.state(), namespace, service)
+        try:
+            answer = await explain(plane, plane.observer, namespace, service)
+        except ApiError as exc:  # an ExternalService has no instances of the mesh
+            if external is None or exc.status != 404:
+                raise
+            answer = {"service": service, "namespace": namespace, "instances": []}
+        if external is not None:
+            answer["external"] = external
+        return answer
 
     @app.get("/v1/admin/dashboard-data", responses=errors(401, 403))
     async def dashboard_data(request: Request) -> JSONResponse:

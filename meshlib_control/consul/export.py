@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from meshlib_control.consul.status import ConsulStatus
+from meshlib_control.consul.threads import in_daemon_thread
 from meshlib_control.store.records import InstanceRecord
 
 __all__ = ["MANAGED_META", "ConsulExporter", "registration", "service_id"]
@@ -141,7 +142,7 @@ class ConsulExporter:
             seen = sorted(repr(registration(r, self._trust_domain)) for r in live)
             if seen != last or loop.time() >= due:
                 try:
-                    done = await asyncio.to_thread(self.sync, live)
+                    done = await in_daemon_thread(self.sync, live)
                 except Exception as exc:  # Consul must never stop the mesh
                     kind = self._status.failed("export", exc, "sync")
                     log.warning("consul export failed (%s): %s", kind, exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from meshlib.policy.snapshot import Endpoint
 from meshlib_control.ca.authority import CertificateAuthority
 from meshlib_control.jwks import JwksCache
 from meshlib_control.settings import Settings
@@ -32,6 +33,9 @@ class PlaneBase:
     cache: SnapshotCache
     trust_domain: str
     jwks: JwksCache
+    # ExternalServices' endpoints from Consul, by (namespace, name): written by
+    # meshlib_control.consul.imports (which then calls refresh), empty without --consul.
+    imported: dict[tuple[str, str], tuple[Endpoint, ...]]
 
     def state(self) -> MeshState:
         """The current resources and live instances (and the key sets of their jwksUris)."""
@@ -43,6 +47,7 @@ class PlaneBase:
             instances=self.store.live_instances(utc_now()),
             trust_bundle=self.ca.bundle_pem.decode(),
             jwks=self.jwks.key_sets(),
+            external=tuple(sorted(self.imported.items())),
         )
 
     def refresh(self) -> int:

@@ -70,6 +70,7 @@ class ControlPlane(WorkloadOperations, AdminOperations, TrustOperations):
         if not self.store.replicated:
             self._renew_leases()
         self.jwks = JwksCache()  # key sets of jwksUris: fetched by the server's task
+        self.imported = {}  # ExternalServices' endpoints (--consul)
         self.cache = SnapshotCache(self.state())
         # Read-only dashboard access for a browser (which has no admin SVID): a fresh random
         # token per start, written 0600 next to the admin credentials.

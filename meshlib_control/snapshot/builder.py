@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from meshlib.policy.model import (
     AuthorizationPolicySpec,
+    ExternalServiceSpec,
     PeerAuthenticationSpec,
     RateLimitSpec,
     RequestAuthenticationSpec,
@@ -43,6 +44,9 @@ class MeshState:
     instances: tuple[InstanceRecord, ...]
     jwks: tuple[tuple[str, str], ...] = ()  # (jwksUri, key set) fetched by meshlib_control.jwks
     trust_bundle: str = ""  # the trust bundle's PEM roots: in every snapshot (root rotation)
+    # ExternalServices' endpoints as Consul last listed them (meshlib_control.consul.imports),
+    # by (namespace, name): the import keeps the last known list through a Consul outage.
+    external: tuple[tuple[tuple[str, str], tuple[Endpoint, ...]], ...] = ()
 
 
 def _by_name(resources: Sequence[Resource]) -> list[Resource]:
@@ -141,12 +145,20 @@ def _index(state: MeshState) -> _Index:
         for r in reversed(_by_name(state.resources))
         if isinstance(r.spec, TrafficPolicySpec)
     }
+    external = {
+        (r.metadata.namespace, r.metadata.name): r.spec
+        for r in state.resources
+        if isinstance(r.spec, ExternalServiceSpec)
+    }
     endpoints: dict[tuple[str, str], list[Endpoint]] = {}
     for i in state.instances:
         if i.port > 0:
             endpoints.setdefault((i.namespace, i.service), []).append(_endpoint(i))
+    served = {k for k, eps in endpoints.items() if eps}
     services = []
     for ns, name in mesh_services(state):
+        if (ns, name) in external and (ns, name) not in served:
+            continue  # an ExternalService's name without mesh instances: entry below
         entry = ServiceEntry(
             name=name,
             namespace=ns,
@@ -155,6 +167,20 @@ def _index(state: MeshState) -> _Index:
             traffic_policy=traffic.get((ns, name)),
         )
         services.append(((ns, name), entry, entry_digest(encode_service_entry(entry))))
+    imported = dict(state.external)
+    for key, spec in external.items():
+        if key in served:
+            continue  # a mesh service of that name wins (meshctl explain says so)
+        entry = ServiceEntry(
+            name=key[1],
+            namespace=key[0],
+            spiffe_id="",  # no mesh identity is claimed for what Consul lists
+            endpoints=tuple(sorted(imported.get(key, ()), key=lambda e: e.id)),
+            traffic_policy=traffic.get(key),
+            external=spec,
+        )
+        services.append((key, entry, entry_digest(encode_service_entry(entry))))
+    services.sort(key=lambda item: item[0])
     index = _Index(tuple(services))
     _last_index = (state, index)
     return index

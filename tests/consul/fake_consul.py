@@ -120,6 +120,7 @@ class FakeConsul:
         self.index = 1
         self.requests: list[tuple[str, str]] = []
         self.broken = False  # answer every request with malformed JSON
+        self.closed = False
         self._cond = threading.Condition()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -135,6 +136,7 @@ class FakeConsul:
 
     def __exit__(self, *exc: object) -> None:
         with self._cond:
+            self.closed = True  # blocking queries answer now
             self._cond.notify_all()
         self._server.shutdown()
         self._server.server_close()
@@ -299,7 +301,7 @@ class FakeConsul:
                     wait = _duration(query.get("wait", ["5m"])[0])
                     deadline = time.monotonic() + min(wait, MAX_WAIT)
                     with fake._cond:
-                        while want and fake.index <= want:  # blocking query
+                        while want and fake.index <= want and not fake.closed:  # blocking
                             left = deadline - time.monotonic()
                             if left <= 0:
                                 break
