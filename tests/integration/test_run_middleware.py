@@ -1,6 +1,7 @@
 """MeshMiddleware outside meshlib's own server: the ASGI TLS extension of another server.
 
-A server that terminates TLS itself and reports the peer chain the ASGI way
+A server that terminates TLS itself (here uvicorn with its own SSLContext and a protocol of
+its own, no meshlib protocol) and reports the peer chain the ASGI way
 (``client_cert_chain``, no meshlib ``spiffe_id``) gets the chain validated by the
 middleware; one that terminates TLS without reporting it, or plaintext under STRICT, is
 refused with PLAINTEXT_REFUSED naming the cause.
@@ -11,14 +12,19 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 import meshlib
 from meshlib.integrations.asgi import MeshMiddleware
-from tests.integration.harness import Control
+from tests.integration.harness import Control, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +104,66 @@ def test_other_servers_tls_extension(
     assert status == 403
     assert body["error"].startswith("plaintext request refused: PeerAuthentication mode is STRICT")
     assert "reached the app without TLS" in body["error"]
+
+
+class _StandardTLSProtocol(H11Protocol):  # type: ignore[misc]
+    """A server that reports the peer the ASGI way: ``client_cert_chain`` only (no meshlib)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        sslobj = transport.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        extension = {"client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else []}
+        inner = self.app
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            scope.setdefault("extensions", {})["tls"] = extension
+            await inner(scope, receive, send)
+
+        self.app = app
+
+
+def _serve_in_thread(config: uvicorn.Config) -> tuple[uvicorn.Server, threading.Thread]:
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started
+    return server, thread
+
+
+@pytest.mark.parametrize("reports", [True, False], ids=["standard-extension", "no-extension"])
+def test_a_real_tls_server_of_another_kind(
+    control: Control, workload: Callable[..., meshlib.Mesh], reports: bool
+) -> None:
+    """uvicorn terminating mTLS itself (no meshlib protocol): with the standard extension the
+    caller is admitted by its SVID; without it STRICT refuses, naming the cause."""
+    control.apply(STRICT)
+    server_mesh = workload("plainserver")
+    caller = workload("somecaller")
+    port = free_port()
+    config = uvicorn.Config(
+        MeshMiddleware(_app, mesh=server_mesh),
+        host="127.0.0.1",
+        port=port,
+        http=_StandardTLSProtocol if reports else "h11",
+        ssl_context_factory=lambda _c, _d: server_mesh.tls.server_context(),
+        log_level="warning",
+        lifespan="off",
+    )
+    server, thread = _serve_in_thread(config)
+    try:
+        with httpx.Client(verify=caller.tls.client_context(), timeout=5) as client:
+            reply = client.get(f"https://127.0.0.1:{port}/x")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    if reports:
+        assert reply.status_code == 200, reply.text
+        assert reply.json() == {"peer": f"{TD}/somecaller"}
+    else:
+        assert reply.status_code == 403
+        assert reply.headers["x-mesh-flag"] == "PLAINTEXT_REFUSED"
+        assert "does not report the peer certificate" in reply.json()["error"]
