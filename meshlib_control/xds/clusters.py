@@ -31,6 +31,7 @@ from meshlib_control.xds.common import (
     entry_policy,
     protocol_options,
 )
+from meshlib_control.xds.external import external_transport_socket
 
 __all__ = ["is_ip", "outbound_clusters"]
 
@@ -136,6 +137,7 @@ def _cluster(
     policy: TrafficPolicySpec,
     outlier: Json | None,
     breakers: Json,
+    notes: Notes,
 ) -> Json:
     name = cluster_name(entry.name, entry.namespace, subset)
     cluster: Json = {
@@ -155,6 +157,14 @@ def _cluster(
             },
         },
     }
+    if entry.external is not None:  # an ExternalService: no mesh identity upstream
+        socket = external_transport_socket(
+            entry.external, entry_path(entry).removesuffix(".spec"), notes
+        )
+        if socket is None:
+            del cluster["transport_socket"]
+        else:
+            cluster["transport_socket"] = socket
     if outlier is not None:
         cluster["outlier_detection"] = outlier
     return cluster
@@ -226,7 +236,7 @@ def outbound_clusters(
             # Built per cluster: no dict is shared between two resources.
             outlier = _outlier(policy, where, notes)
             breakers = _circuit_breakers(policy, where, notes)
-            cluster = _cluster(entry, subset_name, node, policy, outlier, breakers)
+            cluster = _cluster(entry, subset_name, node, policy, outlier, breakers, notes)
             clusters.append(cluster)
             assignments.append(_load_assignment(cluster["name"], endpoints, node, where, notes))
     return clusters, assignments
