@@ -31,7 +31,9 @@ def classify(exc: BaseException) -> str:
         return "acl_denied"
     if isinstance(exc, requests.ConnectionError | requests.Timeout | consul.Timeout | OSError):
         return "unreachable"
-    if isinstance(exc, json.JSONDecodeError | ValueError | KeyError | TypeError | AttributeError):
+    malformed = json.JSONDecodeError | ValueError | KeyError | TypeError | AttributeError
+    # py-consul wraps a body it cannot decode in ConsulException, from the JSON error.
+    if isinstance(exc, malformed) or isinstance(exc.__cause__, malformed):
         return "malformed"
     return "error"
 

@@ -308,6 +308,8 @@ class FakeConsul:
                             fake._cond.wait(left)
                         body = fake._health(m[1], "passing" in query, query.get("tag", []))
                         index = fake.index
+                    if fake.broken:  # set while the query was blocked
+                        return self._send(200, b"{not json", index=index)
                     return self._send(200, body, index=index)
                 self._send(404, b"no such endpoint in the fake")
 

@@ -18,6 +18,9 @@ def test_classify_names_each_failure():
     assert classify(requests.ConnectionError("refused")) == "unreachable"
     assert classify(json.JSONDecodeError("Expecting value", "{x", 1)) == "malformed"
     assert classify(consul.ConsulException("500 boom")) == "error"
+    wrapped = consul.ConsulException("Failed to decode JSON")
+    wrapped.__cause__ = json.JSONDecodeError("Expecting value", "{x", 1)
+    assert classify(wrapped) == "malformed"  # how py-consul reports an undecodable body
 
 
 def test_failures_count_in_the_metric_and_the_check():
