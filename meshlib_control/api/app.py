@@ -302,6 +302,12 @@ def create_app(plane: ControlPlane) -> FastAPI:
             checks.extend(plane.consul.checks())
         return {"checks": checks}
 
+    @app.get("/v1/admin/metrics", response_class=Response, responses=errors(403))
+    async def control_metrics(request: Request) -> Response:
+        admin(request)  # the control service's own series (today: the Consul link's)
+        text = plane.consul.prometheus_text() if plane.consul is not None else ""
+        return Response(text, media_type="text/plain; version=0.0.4")
+
     @app.get("/v1/admin/explain/{namespace}/{service}", responses=errors(400, 403, 404))
     async def explain_service(namespace: str, service: str, request: Request) -> dict[str, Any]:
         admin(request)

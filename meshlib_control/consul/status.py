@@ -4,7 +4,9 @@ A failure is classified once, here: ``unreachable`` (connection refused, timeout
 ``acl_denied`` (HTTP 403: the token lacks a permission), ``malformed`` (an answer that is
 not the JSON shape expected) or ``error`` (any other status from Consul). Each one
 increments the OpenTelemetry counter ``meshlib.control.consul.errors`` (attributes
-``consul.direction`` = export|import and ``error.type``) and is shown by ``meshctl check``.
+``consul.direction`` = export|import and ``error.type``; recorded only where a meter
+provider is installed) and the same count served as Prometheus text by
+``GET /v1/admin/metrics``, and is shown by ``meshctl check``.
 """
 
 from __future__ import annotations
@@ -74,6 +76,26 @@ class ConsulStatus:
         with self._lock:
             self.last_error.pop(direction, None)
             self.last_ok[direction] = time.monotonic()
+
+    def prometheus_text(self) -> str:
+        """The counts as Prometheus text (``GET /v1/admin/metrics``): the control service
+        has no meter provider of its own, so this is where the series can be scraped."""
+        lines = [
+            "# HELP meshlib_control_consul_errors_total Failed calls to Consul.",
+            "# TYPE meshlib_control_consul_errors_total counter",
+        ]
+        with self._lock:
+            for (direction, kind), n in sorted(self.errors.items()):
+                lines.append(
+                    f'meshlib_control_consul_errors_total{{consul_direction="{direction}",'
+                    f'error_type="{kind}"}} {n}'
+                )
+            lines += [
+                "# HELP meshlib_control_consul_exported_instances Instances registered in Consul.",
+                "# TYPE meshlib_control_consul_exported_instances gauge",
+                f"meshlib_control_consul_exported_instances {self.exported}",
+            ]
+        return "\n".join(lines) + "\n"
 
     def checks(self) -> list[dict[str, str]]:
         """``meshctl check`` lines: one per direction that has run."""

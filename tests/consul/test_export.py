@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from meshlib_control.admin_client import AdminClient
 from tests.consul.fake_consul import FakeConsul
 from tests.integration.harness import Control, Service, free_port, wait_for
 
@@ -82,6 +83,17 @@ def test_acl_denied_and_unreachable_are_reported_not_fatal(tmp_path: Path, fake_
             assert f"sync: {kind}:" in check["message"], check
             assert control.meshctl("check").returncode == 1
             assert control.token("orders")  # the mesh still works
+            client = AdminClient(control.data_dir)
+            try:
+                page = client._http.get(f"{client.urls[0]}/v1/admin/metrics").text
+            finally:
+                client.close()
+            series = (
+                'meshlib_control_consul_errors_total{consul_direction="export",'
+                f'error_type="{kind}"}} '
+            )
+            (line,) = [x for x in page.splitlines() if x.startswith(series)]
+            assert int(line.removeprefix(series)) >= 1
         assert not fake_consul.services  # nothing was written with the wrong token
     finally:
         denied.stop()
