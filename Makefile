@@ -62,6 +62,11 @@ system-deps:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 		elif [ -n "$$CI" ]; then echo "prometheus missing and cannot be installed (needs root and apt-get)"; exit 1; \
 		else echo "prometheus not installed (needs root and apt-get): the Prometheus discovery test will skip"; fi; }
+	@command -v npm >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; \
+		elif [ -n "$$CI" ]; then echo "npm missing and cannot be installed (needs root and apt-get)"; exit 1; \
+		else echo "npm not installed (needs root and apt-get): the Consul tests (consul-api-double) will skip"; fi; }
 
 # Debian's wrk, which the data-plane benchmark uses to check its own load generator (the
 # check is skipped, saying so in the results, where wrk cannot be installed).
