@@ -30,7 +30,9 @@ def _get(mesh, path="/items/1"):
 def _post(admin, body, content_type):
     # The raw response (AdminClient.call raises on >= 400): the status and error body matter.
     return admin._http.post(
-        "/v1/admin/resources", content=body.encode(), headers={"content-type": content_type}
+        f"{admin.url}/v1/admin/resources",
+        content=body.encode(),
+        headers={"content-type": content_type},
     )
 
 
