@@ -234,7 +234,8 @@ def test_sidecar_rejoins_after_its_svid_expired_with_control_down(tmp_path: Path
 
     def call() -> str | None:
         try:
-            with frontend.client() as http:  # a new handshake with orders' Envoy each time
+            # pools of its own: a new handshake with orders' Envoy each time
+            with httpx.Client(transport=frontend.transport(own_pools=True)) as http:
                 response = http.get("http://orders/ping")
         except Exception as exc:  # any failure is a reason to keep waiting
             return repr(exc)
