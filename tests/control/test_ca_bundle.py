@@ -24,9 +24,13 @@ from meshlib_control.ca.offline import init_root, issue_intermediate
 from meshlib_control.ca.roots import make_root
 
 TD = "mesh.local"
-NOW = datetime.now(UTC)
 ORDERS = SpiffeId.for_service(TD, "default", "orders")
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _now() -> datetime:
+    """Now, per call: a module-level constant is minutes old by the time a test runs."""
+    return datetime.now(UTC)
 
 
 def _root(name: str = "r", td: str = TD) -> x509.Certificate:
@@ -39,7 +43,7 @@ def _root(name: str = "r", td: str = TD) -> x509.Certificate:
 def test_bundle_adds_a_root_beside_the_first() -> None:
     """A root added keeps the first; both are served, oldest first."""
     a, b = _root("A"), _root("B")
-    bundle = TrustBundle((a,)).with_root(b, trust_domain=TD, now=NOW)
+    bundle = TrustBundle((a,)).with_root(b, trust_domain=TD, now=_now())
     assert bundle.roots == (a, b)
     assert bundle.fingerprints == (certificate_fingerprint(a), certificate_fingerprint(b))
     assert TrustBundle.from_pem(bundle.pem).roots == (a, b)
@@ -74,14 +78,14 @@ def test_bundle_refuses_what_is_not_a_new_root(tmp_path: Path, make: str, reason
             .issuer_name(name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - timedelta(minutes=1))
-            .not_valid_after(NOW + timedelta(days=1))
+            .not_valid_before(_now() - timedelta(minutes=1))
+            .not_valid_after(_now() + timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(key, hashes.SHA256())
         )
     elif make == "expired":
         cert = make_root(TD, validity=timedelta(seconds=1))[0]
-        later = NOW + timedelta(minutes=5)
+        later = _now() + timedelta(minutes=5)
         with pytest.raises(BundleError, match=reason) as info:
             bundle.with_root(cert, trust_domain=TD, now=later)
         assert info.value.field == "cert"
@@ -91,7 +95,7 @@ def test_bundle_refuses_what_is_not_a_new_root(tmp_path: Path, make: str, reason
     else:
         cert = a_cert
     with pytest.raises(BundleError, match=reason) as info:
-        bundle.with_root(cert, trust_domain=TD, now=NOW)
+        bundle.with_root(cert, trust_domain=TD, now=_now())
     assert info.value.field == "cert"
     assert str(info.value).startswith("cert: ")
     assert bundle.roots == (a_cert,)
@@ -101,7 +105,7 @@ def test_bundle_holds_at_most_max_roots() -> None:
     """The bundle (and so a join token's pins) is bounded."""
     bundle = TrustBundle(tuple(_root(str(i)) for i in range(MAX_ROOTS)))
     with pytest.raises(BundleError, match=f"already holds {MAX_ROOTS} roots"):
-        bundle.with_root(_root("one too many"), trust_domain=TD, now=NOW)
+        bundle.with_root(_root("one too many"), trust_domain=TD, now=_now())
 
 
 def test_retiring_refuses_the_signing_root_the_last_and_unknown_roots() -> None:
