@@ -24,7 +24,7 @@ from meshlib_control.api.schema import (
     json_body,
     validation_error,
 )
-from meshlib_control.consul.explain import explain_external
+from meshlib_control.consul.explain import explain_external, external_checks
 from meshlib_control.errors import ApiError
 from meshlib_control.observe.checks import explain, run_checks
 from meshlib_control.plane import ControlPlane
@@ -300,6 +300,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         checks.extend(policy_checks(plane.store, state.resources, state.instances))
         if plane.consul is not None:
             checks.extend(plane.consul.checks())
+        checks.extend(external_checks(state, plane.consul is not None))
         return {"checks": checks}
 
     @app.get("/v1/admin/metrics", response_class=Response, responses=errors(403))

@@ -8,7 +8,7 @@ from typing import Any
 from meshlib.policy.externalmodel import ExternalServiceSpec
 from meshlib_control.snapshot.builder import MeshState
 
-__all__ = ["IDENTITY", "explain_external"]
+__all__ = ["IDENTITY", "explain_external", "external_checks"]
 
 IDENTITY = {
     "none": "none: no mesh identity is claimed or checked; calls go in plaintext HTTP",
@@ -54,3 +54,25 @@ def explain_external(state: MeshState, namespace: str, service: str) -> dict[str
             for e in endpoints
         ],
     }
+
+
+def external_checks(state: MeshState, consul_on: bool) -> list[dict[str, str]]:
+    """``meshctl check`` rows: an ExternalService that cannot have endpoints (no
+    ``--consul``) or has none (no passing instance in Consul) is a warning."""
+    rows = []
+    imported = dict(state.external)
+    for r in state.resources:
+        if not isinstance(r.spec, ExternalServiceSpec):
+            continue
+        key = (r.metadata.namespace, r.metadata.name)
+        if not consul_on:
+            message = "the control service runs without --consul: it has no endpoints"
+        elif not imported.get(key):
+            message = f"Consul lists no passing instance of {r.spec.consul_service!r}"
+            if r.spec.tags:
+                message += f" with tags {', '.join(r.spec.tags)}"
+        else:
+            continue
+        rows.append({"name": f"externalservice {key[0]}/{key[1]}", "status": "warn",
+                     "message": message})  # fmt: skip
+    return rows

@@ -36,6 +36,7 @@ class _Instance(Protocol):
 def known_services(store: _Store, instances: Iterable[_Instance]) -> set[tuple[str, str]]:
     """``(namespace, service)`` of every live instance, issued certificate and join token."""
     known = {(i.namespace, i.service) for i in instances}
+    known |= _external_names(store.resources())  # ExternalServices are destinations too
     for record in (*store.certificates(), *store.tokens()):
         try:
             spiffe_id = SpiffeId.parse(record.spiffe_id)
@@ -46,10 +47,19 @@ def known_services(store: _Store, instances: Iterable[_Instance]) -> set[tuple[s
     return known
 
 
+def _external_names(resources: Iterable[Resource]) -> set[tuple[str, str]]:
+    return {
+        (r.metadata.namespace, r.metadata.name) for r in resources if r.kind == "ExternalService"
+    }
+
+
 def unknown_service_warnings(
     resources: Iterable[Resource], known: set[tuple[str, str]]
 ) -> list[dict[str, str]]:
-    """One warning per resource whose ``spec.service`` names no known service."""
+    """One warning per resource whose ``spec.service`` names no known service (an
+    ExternalService in the same batch makes its name known)."""
+    resources = list(resources)
+    known = known | _external_names(resources)
     warnings = []
     for resource in resources:
         service = getattr(resource.spec, "service", None)

@@ -83,6 +83,16 @@ def test_acl_denied_and_unreachable_are_reported_not_fatal(tmp_path: Path, fake_
             assert f"sync: {kind}:" in check["message"], check
             assert control.meshctl("check").returncode == 1
             assert control.token("orders")  # the mesh still works
+            control.apply(
+                "apiVersion: meshlib.io/v1\nkind: ExternalService\nmetadata: {name: gone}\n"
+                "spec: {consul: {tags: [prod]}}\n"
+            )
+            row = _checks(control)["externalservice default/gone"]
+            assert row == {
+                "name": "externalservice default/gone",
+                "status": "warn",
+                "message": "Consul lists no passing instance of 'gone' with tags prod",
+            }
             client = AdminClient(control.data_dir)
             try:
                 page = client._http.get(f"{client.urls[0]}/v1/admin/metrics").text

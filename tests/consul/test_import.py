@@ -94,7 +94,9 @@ def test_external_service_gets_the_traffic_policy_and_follows_consul(
         fake_consul.add("billing", "b-broken", "127.0.0.1", broken.port, ["prod", "version=v1"])
         fake_consul.add("billing", "b-good", "127.0.0.1", good.port, ["prod", "version=v2"])
         fake_consul.add("billing", "b-other", "127.0.0.1", other.port, ["staging"])
-        plane.apply(EXTERNAL)
+        applied = plane.meshctl("apply", "-f", "-", stdin=EXTERNAL)
+        assert applied.returncode == 0, applied.stderr
+        assert "no known service" not in applied.stdout + applied.stderr  # it is a destination
         wanted = sorted([broken.port, good.port])
         wait_for(lambda: _endpoints(client, "legacy-billing")() == wanted, 10, "both endpoints")
         entry = client.engine.resolve("legacy-billing")

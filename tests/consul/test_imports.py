@@ -88,3 +88,25 @@ def test_the_node_address_is_used_when_the_service_has_none():
         "billing",
     )
     assert (endpoint.id, endpoint.address, endpoint.spiffe_id) == ("consul:n1/a", "10.0.0.7", "")
+
+
+def test_external_services_without_consul_are_a_warning():
+    """Without --consul an ExternalService can have no endpoints: `meshctl check` says so."""
+    from meshlib_control.consul.explain import external_checks
+    from meshlib_control.snapshot.builder import MeshState
+
+    state = MeshState("mesh.local", decode_documents(DOC), ())
+    assert external_checks(state, consul_on=False) == [
+        {
+            "name": "externalservice default/billing",
+            "status": "warn",
+            "message": "the control service runs without --consul: it has no endpoints",
+        }
+    ]
+    endpoint = endpoints_from_health(
+        [{"Node": {"Node": "n", "Address": "10.0.0.1"}, "Service": {"ID": "a", "Port": 80}}], "b"
+    )
+    found = MeshState(
+        "mesh.local", decode_documents(DOC), (), external=((("default", "billing"), endpoint),)
+    )
+    assert external_checks(found, consul_on=True) == []
