@@ -69,3 +69,12 @@ def test_build_reports_unresolved_exports_and_dead_references(tmp_path: Path) ->
     assert lines[1] == "api-docs warning: badpkg: :class:`Helper` links nowhere"
     assert "api-docs: 2 warning(s)" in result.stderr
     assert (tmp_path / "api" / "badpkg" / "sub.html").is_file()
+
+
+def test_a_module_that_does_not_import_is_one_line(tmp_path: Path) -> None:
+    result = _build(tmp_path / "api", "meshlib.no_such_module")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "api-docs: cannot import a module to document: No module named 'meshlib.no_such_module'\n"
+    )
+    assert not (tmp_path / "api").exists()

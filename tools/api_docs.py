@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         "modules", nargs="*", default=list(MODULES), help=f"default: {' '.join(MODULES)}"
     )
     args = parser.parse_args(argv)
-    found = build(args.output, tuple(args.modules))
+    try:
+        found = build(args.output, tuple(args.modules))
+    except ImportError as exc:
+        print(f"api-docs: cannot import a module to document: {exc}", file=sys.stderr)
+        return 1
     for line in found:
         print(f"api-docs warning: {line}", file=sys.stderr)
     if found:
