@@ -138,7 +138,12 @@ class ConsulExporter:
         due = 0.0
         delay = tick
         while True:
-            live = [r for r in records() if r.port]
+            try:
+                live = [r for r in records() if r.port]
+            except Exception:  # the store is unavailable: try again next tick
+                log.exception("consul export: the registry could not be read")
+                await asyncio.sleep(tick)
+                continue
             seen = sorted(repr(registration(r, self._trust_domain)) for r in live)
             if seen != last or loop.time() >= due:
                 try:

@@ -114,9 +114,15 @@ class ConsulImporter:
         """Start, restart and stop watchers as ExternalServices are applied and deleted."""
         try:
             while True:
+                try:
+                    current = resources()
+                except Exception:  # the store is unavailable: keep every watcher as it is
+                    log.exception("consul import: the resources could not be read")
+                    await asyncio.sleep(RESCAN)
+                    continue
                 wanted = {
                     (r.metadata.namespace, r.metadata.name): r.spec
-                    for r in resources()
+                    for r in current
                     if isinstance(r.spec, ExternalServiceSpec)
                 }
                 for key, (spec, task) in list(self._watchers.items()):
@@ -165,4 +171,7 @@ class ConsulImporter:
             # An index that went backwards: start over (Consul's advice).
             backwards = index is not None and int(new_index) < int(index)
             index = None if backwards else str(new_index)
-            self._publish(key, endpoints)
+            try:
+                self._publish(key, endpoints)
+            except Exception:  # a failed snapshot rebuild must not end the watch
+                log.exception("consul import: publishing %s/%s failed", *key)
