@@ -272,16 +272,20 @@ def _peer_of_chain(mesh: object, chain: Any) -> tuple[str | None, str | None]:
 
 def _no_tls_refusal(refusal: Refusal, server_tls: bool) -> Refusal:
     """PLAINTEXT_REFUSED naming why the app saw no TLS (docs/run.md, "Other servers")."""
-    cause = (
-        "the server terminated TLS but does not report the peer certificate (no ASGI TLS "
-        "extension in the scope)"
-        if server_tls
-        else "the request reached the app without TLS (no ASGI TLS extension in the scope)"
-    )
-    message = (
-        f"{refusal.message}; {cause}: serve the app with meshlib.serve or meshctl run, or "
-        "under a server that reports the peer certificate as the ASGI TLS extension"
-    )
+    if server_tls:
+        message = (
+            f"{refusal.message}; the server terminated TLS but does not report the peer "
+            "certificate (no ASGI TLS extension in the scope): serve the app with "
+            "meshlib.serve or meshctl run, or under a server that reports the peer "
+            "certificate as the ASGI TLS extension"
+        )
+    else:  # a plaintext listener: meshlib.serve's own plaintext port, or a plain server
+        message = (
+            f"{refusal.message}; the request reached the app without TLS (no ASGI TLS "
+            "extension in the scope): call the service over the mesh (mTLS); if this "
+            "listener was meant to terminate mesh mTLS, serve the app with meshlib.serve "
+            "or meshctl run"
+        )
     return dataclasses.replace(refusal, message=message, grpc_details=message)
 
 
