@@ -43,11 +43,15 @@ def parse_consul_url(value: str) -> ConsulAddress:
 
 
 def make_client(address: ConsulAddress, token: str | None) -> Any:
-    """A py-consul client (``pip install 'meshlib[consul]'``) for *address*."""
+    """A py-consul client (``pip install 'inproc-mesh[consul]'``) for *address*.
+
+    Raises:
+        ConfigError: py-consul is not installed.
+    """
     try:
         import consul
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("--consul needs py-consul: pip install 'meshlib[consul]'") from exc
+    except ImportError as exc:  # depends on the install: a clear start-up error, no traceback
+        raise ConfigError("--consul needs py-consul: pip install 'inproc-mesh[consul]'") from exc
     return consul.Consul(
         host=address.host,
         port=address.port,
