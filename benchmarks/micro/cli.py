@@ -20,6 +20,7 @@ from benchmarks.micro.layers import measure_layers
 from benchmarks.micro.path import measure_path
 from benchmarks.micro.report import plot, render_markdown
 from benchmarks.micro.settings import Profile, machine_info
+from benchmarks.micro.steps import measure_steps
 from benchmarks.micro.tls import measure_tls
 
 
@@ -38,6 +39,7 @@ def run(profile: Profile, *, quick: bool) -> dict[str, Any]:
         backend = Backend(workdir / "tls")
         result["tls"] = measure_tls(profile, backend, ids)
         result["path"] = measure_path(profile, backend, ids)
+        result["steps"] = measure_steps(profile, backend, ids)
         document.finish_document(result, started)
         return result
     finally:

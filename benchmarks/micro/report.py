@@ -243,7 +243,37 @@ def render_markdown(result: dict[str, Any]) -> str:
     for f in p["top_meshlib_cumulative_us_per_request"]:
         lines.append(f"| `{f['function']}` | {f['cumulative_us']:,.1f} | {f['self_us']:,.1f} |")
     lines.append("")
+    lines += _steps_section(result.get("steps"))
     return "\n".join(lines)
+
+
+def _steps_section(steps: dict[str, Any] | None) -> list[str]:
+    """Interpreter steps per request (benchmarks/micro/steps.py): exact, load-independent."""
+    if not steps:
+        return []
+    lines = [
+        "",
+        f"## Interpreter steps per request ({steps['requests']:,} requests each)",
+        "",
+        "Python bytecode instructions executed per request, counted with `sys.settrace` "
+        "(opcode events): the same figure on a busy machine as on an idle one. C code (TLS, "
+        "httptools, the kernel) is not counted. Client: httpx with hand-wired mTLS against "
+        "the mesh's client with metrics on and tracing off (what a `Mesh` gives). Server: "
+        "plain uvicorn with TLS against `meshlib.serve`, same FastAPI app, only the server "
+        "thread counted.",
+        "",
+        "| comparison | baseline | mesh | added |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in steps["rows"]:
+        lines.append(
+            f"| {row['name']} | {row['baseline_steps']:,} | {row['mesh_steps']:,} "
+            f"| {row['added_steps']:+,} |"
+        )
+    for row in steps["rows"]:
+        lines += ["", f"Largest differences, {row['name']} (steps per request):", ""]
+        lines += [f"- `{t['function']}` {t['steps']:+,.1f}" for t in row["top"]]
+    return lines
 
 
 def plot(result: dict[str, Any], path: Path) -> bool:

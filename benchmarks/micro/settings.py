@@ -32,6 +32,7 @@ class Profile:
     path_repeats: int = 5
     warmup: int = 200
     profile_requests: int = 2_000
+    steps_requests: int = 300  # interpreter steps are exact: a few hundred requests suffice
 
     @classmethod
     def quick(cls) -> Profile:
@@ -46,6 +47,7 @@ class Profile:
             path_repeats=2,
             warmup=20,
             profile_requests=100,
+            steps_requests=30,
         )
 
 

@@ -67,6 +67,18 @@ def test_tls_and_path_series_complete(result: tuple[dict[str, Any], Path]) -> No
     assert "meshlib" in shares and abs(sum(shares.values()) - 1.0) < 0.01
 
 
+def test_interpreter_steps_recorded(result: tuple[dict[str, Any], Path]) -> None:
+    """Client (sync, async) and server comparisons, each with both counts and its top list."""
+    doc, out = result
+    rows = doc["steps"]["rows"]
+    assert [r["name"].split(":")[0] for r in rows] == ["client, sync", "client, async", "server"]
+    for row in rows:
+        assert row["baseline_steps"] > 0 and row["mesh_steps"] > 0
+        assert row["added_steps"] == row["mesh_steps"] - row["baseline_steps"]
+        assert row["top"] and all(t["function"] for t in row["top"])
+    assert "Interpreter steps per request" in (out / "micro.md").read_text()
+
+
 def test_import_footprint_recorded(result: tuple[dict[str, Any], Path]) -> None:
     """The fresh-interpreter import record has its fields (what it finds is not asserted)."""
     doc, _ = result
