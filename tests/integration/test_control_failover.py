@@ -237,7 +237,13 @@ def test_library_workloads_fail_over_and_resume_their_watch(group, tmp_path, cap
                     5,
                     "the frontend's report of the new version",
                 )
-                assert agent.svid is not None and agent.svid.serial != serial_at_kill
+                # Renewal is due at half of 6 s from issuance, which may be just before the
+                # kill: wait for it (bounded) rather than read it at one instant.
+                wait_for(
+                    lambda: agent.svid is not None and agent.svid.serial != serial_at_kill,
+                    8,
+                    "the SVID renewed by a survivor",
+                )
                 # orders (a process) moved too: its heartbeats keep it registered on the
                 # survivors past its lease, though the replica it first used is gone.
                 time.sleep(max(0.0, LEASE + 1 - (time.monotonic() - killed)))
