@@ -82,3 +82,24 @@ def test_aclose_closes_the_running_loops_pools(mesh: Mesh) -> None:
 
     before, after = asyncio.run(main())
     assert before != after  # the pooled connection was closed: the next call opened one
+
+
+def test_async_with_starts_and_closes_the_mesh_and_its_loop_pools() -> None:
+    """``async with`` a Mesh: start on enter; on exit close it, this loop's pools included."""
+    with TestMesh(services={"echo": _peer_port}) as tm:
+        mesh = tm.mesh("frontend")
+        mesh.close()  # TestMesh starts it; begin from a stopped mesh
+
+        async def main() -> tuple[bool, str, str]:
+            async with mesh as entered:
+                started = entered is mesh and mesh.started
+                async with mesh.async_client() as client:
+                    first = (await client.get("http://echo/")).text
+            assert not mesh.started
+            async with mesh, mesh.async_client() as client:
+                second = (await client.get("http://echo/")).text
+            return started, first, second
+
+        started, first, second = asyncio.run(main())
+    assert started
+    assert first != second  # the exit closed the pooled connection: a new one the second time
