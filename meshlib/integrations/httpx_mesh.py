@@ -110,7 +110,9 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
     ) -> None:
         super().__init__(view=view, clock=clock, telemetry=telemetry)
         self._tls = tls
-        self._outside = outside or httpx.AsyncHTTPTransport()
+        # Built on first use: a default httpx transport loads the system CA store (~20 ms),
+        # which a client made per request must not pay when it only calls mesh services.
+        self._outside = outside
         self._shared = pools
         self._pools: dict[tuple[str, int], AsyncIdentityTransport] = {}
         self._mirrors: set[asyncio.Task[None]] = set()
@@ -140,6 +142,8 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         call = self._start(request)
         if call is None:
+            if self._outside is None:
+                self._outside = httpx.AsyncHTTPTransport()
             return await self._outside.handle_async_request(request)
         if self._telemetry is None:
             return await self._run(call)
@@ -202,7 +206,8 @@ class AsyncMeshTransport(_Base, httpx.AsyncBaseTransport):
             task.cancel()
         for pool in self._pools.values():
             await pool.aclose()
-        await self._outside.aclose()
+        if self._outside is not None:
+            await self._outside.aclose()
 
 
 class MeshTransport(_Base, httpx.BaseTransport):
@@ -220,7 +225,7 @@ class MeshTransport(_Base, httpx.BaseTransport):
     ) -> None:
         super().__init__(view=view, clock=clock, telemetry=telemetry)
         self._tls = tls
-        self._outside = outside or httpx.HTTPTransport()
+        self._outside = outside  # built on first use (see AsyncMeshTransport)
         self._shared = pools
         self._pools: dict[tuple[str, int], IdentityTransport] = {}
         self._lock = threading.Lock()  # creation of per-service pools only, not per request
@@ -249,6 +254,10 @@ class MeshTransport(_Base, httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         call = self._start(request)
         if call is None:
+            if self._outside is None:
+                with self._lock:
+                    if self._outside is None:
+                        self._outside = httpx.HTTPTransport()
             return self._outside.handle_request(request)
         response: httpx.Response | None = None
         error: BaseException | None = None
@@ -314,4 +323,5 @@ class MeshTransport(_Base, httpx.BaseTransport):
             self._mirror_pool.shutdown(wait=False, cancel_futures=True)
         for pool in self._pools.values():
             pool.close()
-        self._outside.close()
+        if self._outside is not None:
+            self._outside.close()
