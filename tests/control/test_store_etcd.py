@@ -146,6 +146,8 @@ def test_rebootstrap_credential_spent_once_across_replicas(stores: list[EtcdStor
     assert b.rebootstrap_credential(third.credential_id) is None
     spent = b.rebootstrap_credential(first.credential_id)
     assert spent is not None and spent.spent_at is not None
+    # B revokes what its mirror holds: wait until A's successor has reached it.
+    _eventually(lambda: b.rebootstrap_credential(second.credential_id) is not None)
     assert b.revoke_rebootstrap(ORDERS) == 1  # the successor, unspent
 
 

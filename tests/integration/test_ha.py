@@ -282,11 +282,19 @@ def test_quorum_loss_is_read_only_and_loses_nothing(ha: HA, tmp_path: Path) -> N
                 ha.etcd.kill(1)
                 ha.etcd.kill(2)
                 time.sleep(1.0)  # the replicas' health checks see no leader
-                refused = second.meshctl(
-                    "apply", "-f", "-", stdin=LIMIT.format(name="during", rps=1)
-                )
-                assert refused.returncode != 0
-                assert "store refuses writes" in refused.stderr, refused.stderr
+                # Every write is refused; until a health check (twice a second) has seen
+                # the leader gone, a refusal may name etcd's timeout instead: try again
+                # (bounded) until it names the quorum loss.
+                deadline = time.monotonic() + 10
+                while True:
+                    refused = second.meshctl(
+                        "apply", "-f", "-", stdin=LIMIT.format(name="during", rps=1)
+                    )
+                    assert refused.returncode != 0
+                    assert "store refuses writes" in refused.stderr, refused.stderr
+                    if "quorum lost" in refused.stderr or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.5)
                 assert "quorum lost" in refused.stderr, refused.stderr
                 # A join: 503 naming the cause, and the token is not spent.
                 answer = _sign(ha, second, token)
